@@ -377,7 +377,7 @@ def tokenize(tokenizer, prompts, responses, max_length, side="right"):
     ids, mask, resp = pad([p + r for p, r, _ in enc], tokenizer.eos_token_id, side,
                           [[[0] * len(p) + [1] * len(r) for p, r, _ in enc]])
     return dict(input_ids=ids, attention_mask=mask, response_mask=resp, side=side,
-                truncated=sum(t for *_, t in enc))
+                truncated=torch.tensor([t for *_, t in enc], dtype=torch.bool))  # (N,)
 
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length, side="right"):
@@ -386,7 +386,8 @@ def tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length, side="right
     keep = [i for i, p in enumerate(prompts) if len(tokenizer(p, add_special_tokens=False).input_ids) < max_length]
     data = tokenize(tokenizer, [prompts[i] for i in keep] * 2, [chosen[i] for i in keep] + [rejected[i] for i in keep],
                     max_length, side)
-    return dict(data, keep=keep, skipped=len(prompts) - len(keep))
+    cut = data["truncated"]
+    return dict(data, keep=keep, skipped=len(prompts) - len(keep), truncated=int((cut[:len(keep)] | cut[len(keep):]).sum()))
 
 
 def sequence_logps(logits, input_ids, response_mask):

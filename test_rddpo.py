@@ -1,0 +1,423 @@
+"""tests for rddpo.py. each test name states the property; the docstring shows the hand computation.
+run with `pytest` (everything, a few minutes) or `pytest -m "not slow"` (seconds)."""
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
+import rddpo  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LN2 = math.log(2)
+
+
+def logps(*values, dtype=torch.float64, grad=False):
+    return [torch.tensor(v, dtype=dtype, requires_grad=grad) for v in values]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return rddpo.build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    """a small gpt-2 with random weights (no pretraining needed for these tests)."""
+    torch.manual_seed(0)
+    return rddpo.build_tiny_gpt2(rddpo.Config(n_layer=2, n_embd=32, n_head=2), tokenizer).eval()
+
+
+# -----------------------------------------------------------------------------
+# hand-computed values
+
+
+def test_dpo_loss_is_ln2_when_all_logps_are_equal():
+    """h = 0, so -log sigmoid(0) = ln 2 for every beta."""
+    for beta in (0.1, 1.0, 7.0):
+        assert rddpo.dpo_loss(*logps([-3.0, -1.0], [-3.0, -1.0], [-3.0, -1.0], [-3.0, -1.0]), beta).item() \
+            == pytest.approx(LN2, abs=1e-12)
+
+
+def test_dpo_loss_hand_value():
+    """h = (-1 - -1.5) - (-2 - -1.5) = 1; beta = 0.5: -log sigmoid(0.5) = log(1 + e^-0.5) = 0.474077."""
+    loss = rddpo.dpo_loss(*logps([-1.0], [-2.0], [-1.5], [-1.5]), beta=0.5)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.5)), abs=1e-12)
+    assert loss.item() == pytest.approx(0.474077, abs=1e-6)
+
+
+def test_ipo_loss_hand_values():
+    """h = 1, beta = 0.5: (1 - 1/(2*0.5))^2 = 0. h = 0, beta = 0.25: (0 - 2)^2 = 4. mean of the two rows = 2."""
+    loss = rddpo.ipo_loss(*logps([-1.0, -1.0], [-2.0, -1.0], [-1.5, -1.0], [-1.5, -1.0]), beta=0.5)
+    assert loss.item() == pytest.approx(((1 - 1) ** 2 + (0 - 1) ** 2) / 2, abs=1e-12)
+    assert rddpo.ipo_loss(*logps([-1.0], [-1.0], [-1.0], [-1.0]), beta=0.25).item() == pytest.approx(4.0)
+
+
+def test_distill_loss_hand_value():
+    """dr = 2 - 0.5 = 1.5, beta h = 0.5 * 1 = 0.5: (1.5 - 0.5)^2 = 1. second row dr = -1, h = 0: 1. mean 1."""
+    pc, pr, rc, rr = logps([-1.0, -4.0], [-2.0, -4.0], [-1.5, -4.0], [-1.5, -4.0])
+    loss = rddpo.distill_loss(pc, pr, rc, rr, torch.tensor([2.0, 0.0], dtype=torch.float64),
+                              torch.tensor([0.5, 1.0], dtype=torch.float64), beta=0.5)
+    assert loss.item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_forward_kl_estimate_hand_value():
+    """(ref - policy) over the 2B responses: chosen (0 - -1) = 1, (0 - 1) = -1; rejected (0 - -2) = 2, 0.
+    mean of (1, -1, 2, 0) = 0.5."""
+    pc, pr, rc, rr = logps([-1.0, 1.0], [-2.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    assert rddpo.forward_kl_estimate(pc, pr, rc, rr).item() == pytest.approx(0.5)
+
+
+def test_pessimistic_distill_loss_takes_the_smallest_member_loss_plus_gamma_fkl():
+    """beta h = 0 (all log-probs 0 except the kl term is then 0). member 1: dr = (1, 3) -> (1 + 9)/2 = 5;
+    member 2: dr = (2, 0) -> (4 + 0)/2 = 2. min = 2. with policy shifted by -1 on all four: h stays 0,
+    fkl = 1, so loss = 2 + gamma * 1."""
+    pc, pr, rc, rr = logps([-1.0, -1.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0])
+    chosen = torch.tensor([[1.0, 3.0], [2.0, 0.0]], dtype=torch.float64)
+    rejected = torch.zeros(2, 2, dtype=torch.float64)
+    loss = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, chosen, rejected, beta=0.3, gamma=0.25)
+    assert loss.item() == pytest.approx(2.0 + 0.25 * 1.0, abs=1e-12)
+
+
+def test_pessimistic_distill_min_is_over_batch_losses_not_per_pair():
+    """member 1: dr = (0, 4) -> squared errors (0, 16), batch mean 8; member 2: dr = (4, 0) -> (16, 0), mean 8.
+    batch-level min = 8; a per-pair min would give (0 + 0)/2 = 0."""
+    pc, pr, rc, rr = logps([0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
+    chosen = torch.tensor([[0.0, 4.0], [4.0, 0.0]], dtype=torch.float64)
+    loss = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, chosen, torch.zeros_like(chosen), beta=1.0, gamma=0.0)
+    assert loss.item() == pytest.approx(8.0)
+
+
+def test_pessimistic_dpo_loss_is_dpo_plus_gamma_fkl():
+    """h = (0 - 0) - (-1 - 0) = 1 at beta 1: dpo = log(1 + e^-1) = 0.313262; fkl = (0 + 1)/2 = 0.5."""
+    pc, pr, rc, rr = logps([0.0], [-1.0], [0.0], [0.0])
+    loss = rddpo.pessimistic_dpo_loss(pc, pr, rc, rr, beta=1.0, gamma=2.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-1)) + 2.0 * 0.5, abs=1e-12)
+
+
+def test_bradley_terry_loss_hand_values():
+    """equal rewards: -log sigmoid(0) = ln 2; margin 1: log(1 + e^-1) = 0.313262; swapped: log(1 + e) = 1.313262."""
+    z = torch.zeros(3)
+    assert rddpo.bradley_terry_loss(z, z).item() == pytest.approx(LN2, abs=1e-6)
+    assert rddpo.bradley_terry_loss(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(0.313262, abs=1e-6)
+    assert rddpo.bradley_terry_loss(torch.tensor([0.0]), torch.tensor([1.0])).item() == pytest.approx(1.313262, abs=1e-6)
+
+
+def test_implicit_reward_is_beta_times_log_ratio():
+    """beta = 0.2, log pi = -1, log pi_ref = -3: 0.2 * 2 = 0.4."""
+    assert rddpo.implicit_reward(torch.tensor(-1.0), torch.tensor(-3.0), 0.2).item() == pytest.approx(0.4)
+
+
+# -----------------------------------------------------------------------------
+# gradients
+
+
+def all_losses(beta=0.5, gamma=0.3):
+    rm_c, rm_r = torch.tensor([1.0, -0.5, 0.2]).double(), torch.tensor([0.0, 0.3, 0.9]).double()
+    fam_c, fam_r = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).double(), torch.zeros(4, 3).double()
+    return {
+        "dpo": lambda *lp: rddpo.dpo_loss(*lp, beta),
+        "ipo": lambda *lp: rddpo.ipo_loss(*lp, beta),
+        "d-dpo": lambda *lp: rddpo.distill_loss(*lp, rm_c, rm_r, beta),
+        "e-dpo": lambda *lp: rddpo.pessimistic_distill_loss(*lp, fam_c, fam_r, beta, gamma),
+        "p-dpo": lambda *lp: rddpo.pessimistic_dpo_loss(*lp, beta, gamma),
+    }
+
+
+@pytest.mark.parametrize("method", rddpo.METHODS)
+def test_every_loss_passes_gradcheck(method):
+    """autograd's gradient of each loss agrees with finite differences (float64)."""
+    torch.manual_seed(0)
+    inputs = [torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    assert torch.autograd.gradcheck(all_losses()[method], inputs)
+
+
+@pytest.mark.parametrize("method", ["dpo", "p-dpo"])
+def test_dpo_gradient_raises_chosen_and_lowers_rejected(method):
+    """d/d pc of -log sigmoid(beta h) = -beta sigmoid(-beta h) < 0: descent raises log pi(chosen);
+    d/d pr = +beta sigmoid(-beta h) > 0: descent lowers log pi(rejected). at h = 0, beta = 0.5: -0.25 and +0.25
+    (p-dpo adds -gamma/2 to both: the kl term pulls both up)."""
+    pc, pr, rc, rr = logps([-1.0], [-1.0], [-1.0], [-1.0], grad=True)
+    all_losses(beta=0.5, gamma=0.3)[method](pc, pr, rc, rr).backward()
+    extra = -0.3 / 2 if method == "p-dpo" else 0.0
+    assert pc.grad.item() == pytest.approx(-0.25 + extra)
+    assert pr.grad.item() == pytest.approx(0.25 + extra)
+
+
+def test_distill_gradient_moves_margin_toward_reward_difference():
+    """(dr - beta h)^2 with dr = 2, beta h = 0: d/d pc = -2 beta (dr - beta h) = -2 < 0 at beta = 0.5.
+    with dr = -2 the sign flips: the target is a finite margin, not +infinity."""
+    for dr, sign in ((2.0, -1), (-2.0, 1)):
+        pc, pr, rc, rr = logps([0.0], [0.0], [0.0], [0.0], grad=True)
+        rddpo.distill_loss(pc, pr, rc, rr, torch.tensor([dr]).double(), torch.zeros(1).double(), 0.5).backward()
+        assert pc.grad.item() == pytest.approx(sign * 2.0)
+        assert pr.grad.item() == pytest.approx(-sign * 2.0)
+
+
+def test_ipo_gradient_vanishes_at_its_target_margin():
+    """ipo's minimum is at h = 1/(2 beta) = 2 for beta 0.25: gradient zero there, pushes h up below it."""
+    pc, pr, rc, rr = logps([2.0], [0.0], [0.0], [0.0], grad=True)
+    rddpo.ipo_loss(pc, pr, rc, rr, 0.25).backward()
+    assert pc.grad.item() == pytest.approx(0.0)
+    pc, pr, rc, rr = logps([1.0], [0.0], [0.0], [0.0], grad=True)
+    rddpo.ipo_loss(pc, pr, rc, rr, 0.25).backward()
+    assert pc.grad.item() == pytest.approx(2 * (1 - 2))
+
+
+def test_losses_are_finite_at_huge_margins():
+    """at beta h = +-1e4 (float32): dpo is ~0 and ~1e4, never inf or nan, and so are the gradients."""
+    for sign in (1.0, -1.0):
+        pc, pr, rc, rr = logps([sign * 1e5], [0.0], [0.0], [0.0], dtype=torch.float32, grad=True)
+        for method, f in all_losses(beta=0.1).items():
+            if method in ("d-dpo", "e-dpo"):
+                continue  # their reward tensors are float64 fixtures of length 3
+            loss = f(pc, pr, rc, rr)
+            loss.backward()
+            assert torch.isfinite(loss) and torch.isfinite(pc.grad).all(), method
+            pc.grad = None
+        dpo = rddpo.dpo_loss(pc, pr, rc, rr, 0.1).item()
+        assert dpo == pytest.approx(0.0 if sign > 0 else 1e4, rel=1e-6, abs=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# invariances and reductions
+
+
+def test_adding_a_constant_to_both_logps_of_a_pair_leaves_dpo_ipo_ddpo_unchanged():
+    """h = (pc + c - rc) - (pr + c - rr): c cancels, per pair (c may differ between pairs)."""
+    torch.manual_seed(1)
+    pc, pr, rc, rr = (torch.randn(5, dtype=torch.float64) for _ in range(4))
+    c = torch.randn(5, dtype=torch.float64) * 10
+    for method in ("dpo", "ipo", "d-dpo"):
+        f = all_losses()[method] if method != "d-dpo" else \
+            (lambda *lp: rddpo.distill_loss(*lp, torch.ones(5).double(), torch.zeros(5).double(), 0.5))
+        assert f(pc + c, pr + c, rc, rr).item() == pytest.approx(f(pc, pr, rc, rr).item(), abs=1e-10), method
+
+
+def test_shifting_every_reward_model_by_a_per_prompt_constant_leaves_distillation_unchanged():
+    """dr = (r_w + c) - (r_l + c): bradley-terry rewards are identified only up to c(x), and so is the loss."""
+    torch.manual_seed(2)
+    lp = [torch.randn(6, dtype=torch.float64) for _ in range(4)]
+    rc, rr = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    c = torch.randn(3, 6, dtype=torch.float64) * 5  # a different constant per member and prompt
+    e = rddpo.pessimistic_distill_loss
+    assert e(*lp, rc + c, rr + c, 0.5, 0.1).item() == pytest.approx(e(*lp, rc, rr, 0.5, 0.1).item(), abs=1e-10)
+    d = rddpo.distill_loss
+    assert d(*lp, rc[0] + c[0], rr[0] + c[0], 0.5).item() == pytest.approx(d(*lp, rc[0], rr[0], 0.5).item(), abs=1e-10)
+
+
+def test_permuting_the_ensemble_leaves_edpo_unchanged():
+    torch.manual_seed(3)
+    lp = [torch.randn(6, dtype=torch.float64) for _ in range(4)]
+    rc, rr = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    e = rddpo.pessimistic_distill_loss
+    assert e(*lp, rc[perm], rr[perm], 0.5, 0.1).item() == e(*lp, rc, rr, 0.5, 0.1).item()
+
+
+def test_edpo_with_identical_members_is_ddpo_plus_gamma_fkl():
+    """min over K copies of the same loss is that loss; the kl term is added once."""
+    torch.manual_seed(4)
+    lp = [torch.randn(6, dtype=torch.float64) for _ in range(4)]
+    rc, rr = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    e = rddpo.pessimistic_distill_loss(*lp, rc.expand(4, 6), rr.expand(4, 6), 0.5, 0.7)
+    d = rddpo.distill_loss(*lp, rc, rr, 0.5) + 0.7 * rddpo.forward_kl_estimate(*lp)
+    assert e.item() == pytest.approx(d.item(), abs=1e-12)
+
+
+def test_pdpo_with_gamma_zero_is_dpo():
+    torch.manual_seed(5)
+    lp = [torch.randn(6, dtype=torch.float64) for _ in range(4)]
+    assert rddpo.pessimistic_dpo_loss(*lp, 0.5, 0.0).item() == rddpo.dpo_loss(*lp, 0.5).item()
+
+
+# -----------------------------------------------------------------------------
+# tokenisation and sequence log-probs on a small gpt-2
+
+
+PROMPTS = ["my review of blue harbor :", "i watched the long night :", "thoughts on dark water :"]
+RESPONSES = [" the plot was great .", " the acting was very dull . the music was quiet .", " the cast was clever ."]
+
+
+def brute_force_logps(model, tokenizer, prompts, responses):
+    """each sequence alone (no padding), summing log p(token | prefix) over its response tokens one by one."""
+    out = []
+    for p, r in zip(prompts, responses):
+        p_ids = tokenizer(p, add_special_tokens=False).input_ids
+        ids = p_ids + tokenizer(r, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0].double()  # (T, V)
+        out.append(sum(logits[t - 1].log_softmax(-1)[ids[t]].item() for t in range(len(p_ids), len(ids))))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_sequence_logps_matches_a_per_token_loop_with_padding(tiny, tokenizer, side):
+    """the batched, padded, masked sum equals a loop over each unpadded sequence's response tokens."""
+    data = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, max_length=64, side=side)
+    assert (data["attention_mask"] == 0).any()  # padding is really exercised
+    with torch.no_grad():
+        logits = rddpo.forward(tiny, data["input_ids"], data["attention_mask"])
+    got = rddpo.sequence_logps(logits, data["input_ids"], data["response_mask"])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), brute_force_logps(tiny, tokenizer, PROMPTS, RESPONSES), atol=1e-4, rtol=0)
+
+
+def test_sequence_logps_is_float32_for_bfloat16_logits():
+    logits = torch.randn(2, 5, 7).bfloat16()
+    out = rddpo.sequence_logps(logits, torch.randint(7, (2, 5)), torch.ones(2, 5, dtype=torch.long))
+    assert out.dtype == torch.float32
+
+
+def test_sequence_logps_ignores_nan_logits_at_masked_positions():
+    """padding positions can hold anything; the where-mask keeps nan out of the sum."""
+    logits = torch.zeros(1, 4, 3)
+    logits[0, 2:] = float("nan")  # positions 2, 3 predict tokens 3 and (none): masked below
+    out = rddpo.sequence_logps(logits, torch.tensor([[0, 1, 2, 0]]), torch.tensor([[0, 1, 1, 0]]))
+    assert out.item() == pytest.approx(2 * -math.log(3))
+
+
+def test_response_mask_marks_response_and_eos_only(tokenizer):
+    """'my review of blue harbor :' is 6 tokens; ' the plot was great .' is 5 plus eos = 6 masked tokens."""
+    data = rddpo.tokenize(tokenizer, PROMPTS[:1], RESPONSES[:1], max_length=64)
+    assert data["response_mask"][0].tolist() == [0] * 6 + [1] * 6
+    assert data["input_ids"][0, -1].item() == tokenizer.eos_token_id
+
+
+def test_prompt_that_is_not_a_token_prefix_is_handled(tokenizer):
+    """'... blue' + 'harbor :' joins into the unknown word 'blueharbor', so the prompt's tokens are not a prefix
+    of the joint tokens; the response is then tokenised on its own: [harbor, :, eos], not [<unk>, :, eos]."""
+    data = rddpo.tokenize(tokenizer, ["i watched blue"], ["harbor :"], max_length=64)
+    resp = data["input_ids"][0][data["response_mask"][0].bool()].tolist()
+    assert resp == tokenizer("harbor :").input_ids + [tokenizer.eos_token_id]
+    assert tokenizer.unk_token_id not in data["input_ids"][0].tolist()
+
+
+def test_long_responses_are_truncated_and_too_long_prompts_skipped(tokenizer):
+    """max_length 10: a prompt of 6 tokens keeps 4 response tokens (one truncated pair); a prompt of >= 10 tokens
+    is skipped."""
+    long_prompt = " ".join(["the"] * 12)
+    data = rddpo.tokenize_pairs(tokenizer, [PROMPTS[1], long_prompt], [RESPONSES[1]] * 2, [RESPONSES[0]] * 2, 10)
+    assert data["keep"] == [0] and data["skipped"] == 1 and data["truncated"] == 1
+    assert data["input_ids"].shape == (2, 10)
+    assert data["response_mask"][0].sum().item() == 4
+
+
+def test_implicit_reward_is_exactly_zero_when_policy_is_the_reference(tiny, tokenizer):
+    data = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, 64)
+    policy = copy.deepcopy(tiny)
+    ref = rddpo.all_logps(tiny, data, np.arange(3), "cpu")
+    pol = rddpo.all_logps(policy, data, np.arange(3), "cpu")
+    assert (rddpo.implicit_reward(pol, ref, 0.1) == 0).all()
+
+
+# -----------------------------------------------------------------------------
+# reward models
+
+
+def test_last_token_index_uses_the_mask_for_left_and_right_padding():
+    """right padded [1 1 1 0 0] -> 2; left padded [0 0 1 1 1] -> 4; unpadded [1 1 1 1 1] -> 4."""
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert rddpo.last_token_index(mask).tolist() == [2, 4, 4]
+
+
+def test_reward_model_reads_the_same_token_under_left_and_right_padding(tiny, tokenizer):
+    torch.manual_seed(0)
+    rm = rddpo.RewardModel(tiny).eval()
+    torch.nn.init.normal_(rm.head.weight)
+    r = {}
+    for side in ("left", "right"):
+        d = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, 64, side=side)
+        with torch.no_grad():
+            r[side] = rm(d["input_ids"], d["attention_mask"])
+    torch.testing.assert_close(r["left"], r["right"], atol=1e-5, rtol=0)
+    assert r["left"].std() > 0  # the rows really differ
+
+
+def test_reward_model_starts_at_zero_and_does_not_change_the_reference(tiny):
+    before = [p.clone() for p in tiny.parameters()]
+    rm = rddpo.RewardModel(tiny)
+    assert rm(torch.tensor([[3, 4, 5]]), torch.ones(1, 3, dtype=torch.long)).item() == 0.0
+    rm.backbone.h[0].mlp.c_fc.weight.data += 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny.parameters()))
+
+
+def test_reward_model_learns_to_rank_a_tiny_synthetic_set(tiny, tokenizer):
+    """chosen responses carry positive words, rejected ones negative words; after training, the bt loss has
+    dropped well below ln 2 and every pair is ranked correctly."""
+    rng = np.random.default_rng(0)
+    pos, neg = rddpo.POSITIVE[:5], rddpo.NEGATIVE[:5]
+    chosen = [f" the plot was {pos[rng.integers(5)]} ." for _ in range(24)]
+    rejected = [f" the plot was {neg[rng.integers(5)]} ." for _ in range(24)]
+    data = rddpo.tokenize_pairs(tokenizer, PROMPTS * 8, chosen, rejected, 64)
+    cfg = rddpo.Config(rm_steps=60, rm_lr=3e-3, batch_size=8)
+    rm = rddpo.train_reward_model(tiny, data, np.arange(24), cfg, seed=0, device="cpu", desc="rm")
+    r = rddpo.score(rm, data, "cpu")
+    r_w, r_l = r.chunk(2)
+    assert rddpo.bradley_terry_loss(r_w, r_l).item() < 0.2
+    assert (r_w > r_l).all()
+
+
+def test_family_shares_spread_over_zero_to_one():
+    assert rddpo.family_shares(4) == pytest.approx([0, 1 / 3, 2 / 3, 1])
+    assert rddpo.family_shares(1) == [0.5]
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+def test_resample_has_the_requested_share_of_longer_wins(share):
+    longer_won = np.array([True] * 30 + [False] * 70)
+    idx = rddpo.resample_by_length_share(longer_won, share, np.random.default_rng(0))
+    assert len(idx) == 100
+    assert longer_won[idx].mean() == pytest.approx(share)
+
+
+# -----------------------------------------------------------------------------
+# the command line and an end-to-end run
+
+
+def cli(*args, timeout=120):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, os.path.join(HERE, "rddpo.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_lists_every_flag_with_its_default():
+    out = cli("--help").stdout
+    for flag in ("--model", "--methods", "--bias", "--seeds", "--beta", "--gamma", "--ensemble", "--steps",
+                 "--batch-size", "--lr", "--device", "--out", "--data", "--sweep", "--quick"):
+        assert flag in out
+    assert "default: 0.1" in out
+
+
+def test_unreachable_hub_is_one_clear_line_within_seconds(tmp_path):
+    t0 = time.time()
+    r = cli("--model", "gpt2", "--out", str(tmp_path), "--quick")
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr and "hub" in r.stderr
+    assert time.time() - t0 < 60
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path):
+    """python rddpo.py --quick: every method trains and is evaluated; outputs are written."""
+    results, run_dir = rddpo.run(rddpo.Config(**{**rddpo.QUICK, "out": str(tmp_path)}))
+    assert sorted(r["method"] for r in results["runs"]) == sorted(rddpo.METHODS)
+    for r in results["runs"]:
+        for k in ("gold_reward", "win_rate", "length", "kl", "logps_chosen_change", "margin_max"):
+            assert math.isfinite(r[k]), (r["method"], k)
+        assert 0 <= r["win_rate"] <= 1
+    with open(os.path.join(run_dir, "results.json")) as fh:
+        assert json.load(fh)["config"]["steps"] == rddpo.QUICK["steps"]
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        rows = [json.loads(line) for line in fh]
+    assert {"rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"} <= set(rows[0])
+    for name in ("curves.png", "comparison.png"):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 1000
