@@ -673,7 +673,7 @@ def evaluate(policy, reference, tokenizer, data, ev, cfg, seed, device):
                margin_mean=margins.mean().item(), margin_max=margins.max().item())
     if "ref_gold" in ev:
         gold = np.array([gold_reward(r) for r in responses])
-        res.update(gold_reward=float(gold.mean()), gold_ref=float(ev["ref_gold"].mean()),
+        res.update(gold_reward=float(gold.mean()), gold_ref=float(ev["ref_gold"].mean()), length_ref=ev["ref_length"],
                    win_rate=float(np.mean((gold > ev["ref_gold"]) + 0.5 * (gold == ev["ref_gold"]))))
     if "held" in ev:
         held = ev["held"]
@@ -688,8 +688,9 @@ def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, log):
         prompts, chosen, rejected, eval_prompts = builtin_task(reference, tokenizer, cfg, bias, seed, device)
         seed_everything(seed + 7)
         ev = {"prompts": eval_prompts}
-        ev["ref_gold"] = np.array([gold_reward(r) for r in sample(reference, tokenizer, eval_prompts, cfg, device,
-                                                                  "sample pi_ref on held-out prompts")])
+        ref_responses = sample(reference, tokenizer, eval_prompts, cfg, device, "sample pi_ref on held-out prompts")
+        ev["ref_gold"] = np.array([gold_reward(r) for r in ref_responses])
+        ev["ref_length"] = float(np.mean([len(r.split()) for r in ref_responses]))
     else:
         prompts, chosen, rejected, held = user_task(pairs, cfg, seed)
         ev = {"prompts": [p for p, _, _ in held],
@@ -721,7 +722,7 @@ def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, log):
 # -----------------------------------------------------------------------------
 # 10. main: outputs, figures and the table
 
-KEYS = ["gold_reward", "win_rate", "length", "kl", "logps_chosen_change", "logps_rejected_change",
+KEYS = ["gold_reward", "win_rate", "length", "kl", "gold_ref", "length_ref", "logps_chosen_change", "logps_rejected_change",
         "margin_mean", "margin_max", "heldout_accuracy", "train_seconds"]
 
 
@@ -742,6 +743,8 @@ def print_table(summary):
     cols = [(k, name) for k, name in cols if f"{k}_mean" in summary[0]]
     print(f"{'bias':>5} {'method':<6} " + " ".join(f"{name:>15}" for _, name in cols))
     for s in summary:
+        if "gold_ref_mean" in s and s["method"] == summary[0]["method"]:
+            print(f"{s['bias']:>5.2f} {'pi_ref':<6} {s['gold_ref_mean']:>15.3f} {0.5:>15.3f} {s['length_ref_mean']:>15.3f}")
         cells = [f"{s[k + '_mean']:.3f}" + (f" ±{s[k + '_std']:.3f}" if s["seeds"] > 1 else "") for k, _ in cols]
         print(f"{s['bias']:>5.2f} {s['method']:<6} " + " ".join(f"{c:>15}" for c in cells))
 
