@@ -86,10 +86,14 @@ class Config:
 QUICK = dict(pretrain_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block, exit status 2
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
     """build argparse from the Config fields, so `Config(steps=5)` and `--steps 5` mean the same."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag = "--" + f.name.replace("_", "-")
@@ -265,6 +269,9 @@ def pretrain(model, tokenizer, cfg, device):
 def load_pretrained(name):
     """from_pretrained, with one clear line instead of a minute of retries when the hub is unreachable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
+        raise UsageError(f"--model {name!r}: no such folder; give a model folder, a hub name such as gpt2, or tiny")
+    name = os.path.expanduser(name)
     if not os.path.isdir(name):
         try:  # already downloaded?
             return AutoModelForCausalLM.from_pretrained(name, local_files_only=True), \
@@ -300,6 +307,9 @@ def load_reference(cfg, device):
     hf_logging.set_verbosity_error()
     if cfg.model != "tiny":
         model, tokenizer = load_pretrained(cfg.model)
+        context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        if context and cfg.max_length > context:
+            raise UsageError(f"--max-length {cfg.max_length} exceeds the model's context of {context} tokens; lower it")
         return model.to(device).eval(), tokenizer
     cache = os.path.join(cfg.out, f"reference-L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}-T{cfg.max_length}"
                                   f"-S{cfg.pretrain_steps}")
@@ -682,8 +692,9 @@ def evaluate(policy, reference, tokenizer, data, ev, cfg, seed, device):
     return res
 
 
-def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, log):
-    """one (bias, seed): data, reference log-probs and reward scores once, then every method."""
+def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, records, log):
+    """one (bias, seed): data, reference log-probs and reward scores once, then every method, whose results
+    are appended to `records` as each finishes."""
     if pairs is None:
         prompts, chosen, rejected, eval_prompts = builtin_task(reference, tokenizer, cfg, bias, seed, device)
         seed_everything(seed + 7)
@@ -701,11 +712,13 @@ def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, log):
         raise UsageError(f"only {len(data['keep'])} usable training pairs, fewer than one batch; "
                          f"lower --batch-size or bring more pairs")
     n = len(data["keep"])
+    if data["skipped"] or data["truncated"]:
+        print(f"note: {data['truncated']} pairs truncated to --max-length {cfg.max_length}, "
+              f"{data['skipped']} skipped (prompt alone too long)")
     data["ref_logps"] = all_logps(reference, data, np.arange(2 * n), device)  # (2N,), computed once
     kept = [(chosen[i], rejected[i]) for i in data["keep"]]
     longer_won = np.array([len(c.split()) > len(r.split()) for c, r in kept])
     data["rm_plain"], data["rm_family"] = reward_scores(reference, data, cfg, seed, device, longer_won)
-    records = []
     for method in cfg.method_list():
         t0 = time.time()
         policy = train_policy(reference, data, method, cfg, seed, device,
@@ -715,8 +728,7 @@ def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, log):
         records.append(dict(bias=bias, seed=seed, method=method, train_seconds=seconds,
                             **evaluate(policy, reference, tokenizer, data, ev, cfg, seed, device)))
         del policy
-    info = dict(pairs=n, skipped=data["skipped"], truncated=data["truncated"], longer_won=float(longer_won.mean()))
-    return records, info
+    return dict(pairs=n, skipped=data["skipped"], truncated=data["truncated"], longer_won=float(longer_won.mean()))
 
 
 # -----------------------------------------------------------------------------
@@ -756,10 +768,18 @@ def write_json(path, obj):
     os.replace(tmp, path)  # whole or not at all
 
 
+def check_writable(out):
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --out {out!r} ({e.strerror}); choose a folder you can write to") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to --out {out!r} (permission denied); choose a folder you can write to")
+
+
 def new_run_dir(out):
     """a fresh run-NNN folder inside --out: earlier results are never overwritten."""
     try:
-        os.makedirs(out, exist_ok=True)
         taken = [int(d[4:]) for d in os.listdir(out) if d.startswith("run-") and d[4:].isdigit()]
         path = os.path.join(out, f"run-{max(taken, default=0) + 1:03d}")
         os.makedirs(path)
@@ -822,9 +842,10 @@ def run(cfg):
     pairs = read_pairs(cfg.data) if cfg.data else None
     if pairs is not None and len(pairs) < 2:
         raise UsageError(f"--data {cfg.data!r} holds {len(pairs)} pairs; at least 2 are needed")
+    check_writable(cfg.out)
+    reference, tokenizer = load_reference(cfg, device)
     run_dir = new_run_dir(cfg.out)
     print(f"writing to {run_dir} (device {device})")
-    reference, tokenizer = load_reference(cfg, device)
     results = dict(config=dataclasses.asdict(cfg), device=str(device), runs=[], data=[])
     curves, t0 = {}, time.time()
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as fh:
@@ -836,8 +857,7 @@ def run(cfg):
         try:
             for bias in sweep_bias_list(cfg):
                 for seed in cfg.seeds:
-                    records, info = run_one(reference, tokenizer, cfg, bias, seed, device, pairs, log)
-                    results["runs"] += records
+                    info = run_one(reference, tokenizer, cfg, bias, seed, device, pairs, results["runs"], log)
                     results["data"].append(dict(bias=bias, seed=seed, **info))
         finally:  # on a diverged loss too, keep what was finished
             results.update(summary=summarize(results["runs"]) if results["runs"] else [],

@@ -405,10 +405,70 @@ def test_unreachable_hub_is_one_clear_line_within_seconds(tmp_path):
     assert time.time() - t0 < 60
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--beta", "0"], "--beta must be > 0"),
+    (["--beta", "-1"], "--beta must be > 0"),
+    (["--gamma", "-0.1"], "--gamma must be >= 0"),
+    (["--bias", "1.5"], "--bias must be in [0, 1]"),
+    (["--ensemble", "0"], "--ensemble must be >= 1"),
+    (["--steps", "0"], "--steps"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--methods", "dpo,ppo"], "unknown method ppo"),
+    (["--device", "tpu"], "unknown --device"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "--device"),
+    (["--steps", "many"], "invalid int value"),
+    (["--model", "./no/such/model"], "no such folder"),
+    (["--sweep", "--sweep-biases", "0,2"], "--sweep-biases"),
+])
+def test_bad_flag_is_one_error_line_and_exit_2(tmp_path, args, says):
+    r = cli(*args, "--out", str(tmp_path / "out"))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], r.stderr
+    assert not (tmp_path / "out").exists() or not any(p.name.startswith("run-") for p in (tmp_path / "out").iterdir())
+
+
+def test_unwritable_output_folder_is_an_error(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    r = cli("--out", str(tmp_path / "file" / "out"))
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot create --out")
+
+
+GOOD = {"prompt": "thoughts on dark water :", "chosen": " the plot was great .", "rejected": " the plot was dull ."}
+
+
+@pytest.mark.parametrize("lines, says", [
+    (None, "not found"),
+    ([json.dumps(GOOD), "{not json"], "line 2: not valid JSON"),
+    ([json.dumps({"prompt": "a", "chosen": "b"})], "line 1: needs the keys prompt, chosen and rejected"),
+    ([json.dumps({**GOOD, "chosen": 3})], "line 1: prompt, chosen and rejected must be strings"),
+    ([json.dumps({**GOOD, "rejected": "  "})], "line 1: chosen and rejected must not be empty"),
+    ([json.dumps(GOOD), json.dumps({**GOOD, "rejected": GOOD["chosen"]})], "line 2: chosen and rejected are identical"),
+    ([json.dumps(GOOD)], "holds 1 pairs"),
+])
+def test_bad_data_file_is_one_error_line_and_exit_2(tmp_path, capsys, lines, says):
+    path = tmp_path / "pairs.jsonl"
+    if lines is not None:
+        path.write_text("\n".join(lines) + "\n")
+    assert rddpo.main(["--data", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """one output folder for the end-to-end tests, so the tiny reference is pretrained once and cached."""
+    return str(tmp_path_factory.mktemp("runs"))
+
+
+def quick(runs_dir, **kw):
+    return rddpo.Config(**{**rddpo.QUICK, "quick": True, "out": runs_dir, **kw})
+
+
 @pytest.mark.slow
-def test_quick_run_end_to_end(tmp_path):
+def test_quick_run_end_to_end(runs_dir):
     """python rddpo.py --quick: every method trains and is evaluated; outputs are written."""
-    results, run_dir = rddpo.run(rddpo.Config(**{**rddpo.QUICK, "out": str(tmp_path)}))
+    results, run_dir = rddpo.run(quick(runs_dir))
     assert sorted(r["method"] for r in results["runs"]) == sorted(rddpo.METHODS)
     for r in results["runs"]:
         for k in ("gold_reward", "win_rate", "length", "kl", "logps_chosen_change", "margin_max"):
@@ -421,3 +481,49 @@ def test_quick_run_end_to_end(tmp_path):
     assert {"rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"} <= set(rows[0])
     for name in ("curves.png", "comparison.png"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
+
+
+def without_times(obj):
+    """drop every field that holds a time, and the output folder."""
+    if isinstance(obj, dict):
+        return {k: without_times(v) for k, v in obj.items() if "seconds" not in k and k != "out"}
+    return [without_times(v) for v in obj] if isinstance(obj, list) else obj
+
+
+@pytest.mark.slow
+def test_same_seed_reproduces_results_and_another_seed_does_not(runs_dir):
+    """two runs of the same command land in two run folders (nothing overwritten) with identical results,
+    times excepted; seed 1 gives different numbers."""
+    (a, dir_a), (b, dir_b) = rddpo.run(quick(runs_dir)), rddpo.run(quick(runs_dir))
+    assert dir_a != dir_b
+    with open(os.path.join(dir_a, "results.json")) as fa, open(os.path.join(dir_b, "results.json")) as fb:
+        assert without_times(json.load(fa)) == without_times(json.load(fb))
+    c, _ = rddpo.run(quick(runs_dir, seeds=[1]))
+    assert [r["gold_reward"] for r in c["runs"]] != [r["gold_reward"] for r in a["runs"]]
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_method_and_step_and_keeps_finished_results(runs_dir, monkeypatch, capsys):
+    """ipo returns nan: training stops at ipo's step 1 with a message; dpo, trained before it, is in results.json."""
+    monkeypatch.setattr(rddpo, "ipo_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
+    assert rddpo.main(["--quick", "--methods", "dpo,ipo", "--out", runs_dir]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ipo:") and "step 1" in err
+    run_dir = max(p for p in os.listdir(runs_dir) if p.startswith("run-"))
+    with open(os.path.join(runs_dir, run_dir, "results.json")) as fh:
+        assert [r["method"] for r in json.load(fh)["runs"]] == ["dpo"]
+
+
+@pytest.mark.slow
+def test_own_data_file_runs_and_reports_truncation(runs_dir, tmp_path, capsys):
+    """20 pairs in trl's format, one with a response longer than the context: it is truncated and reported;
+    without a gold reward the results hold held-out preference accuracy instead."""
+    rng = np.random.default_rng(0)
+    rows = [{"prompt": rddpo.make_prompts(rng, 1, rddpo.TITLES)[0], "chosen": " the plot was great .",
+             "rejected": f" the plot was {rddpo.NEGATIVE[i % 5]} ."} for i in range(20)]
+    rows[3]["chosen"] = " the plot was great ." * 20
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results, _ = rddpo.run(quick(runs_dir, data=str(path), methods="dpo,e-dpo", batch_size=4))
+    assert "1 pairs truncated" in capsys.readouterr().out
+    assert all("heldout_accuracy" in r and "gold_reward" not in r for r in results["runs"])
