@@ -704,9 +704,11 @@ def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, records, log):
         ev["ref_length"] = float(np.mean([len(r.split()) for r in ref_responses]))
     else:
         prompts, chosen, rejected, held = user_task(pairs, cfg, seed)
-        ev = {"prompts": [p for p, _, _ in held],
-              "held": tokenize_pairs(tokenizer, *zip(*held), cfg.max_length)}
-        ev["held"]["ref_logps"] = all_logps(reference, ev["held"], np.arange(2 * len(held)), device)
+        ev = {"held": tokenize_pairs(tokenizer, *zip(*held), cfg.max_length)}
+        ev["prompts"] = [held[i][0] for i in ev["held"]["keep"]]
+        if not ev["prompts"]:
+            raise UsageError(f"no held-out prompt fits in --max-length {cfg.max_length}; raise it or shorten the prompts")
+        ev["held"]["ref_logps"] = all_logps(reference, ev["held"], np.arange(2 * len(ev["prompts"])), device)
     data = tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
     if len(data["keep"]) < cfg.batch_size:
         raise UsageError(f"only {len(data['keep'])} usable training pairs, fewer than one batch; "
@@ -721,9 +723,11 @@ def run_one(reference, tokenizer, cfg, bias, seed, device, pairs, records, log):
     data["rm_plain"], data["rm_family"] = reward_scores(reference, data, cfg, seed, device, longer_won)
     for method in cfg.method_list():
         t0 = time.time()
+        reference.cpu()  # while a policy trains, only the policy is on the device
         policy = train_policy(reference, data, method, cfg, seed, device,
                               lambda step, m: log(dict(bias=bias, seed=seed, method=method, step=step, **m)))
         seconds = time.time() - t0
+        reference.to(device)
         seed_everything(seed * 100 + METHODS.index(method))
         records.append(dict(bias=bias, seed=seed, method=method, train_seconds=seconds,
                             **evaluate(policy, reference, tokenizer, data, ev, cfg, seed, device)))
@@ -739,12 +743,14 @@ KEYS = ["gold_reward", "win_rate", "length", "kl", "gold_ref", "length_ref", "lo
 
 
 def summarize(records):
-    """mean and standard deviation over seeds, per (bias, method)."""
+    """mean and sample standard deviation over seeds, per (bias, method)."""
     groups = {}
     for r in records:
         groups.setdefault((r["bias"], r["method"]), []).append(r)
+    def std(v):  # sample standard deviation; 0 for a single seed
+        return np.std(v, ddof=1) if len(v) > 1 else 0.0
     return [dict(bias=b, method=m, seeds=len(rs), **{f"{k}_{s}": float(f([r[k] for r in rs]))
-            for k in KEYS if k in rs[0] for s, f in (("mean", np.mean), ("std", np.std))})
+            for k in KEYS if k in rs[0] for s, f in (("mean", np.mean), ("std", std))})
             for (b, m), rs in groups.items()]
 
 
