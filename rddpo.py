@@ -47,6 +47,8 @@ class UsageError(Exception):
 # -----------------------------------------------------------------------------
 # 1. configuration
 
+QUICK = dict(pretrain_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5)  # --quick
+
 
 @dataclass
 class Config:
@@ -72,7 +74,8 @@ class Config:
     data: str = field(default="", metadata={"help": "your own pairs: JSON lines with prompt, chosen, rejected"})
     sweep: bool = field(default=False, metadata={"help": "run every bias in --sweep-biases and draw the headline figure"})
     sweep_biases: str = field(default="0,0.25,0.5,0.75,1", metadata={"help": "bias values for --sweep"})
-    quick: bool = field(default=False, metadata={"help": "a tiny budget for smoke tests"})
+    quick: bool = field(default=False, metadata={"help": "a tiny budget for smoke tests: " + ", ".join(
+        f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())})
     n_layer: int = field(default=2, metadata={"help": "tiny model: layers"})
     n_embd: int = field(default=64, metadata={"help": "tiny model: width"})
     n_head: int = field(default=4, metadata={"help": "tiny model: attention heads"})
@@ -81,9 +84,6 @@ class Config:
 
     def method_list(self):
         return [m.strip() for m in self.methods.split(",") if m.strip()]
-
-
-QUICK = dict(pretrain_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -858,6 +858,10 @@ def run(cfg):
         def log(row):
             fh.write(json.dumps(row) + "\n")
             fh.flush()
+            tqdm.write(f"bias {row['bias']:.2f} seed {row['seed']} {row['method']:<5} step {row['step']:>4}  "
+                       f"loss {row['loss']:8.4f}  margin {row['rewards/margins']:7.3f}  "
+                       f"acc {row['rewards/accuracies']:.2f}  dlogp chosen {row['logps/chosen_change']:7.2f}  "
+                       f"rejected {row['logps/rejected_change']:7.2f}")
             if row["seed"] == cfg.seeds[0] and row["bias"] == sweep_bias_list(cfg)[0]:
                 curves.setdefault(row["method"], []).append(row)
         try:
