@@ -2,13 +2,14 @@
 Robust preference optimization in a bandit small enough to solve by hand.
 
 One prompt, a handful of arms (responses), a reference policy pi_ref, a gold reward and a finite
-set of preference pairs. DPO's loss reaches its infimum only as every winner/loser log-ratio h goes
-to infinity, so gradient descent walks off for every beta (a); with shared features it can even
-lower the preferred arm's probability while the margin grows (b). Distilling an explicit reward
-model (d-DPO) has a finite target, pi*_r = pi_ref exp(r / beta) / Z; pessimism over a family of
-reward models (e-DPO), or a forward-KL leash on DPO (p-DPO), keeps the policy near pi_ref when the
-reward model is biased (c, d). Every gradient is written by hand, every closed form sits next to the
-gradient descent that should reach it, and test_toy_bandit.py checks that they agree.
+set of preference pairs. When each pair is seen in one order only, DPO's loss reaches its infimum
+only as every winner/loser log-ratio h goes to infinity, so gradient descent walks off for every
+beta (a); with shared features it can even lower the preferred arm's probability while the margin
+grows (b). Distilling an explicit reward model (d-DPO) has a finite target, pi*_r = pi_ref
+exp(r / beta) / Z; pessimism over a family of reward models (e-DPO), or a forward-KL leash on DPO
+(p-DPO), keeps the policy near pi_ref when the reward model is biased (c, d). Every gradient is
+written by hand, every closed form sits next to the gradient descent that should reach it, and
+test_toy_bandit.py checks that they agree. Figures: a_divergence.png .. d_beta_sweep.png in --out.
 
     python toy_bandit.py [--out toy_out] [--json]
 """
@@ -280,6 +281,8 @@ def pdpo_one_pair(pi_ref, w, l, beta, gamma):
 
 GAMMA_E = 0.01  # choice: e-DPO's FKL only has to break ties between members that fit (METHOD.md)
 GAMMA_P = 1.0   # choice: p-DPO's gamma must stay away from 0, or it falls back to DPO
+# note: DPO pulls h with beta sigmoid(-beta h) but the FKL term has no beta, so at a fixed gamma p-DPO
+# moves less from pi_ref as beta shrinks (scenario d): one pair gives d = (beta / gamma) sigmoid(-beta h)
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of the weight on pairs the longer answer won, per member
 
 
@@ -310,6 +313,7 @@ def scenario_divergence(out=None, beta=1.0, betas=(0.1, 0.5, 1.0, 2.0), steps=30
                  run(b, f"IPO [{tag}]", Method("ipo", beta), ipo_policy(b, beta)),
                  run(b, f"d-DPO [{tag}]", Method("ddpo", beta, rewards=r_hat[None]), distill_policy(b, r_hat, beta)),
                  run(b, f"p-DPO [{tag}]", Method("pdpo", beta, GAMMA_P), closed_p)]
+    # with the step 1/L, L ~ beta^2, DPO's beta h takes the same path for every beta: beta only rescales h
     dpo = {bt: probs(tot, train(tot, Method("dpo", bt), steps)[1]) for bt in betas}  # (T + 1, 3) each
     ipo = {bt: ipo_policy(tot, bt) for bt in betas}
     res = {"rows": rows, "beta": beta, "steps": steps,
@@ -335,13 +339,14 @@ def scenario_displacement(out=None, beta=1.0, steps=3000):
     family = np.array([fit_reward_model(bandit, lam) for lam in (0.1, 0.3, 1.0)])  # (3, 3)
     methods = {"DPO": Method("dpo", beta), "d-DPO": Method("ddpo", beta, rewards=family[:1]),
                "e-DPO": Method("edpo", beta, GAMMA_E, family), "p-DPO": Method("pdpo", beta, GAMMA_P)}
-    closed = {"d-DPO": distill_policy(bandit, family[0], beta), "e-DPO": distill_policy(bandit, family[2], beta)}
+    drs = family[:, bandit.winners] - family[:, bandit.losers]  # (K, B)
+    k = pessimistic_distill_loss(np.zeros(1), drs, beta)[2]  # e-DPO follows the member it starts nearest
+    closed = {"d-DPO": distill_policy(bandit, family[0], beta), "e-DPO": distill_policy(bandit, family[k], beta)}
     paths = {k: probs(bandit, train(bandit, m, steps)[1]) for k, m in methods.items()}  # (T + 1, 3) each
     rows = [row(bandit, k, np.log(p[-1]), beta, closed.get(k)) for k, p in paths.items()]
     dpo = paths["DPO"]
     res = {"rows": rows, "beta": beta, "steps": steps,
            "dpo_pi_w": {str(t): float(dpo[t, 0]) for t in (0, 1, 10, 100, steps)},
-           "dpo_pi_u": {str(t): float(dpo[t, 2]) for t in (0, 1, 10, 100, steps)},
            "dpo_margin": {str(t): float(beta * margins(bandit, np.log(dpo[t]))[0]) for t in (0, 1, 10, 100, steps)},
            "dpo_pi_w_falls_every_step": bool(np.all(np.diff(dpo[:, 0]) < 0))}
     if out:
@@ -399,13 +404,12 @@ def scenario_beta_sweep(out=None, betas=(0.1, 0.2, 0.5, 1.0, 2.0), steps=3000):
     """(d) Final gold reward and KL(pi || pi_ref) of each method against beta, on the length-biased data."""
     bandit, length = length_bias_bandit()
     r_hat, family = fit_reward_model(bandit), reward_family(bandit, length, SHARES)
-    res = {"betas": list(betas), "steps": steps}
+    res = {"betas": list(betas), "steps": steps, "ref_gold": float(np.exp(bandit.ref_logp) @ bandit.gold)}
     for beta in betas:
         for name, m in methods_for(beta, r_hat, family).items():
-            r = run(bandit, name, m, steps=steps)
-            res.setdefault(name, {"gold": [], "kl": [], "margin": []})
-            for key in ("gold", "kl", "margin"):
-                res[name][key].append(r[key])
+            r, cur = run(bandit, name, m, steps=steps), res.setdefault(name, {"gold": [], "kl": [], "margin": []})
+            for key in cur:
+                cur[key].append(r[key])
     if out:
         draw_beta_sweep(res, os.path.join(out, "d_beta_sweep.png"))
     return res
@@ -413,6 +417,12 @@ def scenario_beta_sweep(out=None, betas=(0.1, 0.2, 0.5, 1.0, 2.0), steps=3000):
 
 # -----------------------------------------------------------------------------
 # 7. figures
+
+
+def save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def draw_divergence(bandit, dpo, ipo, path):
@@ -430,9 +440,7 @@ def draw_divergence(bandit, dpo, ipo, path):
     for ax in (ax1, ax2):
         ax.plot([], [], "k--", label="IPO's closed form")
         ax.legend(fontsize=8, title="solid: DPO", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def draw_displacement(bandit, paths, path):
@@ -442,7 +450,7 @@ def draw_displacement(bandit, paths, path):
     for i, name in enumerate(("pi(y_w), preferred", "pi(y_l), rejected", "pi(y_u), never seen")):
         ax1.plot(t, p[:, i], label=name)
     ax1.plot(t, margins(bandit, np.log(p))[:, 0] / 10, "k--", label="margin beta h / 10")
-    ax1.set(xscale="log", xlabel="gradient step", ylabel="probability",
+    ax1.set(xscale="log", xlabel="1 + gradient step", ylabel="probability",
             title="DPO, shared features: pi(y_w) falls as the margin grows")
     ax1.legend(fontsize=8)
     names = ["pi_ref"] + list(paths)
@@ -452,9 +460,7 @@ def draw_displacement(bandit, paths, path):
     ax2.set(xticks=np.arange(len(names)), xticklabels=names, ylabel="final probability",
             title="where each method stops")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def draw_family(bandit, res, path):
@@ -471,9 +477,7 @@ def draw_family(bandit, res, path):
     ax.set(xlabel="KL(pi || pi_ref)", ylabel="E_pi[gold reward]",
            title=f"length-biased labels, beta={res['beta']} (x: pi*_r of each member)")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def draw_beta_sweep(res, path):
@@ -481,13 +485,12 @@ def draw_beta_sweep(res, path):
     for name in ("DPO", "IPO", "d-DPO", "e-DPO", "p-DPO"):
         ax1.plot(res["betas"], res[name]["gold"], "o-", label=name)
         ax2.plot(res["betas"], res[name]["kl"], "o-", label=name)
-    ax1.set(xscale="log", xlabel="beta", ylabel="E_pi[gold reward]", title="gold reward after training")
+    ax1.axhline(res["ref_gold"], color="grey", ls=":", label="pi_ref")
+    ax1.set(xscale="log", xlabel="beta", ylabel="E_pi[gold reward]", title="length-biased labels: gold reward")
     ax2.set(xscale="log", yscale="log", xlabel="beta", ylabel="KL(pi || pi_ref)", title="distance from pi_ref")
     for ax in (ax1, ax2):
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 # -----------------------------------------------------------------------------
@@ -526,7 +529,8 @@ def main(argv=None):
     print_rows(f"(a) DPO diverges (3 arms, uniform pi_ref, beta={res['a']['beta']}, DPO {res['a']['steps']} steps)",
                res["a"]["rows"])
     print_rows("(b) likelihood displacement (log-linear, phi_w=(1,0) phi_l=(0,1) phi_u=(2,-1))", res["b"]["rows"])
-    print_rows(f"(c) length-biased labels (5 arms: good-s ok-s ok-L bad-s bad-L, beta={res['c']['beta']})", res["c"]["rows"])
+    print_rows(f"(c) length-biased labels (arms good-s ok-s ok-L bad-s bad-L, beta={res['c']['beta']})",
+               res["c"]["rows"])
     print_sweep(res["d"])
     print(f"\ngap: max |pi - closed form| (e-DPO: its gamma -> 0 limit). figures in {args.out}/, {res['seconds']} s")
     return res

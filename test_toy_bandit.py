@@ -1,0 +1,289 @@
+"""Tests for toy_bandit.py: closed forms against gradient descent, METHOD.md's numbers, hand-written
+gradients against finite differences, and DPO's divergence. Each docstring shows the hand computation."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import toy_bandit as tb
+
+U3 = np.ones(3) / 3
+
+
+def final_policy(bandit, m, steps=20000):
+    return tb.probs(bandit, tb.train(bandit, m, steps)[0])
+
+
+def small_bandits():
+    """A tabular bandit (4 arms, skewed pi_ref, repeated and reversed pairs) and a log-linear one."""
+    rng = np.random.default_rng(0)
+    pairs = [(0, 1), (0, 1), (1, 0), (1, 2), (3, 2), (0, 3)]
+    tab = tb.tabular(np.array([0.1, 0.2, 0.3, 0.4]), pairs, gold=[1.0, 0.0, 0.5, -1.0])
+    lin = tb.Bandit(rng.normal(size=(4, 2)), rng.normal(size=2), tab.winners, tab.losers, tab.gold)
+    return {"tabular": tab, "log-linear": lin}
+
+
+# -----------------------------------------------------------------------------
+# numerics and losses
+
+
+def test_dpo_loss_is_ln2_and_gradient_is_minus_beta_half_when_policy_equals_reference():
+    """h = 0 at pi = pi_ref: -log sigmoid(0) = ln 2, and d/dh_i = -beta sigmoid(0) / B = -beta / (2B)."""
+    loss, g = tb.dpo_loss(np.zeros(4), beta=0.3)
+    assert loss == pytest.approx(math.log(2))
+    np.testing.assert_allclose(g, -0.3 / 8)
+
+
+def test_log_sigmoid_and_log_softmax_are_finite_far_out():
+    """log sigmoid(-800) = -800 (naive log(1 / (1 + e^800)) overflows); log_softmax([1000, 0]) = (0, -1000)."""
+    assert tb.log_sigmoid(np.array(-800.0)) == pytest.approx(-800.0)
+    assert tb.log_sigmoid(np.array(800.0)) == 0.0
+    np.testing.assert_allclose(tb.log_softmax(np.array([1000.0, 0.0])), [0.0, -1000.0])
+
+
+def test_dpo_loss_tends_to_zero_on_a_policy_whose_preferred_arm_vanishes():
+    """METHOD.md: one pair y1 > y2, uniform pi_ref, pi = (eps, eps^2, 1 - eps - eps^2): h = log(1/eps),
+    so the loss is -log sigmoid(log(1/eps)) = log(1 + eps) -> 0 while pi(y1) = eps -> 0."""
+    bandit = tb.tabular(U3, [(0, 1)], gold=[1, 0, 0])
+    for eps in (1e-2, 1e-4, 1e-6):
+        logp = np.log([eps, eps ** 2, 1 - eps - eps ** 2])
+        assert tb.dpo_loss(tb.margins(bandit, logp), 1.0)[0] == pytest.approx(math.log1p(eps), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "ddpo", "edpo", "pdpo"])
+def test_losses_ignore_a_constant_added_to_every_logit(name):
+    """softmax(z + c) = softmax(z), so h and FKL, hence every loss, are unchanged (tabular theta = logits)."""
+    bandit = small_bandits()["tabular"]
+    m = tb.Method(name, 0.7, 0.5 if name in ("edpo", "pdpo") else 0.0, np.random.default_rng(6).normal(size=(2, 4)))
+    theta = np.random.default_rng(7).normal(size=4)
+    assert tb.objective(bandit, m, theta + 5.0)[0] == pytest.approx(tb.objective(bandit, m, theta)[0])
+
+
+@pytest.mark.parametrize("policy", ["tabular", "log-linear"])
+@pytest.mark.parametrize("name", ["dpo", "ipo", "ddpo", "edpo", "pdpo"])
+def test_hand_written_gradient_matches_central_differences(policy, name):
+    """(L(theta + eps e_j) - L(theta - eps e_j)) / (2 eps) agrees with objective's gradient to O(eps^2)."""
+    bandit = small_bandits()[policy]
+    rewards = np.random.default_rng(1).normal(size=(3, 4))  # (K, n); no ties between members' losses
+    m = tb.Method(name, beta=0.7, gamma=0.5 if name in ("edpo", "pdpo") else 0.0,
+                  rewards=rewards[:1] if name == "ddpo" else rewards)
+    theta = bandit.theta_ref + np.random.default_rng(2).normal(size=bandit.theta_ref.shape)
+    eps, grad = 1e-6, tb.objective(bandit, m, theta)[1]
+    fd = [(tb.objective(bandit, m, theta + eps * e)[0] - tb.objective(bandit, m, theta - eps * e)[0]) / (2 * eps)
+          for e in np.eye(len(theta))]
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_bt_and_forward_kl_gradients_match_central_differences():
+    """Same check for the weighted, L2-penalised BT loss in r and for KL(pi_ref || pi) in the logits."""
+    bandit, rng, eps = small_bandits()["tabular"], np.random.default_rng(3), 1e-6
+    r, w, z = rng.normal(size=4), rng.uniform(0.5, 2, size=6), rng.normal(size=4)
+    f_bt = lambda x: tb.bt_loss(bandit, x, lam=0.3, weights=w)[0]
+    f_kl = lambda x: tb.forward_kl(tb.log_softmax(x), bandit.ref_logp)[0]
+    g_bt, g_kl = tb.bt_loss(bandit, r, 0.3, w)[1], tb.forward_kl(tb.log_softmax(z), bandit.ref_logp)[1]
+    for f, x, g in ((f_bt, r, g_bt), (f_kl, z, g_kl)):
+        fd = [(f(x + eps * e) - f(x - eps * e)) / (2 * eps) for e in np.eye(4)]
+        np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_edpo_with_identical_members_is_ddpo_plus_gamma_fkl_and_ignores_shifts_and_order():
+    """K copies of r: min_k is any copy, so e-DPO = d-DPO + gamma FKL. Shifting r_k by c leaves every dr
+    unchanged, and permuting the members leaves the min unchanged."""
+    bandit, rng = small_bandits()["tabular"], np.random.default_rng(4)
+    r, theta = rng.normal(size=(2, 4)), np.log(rng.dirichlet(np.ones(4)))
+    edpo = tb.objective(bandit, tb.Method("edpo", 0.5, 0.2, np.stack([r[0]] * 3)), theta)[0]
+    ddpo = tb.objective(bandit, tb.Method("ddpo", 0.5, 0.0, r[:1]), theta)[0]
+    fkl = tb.forward_kl(tb.log_softmax(theta), bandit.ref_logp)[0]
+    assert edpo == pytest.approx(ddpo + 0.2 * fkl)
+    base = tb.objective(bandit, tb.Method("edpo", 0.5, 0.2, r), theta)[0]
+    moved = tb.objective(bandit, tb.Method("edpo", 0.5, 0.2, r[::-1] + np.array([[3.0], [-1.0]])), theta)[0]
+    assert moved == pytest.approx(base)
+
+
+# -----------------------------------------------------------------------------
+# closed forms: METHOD.md's numbers
+
+
+@pytest.mark.parametrize("reward, expected, fkl", [((1.0, 0.0, 0.5), (0.5065, 0.1863, 0.3072), 0.0817),
+                                                   ((0.2, 0.0, 2.0), (0.1271, 0.1041, 0.7689), 0.4309)])
+def test_optimal_policy_and_its_forward_kl_match_method_md(reward, expected, fkl):
+    """Uniform pi_ref, beta = 1: pi* = e^r / sum e^r, e.g. e^1 / (e^1 + 1 + e^0.5) = 2.718 / 5.367 = 0.5065;
+    KL(pi_ref || pi*) = log mean(e^r) - mean(r) = log(5.367 / 3) - 0.5 = 0.0817."""
+    pi = tb.optimal_policy(U3, np.array(reward), 1.0)
+    np.testing.assert_allclose(pi, expected, atol=5e-5)
+    assert tb.kl(U3, pi) == pytest.approx(fkl, abs=5e-5)
+    assert tb.kl(U3, pi) == pytest.approx(np.log(np.mean(np.exp(reward))) - np.mean(reward))
+
+
+def test_pessimism_over_method_md_pair_picks_the_first_reward():
+    """FKL 0.0817 < 0.4309, so the member nearest pi_ref is r = (1, 0, 0.5)."""
+    k, pi = tb.pessimistic_choice(U3, np.array([[1.0, 0.0, 0.5], [0.2, 0.0, 2.0]]), 1.0)
+    assert k == 0
+    np.testing.assert_allclose(pi, [0.5065, 0.1863, 0.3072], atol=5e-5)
+
+
+def test_pessimistic_member_loses_to_pi_ref_on_the_other_member():
+    """The member argmin is not the maximin over both: J(pi*_a, r_b) = 0.5065*0.2 + 0.3072*2 - 2.2/3
+    - KL(pi*_a || pi_ref) = 0.7157 - 0.7333 - 0.0782 = -0.096 < 0 = J(pi_ref, r_b)."""
+    pa = tb.optimal_policy(U3, np.array([1.0, 0.0, 0.5]), 1.0)
+    assert tb.rlhf_value(pa, U3, np.array([0.2, 0.0, 2.0]), 1.0) == pytest.approx(-0.096, abs=1e-3)
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.0, 2.5])
+def test_best_value_is_beta_fkl_and_beats_other_policies(beta):
+    """J(pi*_r, r) = beta KL(pi_ref || pi*_r) = beta log E_ref e^{r/beta} - E_ref r, and no policy does better."""
+    rng = np.random.default_rng(5)
+    pi_ref, r = rng.dirichlet(np.ones(5)), rng.normal(size=5)
+    v = tb.best_value(pi_ref, r, beta)
+    assert tb.rlhf_value(tb.optimal_policy(pi_ref, r, beta), pi_ref, r, beta) == pytest.approx(v)
+    assert v == pytest.approx(beta * np.log(pi_ref @ np.exp(r / beta)) - pi_ref @ r)
+    assert tb.rlhf_value(tb.optimal_policy(pi_ref, r, beta), pi_ref, r + 7.0, beta) == pytest.approx(v)
+    assert all(tb.rlhf_value(p, pi_ref, r, beta) < v for p in rng.dirichlet(np.ones(5), size=50))
+
+
+def test_pdpo_one_pair_is_8_15_2_15_1_3_and_gradient_descent_reaches_it():
+    """gamma = beta = 1, uniform: y3 keeps 1/3; d = sigmoid(-h) with h = log((1/3 + d) / (1/3 - d)) gives
+    d = (1/3 - d) * 3/2, so d = 1/5: (1/3 + 1/5, 1/3 - 1/5, 1/3) = (8/15, 2/15, 1/3), margin log 4."""
+    closed = tb.pdpo_one_pair(U3, 0, 1, 1.0, 1.0)
+    np.testing.assert_allclose(closed, [8 / 15, 2 / 15, 1 / 3], atol=1e-12)
+    bandit = tb.tabular(U3, [(0, 1)], gold=[1.0, 0.0, 0.5])
+    pi = final_policy(bandit, tb.Method("pdpo", 1.0, 1.0))
+    np.testing.assert_allclose(pi, closed, atol=1e-6)
+    assert tb.margins(bandit, np.log(pi))[0] == pytest.approx(math.log(4), abs=1e-5)
+
+
+@pytest.mark.parametrize("beta, gamma", [(0.1, 0.3), (2.0, 0.5), (0.5, 5.0)])
+def test_pdpo_one_pair_closed_form_matches_gradient_descent_for_any_pi_ref(beta, gamma):
+    """Stationarity -beta sigmoid(-beta h)(e_w - e_l) + gamma (pi - pi_ref) = 0: unseen y3 keeps pi_ref(y3)."""
+    pi_ref = np.array([0.2, 0.5, 0.3])
+    pi = final_policy(tb.tabular(pi_ref, [(0, 1)], gold=[1.0, 0.0, 0.0]), tb.Method("pdpo", beta, gamma))
+    np.testing.assert_allclose(pi, tb.pdpo_one_pair(pi_ref, 0, 1, beta, gamma), atol=1e-6)
+    assert pi[2] == pytest.approx(0.3, abs=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 1.0, 2.0])
+def test_ipo_two_arms_is_sigmoid_of_one_over_two_beta(beta):
+    """IPO's optimum is h = log(pi1 / pi2) = 1/(2 beta) from uniform, so pi1 = sigmoid(1/(2 beta))."""
+    bandit = tb.tabular(np.ones(2) / 2, [(0, 1)], gold=[1.0, 0.0])
+    pi = final_policy(bandit, tb.Method("ipo", beta))
+    assert pi[0] == pytest.approx(1 / (1 + math.exp(-1 / (2 * beta))), abs=1e-6)
+    np.testing.assert_allclose(tb.ipo_policy(bandit, beta), pi, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_ipo_total_order_is_the_least_squares_solution(beta):
+    """Minimise (x - t)^2 + (y - t)^2 + (x + y - t)^2, t = 1/(2 beta): x = y = 2t/3, so
+    log pi - log pi_ref = (4t/3, 2t/3, 0) + c."""
+    bandit, t = tb.tabular(U3, [(0, 1), (1, 2), (0, 2)], gold=[1, 0.5, 0]), 1 / (2 * beta)
+    hand = np.exp([4 * t / 3, 2 * t / 3, 0.0]) / np.exp([4 * t / 3, 2 * t / 3, 0.0]).sum()
+    np.testing.assert_allclose(tb.ipo_policy(bandit, beta), hand, atol=1e-12)
+    np.testing.assert_allclose(final_policy(bandit, tb.Method("ipo", beta)), hand, atol=1e-6)
+
+
+def test_ddpo_reaches_optimal_policy_when_pairs_connect_every_arm():
+    """Zero d-DPO loss forces beta log(pi / pi_ref) = r + c on every compared pair; connected pairs make c
+    one constant, so pi = pi*_r exactly (length-biased data: 5 arms, every pair compared)."""
+    bandit, _ = tb.length_bias_bandit()
+    r, pi_ref = tb.fit_reward_model(bandit), np.exp(bandit.ref_logp)
+    pi = final_policy(bandit, tb.Method("ddpo", 0.5, rewards=r[None]))
+    np.testing.assert_allclose(pi, tb.optimal_policy(pi_ref, r, 0.5), atol=1e-6)
+    np.testing.assert_allclose(tb.distill_policy(bandit, r, 0.5), pi, atol=1e-6)
+
+
+def test_ddpo_pins_only_the_compared_ratio_and_leaves_an_unseen_arm_alone():
+    """One pair y1 > y2, r = (1, 0, 5): beta h -> dr = 1, and y3's logit never gets a gradient."""
+    bandit = tb.tabular(U3, [(0, 1)], gold=[1, 0, 0])
+    theta = tb.train(bandit, tb.Method("ddpo", 2.0, rewards=np.array([[1.0, 0.0, 5.0]])))[0]
+    assert 2.0 * tb.margins(bandit, tb.log_softmax(theta))[0] == pytest.approx(1.0, abs=1e-8)
+    assert theta[2] == pytest.approx(np.log(1 / 3))
+
+
+def test_edpo_with_small_gamma_reaches_the_pessimistic_members_optimal_policy():
+    """gamma -> 0: e-DPO -> pi*_r of the member with the least FKL; at gamma = 1e-7 the pull of the FKL
+    moves the policy by O(gamma), well under 1e-6."""
+    bandit, length = tb.length_bias_bandit()
+    family = tb.reward_family(bandit, length, tb.SHARES)
+    k, closed = tb.pessimistic_choice(np.exp(bandit.ref_logp), family, 0.5)
+    theta = tb.train(bandit, tb.Method("edpo", 0.5, 1e-7, family))[0]
+    np.testing.assert_allclose(tb.probs(bandit, theta), closed, atol=1e-6)
+    drs = family[:, bandit.winners] - family[:, bandit.losers]
+    assert tb.pessimistic_distill_loss(tb.margins(bandit, tb.log_softmax(theta)), drs, 0.5)[2] == k
+
+
+def test_bt_margin_is_log_of_win_count_ratio_and_l2_centres_rewards():
+    """A pair won 3 times and lost once: sigmoid(dr) = 3/4, dr = log 3. With L2 the rewards sum to 0
+    (the BT gradient sums to 0 over arms, so lam * sum(r) = 0)."""
+    bandit = tb.tabular(U3, [(0, 1)] * 3 + [(1, 0)], gold=[1, 0, 0])
+    r = tb.fit_reward_model(bandit, lam=0.0)
+    assert r[0] - r[1] == pytest.approx(math.log(3), abs=1e-8)
+    assert tb.fit_reward_model(bandit, lam=0.5).sum() == pytest.approx(0, abs=1e-10)
+
+
+def test_dpo_on_a_pair_seen_both_ways_stops_at_log_count_ratio():
+    """n_wl = 3, n_lw = 1: 3 sigmoid(-beta h) = sigmoid(beta h) at the optimum, so beta h = log 3."""
+    bandit = tb.tabular(U3, [(0, 1)] * 3 + [(1, 0)], gold=[1, 0, 0])
+    pi = final_policy(bandit, tb.Method("dpo", 0.5))
+    assert 0.5 * tb.margins(bandit, np.log(pi))[0] == pytest.approx(math.log(3), abs=1e-6)
+
+
+# -----------------------------------------------------------------------------
+# the scenarios: DPO diverges, likelihood displacement
+
+
+def test_dpo_margin_grows_like_log_t_without_bound():
+    """One pair, step 1/L = 2/beta^2: m = beta h moves by 4 sigmoid(-m) ~ 4 e^-m per step, so e^m ~ 4t + 1
+    and doubling the steps adds log 2 to the margin, forever: m(3000) ~ log 12001 = 9.39."""
+    bandit = tb.tabular(U3, [(0, 1)], gold=[1, 0, 0])
+    path = tb.probs(bandit, tb.train(bandit, tb.Method("dpo", 1.0), 4000)[1])
+    m = tb.margins(bandit, np.log(path))[:, 0]
+    assert m[4000] - m[2000] == pytest.approx(math.log(2), abs=0.01)
+    assert m[3000] == pytest.approx(math.log(12001), abs=0.05)
+    assert np.all(np.diff(m) > 0)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 1.0, 2.0])
+def test_dpo_on_total_order_keeps_rising_and_sends_c_to_zero_for_every_beta(beta):
+    """a > b, b > c, a > c: DPO's loss stays above 0 while h is finite, so the margin keeps rising, c (never
+    a winner) loses mass every step and a gains it; IPO stops at pi(a) = e^{4t/3} / (1 + e^{2t/3} + e^{4t/3})."""
+    bandit = tb.tabular(U3, [(0, 1), (1, 2), (0, 2)], gold=[1, 0.5, 0])
+    path = tb.probs(bandit, tb.train(bandit, tb.Method("dpo", beta), 2000)[1])
+    h = tb.margins(bandit, np.log(path)).max(-1)
+    assert h[2000] > h[1000] + 0.1 / beta and h[1000] > h[100]
+    assert np.all(np.diff(path[:, 2]) < 0) and np.all(np.diff(path[:, 0]) >= 0)  # pi(a) reaches 1.0 in float64
+    assert path[-1, 2] < path[-1, 1] and path[-1, 0] > max(0.98, tb.ipo_policy(bandit, beta)[0])
+
+
+def test_displacement_pi_yw_falls_while_margin_grows_and_unseen_arm_takes_the_mass():
+    """Logits (t, -t, 3t) along (1, -1): d log pi_w / dt = 1 - E_pi[(1, -1, 3)] = 1 - 1 = 0 at t = 0 and
+    < 0 after, since E_pi moves toward 3 (second derivative -Var_uniform(1, -1, 3) = -(11/3 - 1) = -8/3);
+    so pi(y_w) falls every step while h = 2t rises."""
+    bandit, t = tb.displacement_bandit(), 1e-4
+    d_log_pi_w = np.log(tb.probs(bandit, np.array([t, -t]))[0]) - np.log(1 / 3)
+    assert d_log_pi_w / t ** 2 == pytest.approx(-8 / 3 / 2, rel=1e-3)
+    path = tb.probs(bandit, tb.train(bandit, tb.Method("dpo", 1.0), 3000)[1])
+    assert np.all(np.diff(path[:, 0]) < 0)
+    assert np.all(np.diff(tb.margins(bandit, np.log(path))[:, 0]) > 0)
+    assert path[-1, 2] > 0.99
+    res = tb.scenario_displacement(steps=300)
+    assert res["dpo_pi_w_falls_every_step"] and res["dpo_pi_w"]["300"] < res["dpo_pi_w"]["1"] < 1 / 3
+
+
+def test_displacement_fixes_stop_at_finite_margin_with_more_mass_on_y_w():
+    """d-DPO pins beta h = dr: theta = dr / (2 beta) (1, -1); e-DPO and p-DPO also stop finite."""
+    rows = {r["method"]: r for r in tb.scenario_displacement(steps=3000)["rows"]}
+    dr = np.ptp(tb.fit_reward_model(tb.displacement_bandit())[:2])
+    assert rows["d-DPO"]["margin"] == pytest.approx(dr, abs=1e-6) and rows["d-DPO"]["gap"] < 1e-6
+    for name in ("d-DPO", "e-DPO", "p-DPO"):
+        assert rows[name]["policy"][0] > rows["DPO"]["policy"][0] + 0.05
+        assert rows[name]["margin"] < rows["DPO"]["margin"] / 3
+
+
+@pytest.mark.slow
+def test_main_prints_json_and_writes_four_figures(tmp_path, capsys):
+    """End to end: --json prints parseable numbers for scenarios a-d, and every figure is a PNG."""
+    tb.main(["--out", str(tmp_path), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert set(res) >= {"a", "b", "c", "d"} and all(r["gap"] is None or r["gap"] < 1e-2 for r in res["c"]["rows"])
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["a_divergence.png", "b_displacement.png",
+                                                              "c_family.png", "d_beta_sweep.png"]
