@@ -1,0 +1,375 @@
+"""
+bench.py: what a policy step of each method costs, against DPO and against a bare training step.
+
+The paper keeps DPO's cost: reference log-probs and reward-model scores are computed once, before
+training, so a step of d-DPO, e-DPO or p-DPO should cost what a DPO step costs. This checks it. In one
+process it times the real training step of rddpo.py (forward, sequence log-probs, `policy_loss`,
+backward, AdamW) for every method, alternating between them round by round so that drift in the
+machine's load hits all of them alike, reads each one's peak memory, and times the one-off pass that
+computes the reference log-probs and the reward-model scores.
+
+    python bench.py                  # cpu: the offline default model and a 4-layer 256-wide gpt-2
+    python bench.py --device cuda    # adds gpt-2-small's shape on the gpu, in float32 and bfloat16
+    python bench.py --quick          # the smoke test's budget: the default model, a few steps
+
+It prints a table and which targets were met, and writes the numbers to bench.json (--out).
+"""
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+import rddpo
+
+# -----------------------------------------------------------------------------
+# 1. configuration
+
+DEFAULT = rddpo.Config()
+# name: device, layers, width, heads, vocab (None: the built-in task's word-level tokenizer)
+SIZES = {"tiny": ("cpu", DEFAULT.n_layer, DEFAULT.n_embd, DEFAULT.n_head, None),  # the offline default
+         "L4-E256": ("cpu", 4, 256, 4, None),
+         "gpt2-small": ("cuda", 12, 768, 12, 50257)}
+DTYPES = {"cpu": ("float32",), "cuda": ("float32", "bfloat16")}
+VARIANTS = ("bare", "dpo", "ipo", "d-dpo", "e-dpo K=4", "e-dpo K=16", "p-dpo")
+K_MAX = 16
+QUICK = dict(sizes="tiny", steps=5, warmup=1, pairs=16, threads=1)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda adds the gpu sizes and dtypes")
+    p.add_argument("--sizes", default="", help=f"comma list from {','.join(SIZES)}; default: all on --device's machine")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per variant")
+    p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
+    p.add_argument("--batch-size", type=int, default=8, help="B, preference pairs per step")
+    p.add_argument("--tokens", type=int, default=64, help="T, tokens per prompt+response")
+    p.add_argument("--pairs", type=int, default=512, help="N, pairs in the one-off pass")
+    p.add_argument("--threads", type=int, default=0, help="cpu threads for torch; 0 keeps torch's default. on a "
+                   "machine busy with other work, 1 avoids threads that wait on each other's time slices")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="bench.json", help="where the JSON goes")
+    p.add_argument("--quick", action="store_true", help="; ".join(f"{k} {v}" for k, v in QUICK.items()))
+    args = p.parse_args(argv)
+    if args.quick:
+        vars(args).update(QUICK)
+    return args
+
+
+def cases(args):
+    """(size, device, dtype) to run; a gpu size needs --device cuda."""
+    names = [s for s in args.sizes.split(",") if s] or [s for s in SIZES if SIZES[s][0] in ("cpu", args.device)]
+    for s in names:
+        if s not in SIZES:
+            raise rddpo.UsageError(f"unknown size {s!r} in --sizes; choose from {','.join(SIZES)}")
+        if SIZES[s][0] == "cuda" and (args.device != "cuda" or not torch.cuda.is_available()):
+            raise rddpo.UsageError(f"size {s} runs on a gpu: pass --device cuda on a machine with one")
+    if args.steps < 4 or args.warmup < 0 or args.batch_size < 1 or args.pairs < args.batch_size or args.tokens < 8:
+        raise rddpo.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size "
+                               "and --tokens >= 8")
+    return [(s, SIZES[s][0], d) for s in names for d in DTYPES[SIZES[s][0]]]
+
+
+# -----------------------------------------------------------------------------
+# 2. model, data and the one-off cost
+
+
+def build_model(size, tokenizer, args):
+    """a gpt-2 of the size's shape, untrained: a step's time does not depend on the weights' values."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    _, n_layer, n_embd, n_head, vocab = SIZES[size]
+    if vocab is None:  # rddpo's own builder, as the offline default uses it
+        cfg = rddpo.Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, max_length=args.tokens)
+        return rddpo.build_tiny_gpt2(cfg, tokenizer)
+    eos = tokenizer.eos_token_id  # task ids are valid ids of the larger vocabulary too
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
+                                      bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
+
+
+def make_data(tokenizer, args, rng):
+    """N pairs of random task words, cut by rddpo.tokenize_pairs to exactly T tokens: (2N, T) tensors."""
+    words = [w for w in tokenizer.get_vocab() if w not in tokenizer.all_special_tokens]
+    def text(n):
+        return " ".join(rng.choice(words, n))
+    prompts = [text(args.tokens // 4) for _ in range(args.pairs)]
+    chosen, rejected = ([" " + text(args.tokens) for _ in range(args.pairs)] for _ in range(2))
+    return rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, args.tokens)
+
+
+def timed(fn, device):
+    """(milliseconds, fn()); on a gpu, queued work is waited for on both sides."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3, out
+
+
+def one_off_cost(reference, data, device, amp, rng):
+    """time the pass that rddpo.run_one makes once, before any policy step: the reference's log-probs and
+    one reward model's scores of all 2N sequences. the K + 1 reward models (the plain one and the family)
+    share one architecture, so each costs one such pass."""
+    n = len(data["keep"])
+    with amp():
+        ref_ms, data["ref_logps"] = timed(lambda: rddpo.all_logps(reference, data, np.arange(2 * n), device), device)
+        rm = rddpo.RewardModel(reference).to(device).eval()
+        rm_ms, _ = timed(lambda: rddpo.score(rm, data, device), device)
+    # an untrained head scores 0 everywhere; random values stand in (the step's cost does not depend on them)
+    data["rm_plain"] = torch.as_tensor(rng.standard_normal(2 * n), dtype=torch.float32)  # (2N,)
+    data["rm_family"] = torch.as_tensor(rng.standard_normal((K_MAX, 2 * n)), dtype=torch.float32)  # (K, 2N)
+    out = dict(pairs=n, reference_ms=ref_ms, reward_model_ms=rm_ms, reference_ms_per_pair=ref_ms / n,
+               reward_model_ms_per_pair=rm_ms / n)
+    out.update({f"total_ms_K{k}": ref_ms + (k + 1) * rm_ms for k in (4, K_MAX)})
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 3. the step of each variant: rddpo.train_policy's step, with only the loss changed
+
+
+def make_losses(data, cfg):
+    """name -> loss(policy_logps, rows), the part of the step that differs between the variants."""
+    k4 = dict(data, rm_family=data["rm_family"][:4])  # (4, 2N): the first four members
+    def method(name, d):
+        return lambda policy_logps, rows: rddpo.policy_loss(name, policy_logps, rows, d, cfg)
+    # choice: the floor sums the sequence log-probs, not the logits: every preference loss needs those
+    # log-probs, so their log-softmax belongs to the policy's forward pass, not to the loss arithmetic
+    return {"bare": lambda policy_logps, rows: policy_logps.sum(), "dpo": method("dpo", data),
+            "ipo": method("ipo", data), "d-dpo": method("d-dpo", data), "e-dpo K=4": method("e-dpo", k4),
+            "e-dpo K=16": method("e-dpo", data), "p-dpo": method("p-dpo", data)}
+
+
+def make_steps(policy, opt, data, losses, device, amp):
+    """name -> step(rows) -> loss. every variant steps the same policy with the same optimizer."""
+    def make(name):
+        def step(rows):
+            ids, mask, resp = rddpo.batch_tensors(data, rows, device)  # (2B, T) each
+            with amp():
+                policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
+                loss = losses[name](policy_logps, rows)
+            if name != "bare" and not torch.isfinite(loss):  # as train_policy checks
+                raise rddpo.TrainingDiverged(f"{name}: the loss became {loss.item()}")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return step
+    return {name: make(name) for name in losses}
+
+
+def loss_alone(losses, rows, device, reps=200):
+    """microseconds of each loss and its backward on (2B,) leaf log-probs, without the model: the cost that a
+    method adds to the step, measured without the model's much larger and noisier cost around it."""
+    times = {name: [] for name in losses}
+    for _ in range(reps):
+        for name, loss in losses.items():
+            policy_logps = torch.randn(len(rows), device=device, requires_grad=True)  # (2B,)
+            times[name].append(timed(lambda: loss(policy_logps, rows).backward(), device)[0] * 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+# -----------------------------------------------------------------------------
+# 4. time and memory
+
+
+def measure(steps, n_pairs, args, device, rng):
+    """round-robin: each round draws one batch and runs one step of every variant on it, starting at a
+    different variant each round. returns the timed milliseconds and, on a gpu, the peak bytes."""
+    names, times, peaks = list(steps), {n: [] for n in steps}, {n: 0 for n in steps}
+    for r in range(args.warmup + args.steps):
+        idx = rng.choice(n_pairs, args.batch_size, replace=False)  # (B,)
+        rows = np.concatenate([idx, idx + n_pairs])  # (2B,): chosen rows, then rejected rows
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            ms, _ = timed(lambda: steps[name](rows), device)
+            if r >= args.warmup:
+                times[name].append(ms)
+                if device.type == "cuda":
+                    peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+    return times, peaks, rows
+
+
+def state_bytes(policy, opt):
+    """what lives between steps: parameters, their gradients and AdamW's two moments."""
+    tensors = [t for p in policy.parameters() for t in [p, p.grad, *opt.state[p].values()]]
+    return sum(t.nbytes for t in tensors if isinstance(t, torch.Tensor))
+
+
+def cpu_peaks(steps, rows, policy, opt):
+    """the cpu has no allocator peak: trace each variant's allocations and frees with the profiler over two
+    steps and read the second (its frees of the first step's gradients are seen), then add the state."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for name, step in steps.items():
+            step(rows)
+            with record_function(f"bench/{name}"):
+                step(rows)
+    events = prof.profiler.kineto_results.events()  # the raw, timed allocation events
+    memory = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    peaks = {}
+    for name in steps:
+        window = next(e for e in events if e.name() == f"bench/{name}")
+        live = peak = 0
+        for t, nbytes in memory:
+            if window.start_ns() <= t <= window.end_ns():
+                live += nbytes
+                peak = max(peak, live)
+        peaks[name] = state_bytes(policy, opt) + peak
+    return peaks
+
+
+def live_parameters():
+    """the size of every nn.Parameter alive in the process. what a case adds while its steps run equals the
+    policy's count exactly when no reference or reward model is held beside it."""
+    gc.collect()
+    return sum(o.numel() for o in gc.get_objects() if type(o) is torch.nn.Parameter)
+
+
+# -----------------------------------------------------------------------------
+# 5. one case, its summary and the targets
+
+
+def prepare(size, device, dtype, args, rng):
+    """the model, the data with its one-off pass done, and one step function per variant."""
+    cfg = rddpo.Config()
+    def amp():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    tokenizer = rddpo.build_tokenizer()
+    torch.manual_seed(args.seed)
+    policy = build_model(size, tokenizer, args).to(device).eval()
+    data = make_data(tokenizer, args, rng)
+    one_off = one_off_cost(policy, data, device, amp, rng)  # the reference here, before it trains
+    gc.collect()  # the reward model is gone; the reference's log-probs are in data, so it becomes the policy
+    policy.train()
+    opt, losses = torch.optim.AdamW(policy.parameters(), lr=cfg.lr), make_losses(data, cfg)
+    return policy, opt, data, losses, make_steps(policy, opt, data, losses, device, amp), one_off
+
+
+def run_case(size, device_name, dtype, args):
+    device, rng = torch.device(device_name), np.random.default_rng(args.seed)
+    before = live_parameters()  # a caller's own models (a test session's) are not this case's
+    policy, opt, data, losses, steps, one_off = prepare(size, device, dtype, args, rng)
+    times, peaks, rows = measure(steps, args.pairs, args, device, rng)
+    loss_us = loss_alone(losses, rows, device)
+    memory = dict(live_parameters=live_parameters() - before,
+                  policy_parameters=sum(p.numel() for p in policy.parameters()),
+                  state_mib=state_bytes(policy, opt) / 2**20,
+                  peak_kind="max_memory_allocated" if device.type == "cuda" else "state + profiler-traced step")
+    if device.type == "cpu":
+        peaks = cpu_peaks(steps, rows, policy, opt)
+    res = dict(size=size, device=device_name, dtype=dtype, one_off=one_off, memory=memory,
+               model=dict(zip(("n_layer", "n_embd", "n_head", "vocab"), SIZES[size][1:4] + (policy.config.vocab_size,))),
+               variants=summarize(times, peaks, loss_us))
+    one_off["total_in_dpo_steps_K16"] = one_off["total_ms_K16"] / res["variants"]["dpo"]["median_ms"]
+    res["targets"] = targets(res)
+    return res
+
+
+def summarize(times, peaks, loss_us):
+    """the median and interquartile range of each variant's steps; its ratios to DPO and to the bare step are
+    medians over rounds of the ratio of the two steps taken in the same round (so drift in load cancels)."""
+    t = {n: np.array(v) for n, v in times.items()}
+    def ratio(n, base):
+        return [float(q) for q in np.percentile(t[n] / t[base], [50, 25, 75])]  # median, then the quartiles
+    return {n: dict(median_ms=float(np.median(t[n])), iqr_ms=float(np.subtract(*np.percentile(t[n], [75, 25]))),
+                    ratio_to_dpo=ratio(n, "dpo")[0], ratio_to_bare=ratio(n, "bare")[0],
+                    ratio_to_dpo_quartiles=ratio(n, "dpo")[1:], ratio_to_bare_quartiles=ratio(n, "bare")[1:],
+                    loss_us=loss_us[n], peak_mib=peaks[n] / 2**20, times_ms=times[n]) for n in times}
+
+
+def targets(res):
+    """each target: met?, the measured value, its limit, and the value that the loss alone predicts (the
+    base variant's median step plus the difference of the two losses' own times): noise-free, for a miss."""
+    v, m = res["variants"], res["memory"]
+    def from_loss(n, base):
+        return 1 + (v[n]["loss_us"] - v[base]["loss_us"]) / (1e3 * v[base]["median_ms"])
+    methods = [n for n in v if n != "bare"]
+    e = v["e-dpo K=16"]["ratio_to_dpo"] / v["e-dpo K=4"]["ratio_to_dpo"]
+    e_loss = from_loss("e-dpo K=16", "e-dpo K=4")
+    rows = [("every method's step within 1.05x DPO's", max(v[n]["ratio_to_dpo"] for n in methods), 1.05,
+             max(from_loss(n, "dpo") for n in methods)),
+            ("DPO's step within 1.10x the bare step", v["dpo"]["ratio_to_bare"], 1.10, from_loss("dpo", "bare")),
+            ("e-DPO's step the same at K=4 and K=16 (within 5%)", max(e, 1 / e), 1.05, max(e_loss, 1 / e_loss))]
+    out = {name: dict(met=bool(value <= limit), value=value, limit=limit, from_loss_alone=fl)
+           for name, value, limit, fl in rows}
+    out["only the policy model in memory (live parameters = policy's)"] = dict(
+        met=m["live_parameters"] == m["policy_parameters"], value=m["live_parameters"], limit=m["policy_parameters"])
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 6. report and main
+
+
+def print_case(res):
+    head = (f"{'size':<11}{'device':<7}{'dtype':<9}{'variant':<12}{'median ms':>10}{'IQR ms':>9}{'x DPO':>7}{'x bare':>7}"
+            f"{'loss us':>9}{'peak MiB':>10}")
+    print(head + "\n" + "-" * len(head))
+    for name, v in res["variants"].items():
+        print(f"{res['size']:<11}{res['device']:<7}{res['dtype']:<9}{name:<12}{v['median_ms']:>10.2f}{v['iqr_ms']:>9.2f}"
+              f"{v['ratio_to_dpo']:>7.3f}{v['ratio_to_bare']:>7.3f}{v['loss_us']:>9.0f}{v['peak_mib']:>10.1f}")
+    o, m = res["one_off"], res["memory"]
+    print("x DPO, x bare: median over rounds of the step's time over DPO's (the bare step's) in the same round; "
+          "loss us: the loss and its backward alone, on (2B,) log-probs")
+    print(f"peak MiB: {m['peak_kind']}; policy state (params, grads, AdamW moments) {m['state_mib']:.1f} MiB")
+    print(f"one-off over N={o['pairs']} pairs: reference log-probs {o['reference_ms']:.0f} ms "
+          f"({o['reference_ms_per_pair']:.2f} ms/pair), one reward model's scores {o['reward_model_ms']:.0f} ms "
+          f"({o['reward_model_ms_per_pair']:.2f} ms/pair); with the plain model and K members: "
+          f"K=4 {o['total_ms_K4']:.0f} ms, K=16 {o['total_ms_K16']:.0f} ms (= {o['total_in_dpo_steps_K16']:.0f} DPO steps)")
+    for name, t in res["targets"].items():
+        detail = f"{t['value']:.3f} (limit {t['limit']}; the loss alone predicts {t['from_loss_alone']:.3f})" \
+            if "from_loss_alone" in t else f"{t['value']:,} (policy {t['limit']:,})"
+        print(f"  {'MET   ' if t['met'] else 'MISSED'} {name}: {detail}")
+    print()
+
+
+def machine(args):
+    return dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), load_average=os.getloadavg(),
+                gpu=torch.cuda.get_device_name() if args.device == "cuda" and torch.cuda.is_available() else None)
+
+
+def run(args):
+    """every case, printed as it finishes; returns the JSON object, also written to args.out."""
+    todo, t0, threads = cases(args), time.time(), torch.get_num_threads()
+    torch.set_num_threads(args.threads or threads)
+    out = dict(machine=machine(args), settings=vars(args), cases=[])
+    load = out["machine"]["load_average"][0]
+    if load >= 1:  # read before the benchmark starts: this is other work
+        hint = "; --threads 1 keeps torch from waiting on descheduled threads" if torch.get_num_threads() > 1 else ""
+        print(f"note: load average {load:.1f} on {os.cpu_count()} cpus: other work is running, so times are noisy{hint}")
+    try:
+        for size, device, dtype in todo:
+            out["cases"].append(run_case(size, device, dtype, args))
+            print_case(out["cases"][-1])
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        torch.set_num_threads(threads)  # a caller's process (a test) gets its setting back
+    out.update(seconds=time.time() - t0, load_average_end=os.getloadavg())
+    rddpo.write_json(args.out, out)
+    print(f"done in {out['seconds']:.0f} s (load average {out['machine']['load_average'][0]:.1f} at the start, "
+          f"{out['load_average_end'][0]:.1f} at the end, on {out['machine']['cpu_count']} cpus); wrote {args.out}")
+    return out
+
+
+def main(argv=None):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
+    try:
+        run(parse_args(argv))
+    except rddpo.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""smoke tests of bench.py: the --quick run end to end, and that the timed steps compute the losses of
+rddpo.py on the data they are given (run: python -m pytest -q test_bench.py)."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+import rddpo
+
+
+def test_quick_run_writes_every_variant_with_finite_times_and_ratios(tmp_path):
+    """--quick in-process: every variant is in the JSON with --steps positive times; DPO is 1x DPO, bare is
+    1x bare; the one-off pass took time; only the policy's parameters were alive while the steps ran."""
+    out = tmp_path / "bench.json"
+    returned = bench.run(bench.parse_args(["--quick", "--out", str(out)]))
+    result = json.loads(out.read_text())
+    assert result["cases"] and len(result["cases"]) == len(returned["cases"])
+    for case in result["cases"]:
+        assert list(case["variants"]) == list(bench.VARIANTS)
+        for name, v in case["variants"].items():
+            assert len(v["times_ms"]) == bench.QUICK["steps"]
+            for key in ("median_ms", "iqr_ms", "ratio_to_dpo", "ratio_to_bare", "loss_us", "peak_mib"):
+                assert math.isfinite(v[key]) and v[key] >= 0, (name, key, v[key])
+            assert v["median_ms"] > 0 and v["ratio_to_dpo"] > 0 and v["ratio_to_bare"] > 0 and v["loss_us"] > 0
+            low, high = v["ratio_to_dpo_quartiles"]
+            assert low <= v["ratio_to_dpo"] <= high
+            assert v["peak_mib"] >= case["memory"]["state_mib"] > 0  # the peak holds at least the state
+        assert case["variants"]["dpo"]["ratio_to_dpo"] == 1.0
+        assert case["variants"]["bare"]["ratio_to_bare"] == 1.0
+        assert case["one_off"]["reference_ms"] > 0 and case["one_off"]["total_ms_K16"] > case["one_off"]["total_ms_K4"]
+        assert case["memory"]["live_parameters"] == case["memory"]["policy_parameters"] > 0
+        assert len(case["targets"]) == 4 and all(isinstance(t["met"], bool) for t in case["targets"].values())
+    assert result["machine"]["torch"] == torch.__version__
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    args, threads = bench.parse_args(["--quick"]), torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # as the --quick run does: fast on a busy machine too
+    policy, opt, data, _, steps, _ = bench.prepare("tiny", torch.device("cpu"), "float32", args,
+                                                np.random.default_rng(0))
+    policy.eval()  # no dropout, so a second forward pass sees the same function
+    yield args, policy, data, steps
+    torch.set_num_threads(threads)
+
+
+def direct_losses(policy, data, rows, cfg):
+    """the losses computed here from rddpo's loss functions, without bench.py's step."""
+    ids, mask, resp = rddpo.batch_tensors(data, rows, "cpu")
+    with torch.no_grad():
+        logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
+    pc, pr = logps.chunk(2)
+    rc, rr = data["ref_logps"][rows].chunk(2)
+    fam_c, fam_r = data["rm_family"][:, rows].chunk(2, dim=1)  # (16, B) each
+    e16 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c, fam_r, cfg.beta, cfg.gamma)
+    e4 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c[:4], fam_r[:4], cfg.beta, cfg.gamma)
+    return dict(bare=logps.sum(), dpo=rddpo.dpo_loss(pc, pr, rc, rr, cfg.beta), e16=e16, e4=e4)
+
+
+def test_timed_steps_compute_rddpo_losses_and_step_the_policy(prepared):
+    """the e-DPO step at K=16 returns min over all 16 members (checked against a direct call of
+    rddpo.pessimistic_distill_loss), the K=4 step min over the first four, which differs here; DPO and the
+    bare floor (sum of the sequence log-probs) match too; and each step moves the policy's weights."""
+    args, policy, data, steps = prepared
+    cfg, n = rddpo.Config(), len(data["keep"])
+    assert data["rm_family"].shape == (16, 2 * n)
+    rows = np.concatenate([np.arange(args.batch_size), np.arange(args.batch_size) + n])
+    start = copy.deepcopy(policy.state_dict())
+    direct = direct_losses(policy, data, rows, cfg)
+    assert not torch.allclose(direct["e16"], direct["e4"])  # so the check below can tell K=16 from K=4
+    for name, key in (("e-dpo K=16", "e16"), ("e-dpo K=4", "e4"), ("dpo", "dpo"), ("bare", "bare")):
+        policy.load_state_dict(start)
+        loss = steps[name](rows)
+        torch.testing.assert_close(loss, direct[key], rtol=1e-5, atol=1e-6, msg=name)
+        assert not torch.equal(policy.transformer.h[0].mlp.c_fc.weight, start["transformer.h.0.mlp.c_fc.weight"])
+
+
+def test_targets_report_a_miss():
+    """a method at 1.2x DPO, DPO at 1.2x bare, e-DPO 10% apart and a second model alive: all four missed;
+    the loss-alone estimate adds the losses' own time difference to the base's step: 1 + 500 us / 10 ms."""
+    v = {n: dict(median_ms=10.0, ratio_to_dpo=1.0, ratio_to_bare=1.0, loss_us=100.0) for n in bench.VARIANTS}
+    v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.2, 1.2, 1.1
+    v["ipo"]["loss_us"] = 600.0
+    result = bench.targets(dict(variants=v, memory=dict(live_parameters=200, policy_parameters=100)))
+    assert [t["met"] for t in result.values()] == [False, False, False, False]
+    assert result["every method's step within 1.05x DPO's"]["from_loss_alone"] == pytest.approx(1.05)
+    v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.04, 1.09, 1 / 1.04
+    result = bench.targets(dict(variants=v, memory=dict(live_parameters=100, policy_parameters=100)))
+    assert [t["met"] for t in result.values()] == [True, True, True, True]

@@ -1,0 +1,64 @@
+"""tests of the classroom notebooks in notebooks/. each notebook ends with a cell that asserts what it taught,
+so running it top to bottom is the test. the notebooks are written by notebooks/build.py; the committed
+.ipynb files (with their outputs) must hold exactly its cells: `python notebooks/build.py` regenerates them.
+
+    pytest test_notebooks.py                 # the fast checks, then every notebook run in a fresh kernel
+    pytest test_notebooks.py -m "not slow"   # the fast checks only
+"""
+import os
+import sys
+import time
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
+import nbformat  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "notebooks"))
+import build  # noqa: E402
+
+NAMES = sorted(build.NOTEBOOKS)
+
+
+def committed(name):
+    """a fresh in-memory copy of the committed notebook: running it never writes the file."""
+    return nbformat.read(os.path.join(build.HERE, name + ".ipynb"), as_version=4)
+
+
+def test_every_notebook_file_is_built_by_the_build_script():
+    """notebooks/*.ipynb and build.NOTEBOOKS list the same names, so no notebook escapes the tests."""
+    files = sorted(f[:-len(".ipynb")] for f in os.listdir(build.HERE) if f.endswith(".ipynb"))
+    assert files == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebook_holds_the_build_scripts_cells_with_their_outputs(name):
+    """same cells, same order, same text as build.py; every code cell ran once, in order, without an error;
+    the last cell asserts. if this fails: python notebooks/build.py NAME"""
+    nb, source = committed(name), build.make(name)
+    assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in source.cells], \
+        f"{name}.ipynb is out of date: run python notebooks/build.py {name}"
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code_cells] == list(range(1, len(code_cells) + 1))
+    assert not [o for c in code_cells for o in c.outputs if o.output_type == "error"]
+    assert nb.cells[-1].cell_type == "code" and "assert " in nb.cells[-1].source
+    for cell in nb.cells:  # markdown would show a line indented by 4 spaces as code (a dedent gone wrong)
+        if cell.cell_type == "markdown":
+            outside_fences = cell.source.split("```")[::2]
+            assert not [line for part in outside_fences for line in part.splitlines() if line.startswith("    ")], cell.source[:80]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_top_to_bottom_and_its_assertions_hold(name):
+    """a fresh kernel runs every cell with notebooks/ as the working folder; any error or failed assert
+    fails the test. each notebook takes about 2 minutes or less on 2 cpu cores."""
+    nb = committed(name)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    t0 = time.time()
+    build.execute(nb, timeout=300)
+    print(f"{name}: {time.time() - t0:.0f} s")
+    assert "all claims hold" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)
