@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 def progress(iterable, desc):
     """a progress bar on a terminal, silence in logs and tests."""
@@ -475,6 +475,15 @@ def last_token_index(attention_mask):
     return (attention_mask * positions).argmax(-1)  # (B,)
 
 
+def without_dropout(model):
+    """choice: no dropout while learning from preferences (as TRL's dpo trainer does by default). then the
+    policy at step 0 is the reference exactly and its implicit reward is 0, not dropout noise."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def bradley_terry_loss(chosen_rewards, rejected_rewards):
     """-log sigmoid(r(x, y_w) - r(x, y_l)), batch mean."""
     return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
@@ -483,7 +492,7 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards):
 def train_reward_model(reference, data, pair_idx, cfg, seed, device, desc):
     """bradley-terry training on the given pairs (indices may repeat: a resample)."""
     seed_everything(seed)
-    rm = RewardModel(reference).to(device).train()
+    rm = without_dropout(RewardModel(reference).to(device).train())
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.rm_lr)
     n, rng = len(data["keep"]), np.random.default_rng(seed)
     for _ in progress(range(cfg.rm_steps), desc):
@@ -613,7 +622,7 @@ def batch_metrics(loss, policy_logps, rows, data, beta):
 def train_policy(reference, data, method, cfg, seed, device, log):
     """train a copy of the reference with `method` for cfg.steps steps; log(step, metrics) every log_every."""
     seed_everything(seed)
-    policy = copy.deepcopy(reference).to(device).train()
+    policy = without_dropout(copy.deepcopy(reference).to(device).train())
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     n, rng = len(data["keep"]), np.random.default_rng([seed, METHODS.index(method)])
     bar = progress(range(1, cfg.steps + 1), f"train {method}")
@@ -628,7 +637,7 @@ def train_policy(reference, data, method, cfg, seed, device, log):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % cfg.log_every == 0 or step == cfg.steps:
+        if step == 1 or step % cfg.log_every == 0 or step == cfg.steps:  # step 1: the policy is the reference
             metrics = batch_metrics(loss, policy_logps, rows, data, cfg.beta)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}")
             log(step, metrics)

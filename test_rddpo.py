@@ -479,8 +479,24 @@ def test_quick_run_end_to_end(runs_dir):
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh]
     assert {"rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"} <= set(rows[0])
+    first = [r for r in rows if r["step"] == 1]
+    assert len(first) == len(rddpo.METHODS)  # logged before the first update: the policy is the reference,
+    for r in first:  # so with dropout off its implicit rewards are 0 (dropout noise would show here)
+        assert abs(r["rewards/chosen"]) < 1e-4 and abs(r["rewards/rejected"]) < 1e-4, r
     for name in ("curves.png", "comparison.png"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
+
+
+def test_without_dropout_makes_training_mode_forward_equal_to_eval_mode(tiny, tokenizer):
+    """gpt-2's dropout is 0.1 by default; a policy copied from the reference and switched off dropout gives
+    the reference's logits in training mode, so its implicit reward starts at exactly 0."""
+    ids = torch.tensor([tokenizer("the film was great .").input_ids])
+    with torch.no_grad():
+        ref = tiny(input_ids=ids).logits
+        noisy = copy.deepcopy(tiny).train()(input_ids=ids).logits
+        clean = rddpo.without_dropout(copy.deepcopy(tiny).train())(input_ids=ids).logits
+    assert not torch.allclose(noisy, ref, atol=1e-4)
+    assert torch.allclose(clean, ref, atol=1e-6)
 
 
 def without_times(obj):
