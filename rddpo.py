@@ -826,7 +826,8 @@ def plot(results, run_dir, curves):
         ax.bar([s["method"] for s in summary], [s[f"{k}_mean"] for s in summary],
                yerr=[s[f"{k}_std"] for s in summary], color=[f"C{METHODS.index(s['method'])}" for s in summary])
         ax.set_title(k.replace("_", " "))
-    fig.suptitle(f"bias {summary[0]['bias']}, mean and std over seeds")
+    seeds = summary[0]["seeds"]
+    fig.suptitle(f"bias {summary[0]['bias']}, " + (f"mean and sd over {seeds} seeds" if seeds > 1 else "one seed"))
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "comparison.png"), dpi=110)
     if len({s["bias"] for s in results["summary"]}) > 1:
@@ -843,9 +844,16 @@ def plot_sweep(summary, run_dir, plt):
         for ax, k in zip(np.atleast_1d(axes), keys):
             ax.errorbar([s["bias"] for s in rows], [s[f"{k}_mean"] for s in rows], yerr=[s[f"{k}_std"] for s in rows],
                         label=method, marker="o", capsize=3, color=f"C{METHODS.index(method)}")
+    ref = [s for s in summary if s["method"] == summary[0]["method"]]
+    labels = {"win_rate": "gold win rate against pi_ref's samples", "length": "mean response length (words)"}
     for ax, k in zip(np.atleast_1d(axes), keys):
-        ax.set(xlabel="share of labels from the length-biased annotator", ylabel=k.replace("_", " "))
-    np.atleast_1d(axes)[0].legend()
+        if k == "win_rate":
+            ax.axhline(0.5, color="grey", ls="--", lw=1, label="pi_ref")
+        elif "length_ref_mean" in ref[0]:
+            ax.plot([s["bias"] for s in ref], [s["length_ref_mean"] for s in ref], "--", color="grey", label="pi_ref")
+        ax.set(xlabel="share of labels from the length-biased annotator", ylabel=labels[k])
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle(f"mean and sd over {summary[0]['seeds']} seeds" if summary[0]["seeds"] > 1 else "one seed")
     fig.tight_layout()
     fig.savefig(os.path.join(run_dir, "sweep.png"), dpi=110)
 
