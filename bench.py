@@ -12,19 +12,20 @@ computes the reference log-probs and the reward-model scores.
     python bench.py --device cuda    # adds gpt-2-small's shape on the gpu, in float32 and bfloat16
     python bench.py --quick          # the smoke test's budget: the default model, a few steps
 
-It prints a table and which targets were met, and writes the numbers to bench.json (--out).
+It prints a table and which targets were met, and writes the numbers to bench.json in a new folder
+bench-NNN inside --out (default runs/), so an earlier result is never overwritten.
 """
 import argparse
 import gc
 import os
 import platform
-import sys
 import time
 
 import numpy as np
 import torch
 
 import rddpo
+import report
 
 # -----------------------------------------------------------------------------
 # 1. configuration
@@ -41,9 +42,10 @@ QUICK = dict(sizes="tiny", steps=5, warmup=1, pairs=16, threads=1)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda adds the gpu sizes and dtypes")
+    """flags shared with rddpo.py and toy_bandit.py mean the same: --seeds, --out (a folder), --device, --quick."""
+    p = report.ArgumentParser(description=__doc__.strip().split("\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    report.device_flag(p)
     p.add_argument("--sizes", default="", help=f"comma list from {','.join(SIZES)}; default: all on --device's machine")
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
@@ -52,27 +54,31 @@ def parse_args(argv=None):
     p.add_argument("--pairs", type=int, default=512, help="N, pairs in the one-off pass")
     p.add_argument("--threads", type=int, default=0, help="cpu threads for torch; 0 keeps torch's default. on a "
                    "machine busy with other work, 1 avoids threads that wait on each other's time slices")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="bench.json", help="where the JSON goes")
-    p.add_argument("--quick", action="store_true", help="; ".join(f"{k} {v}" for k, v in QUICK.items()))
-    args = p.parse_args(argv)
-    if args.quick:
-        vars(args).update(QUICK)
-    return args
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one or more seeds (model and data); each "
+                   "case runs once per seed")
+    p.add_argument("--out", default="runs", help="output folder: each run writes a new bench-NNN folder inside")
+    p.add_argument("--quick", action="store_true", help="the smoke test's budget; flags given beside it win: "
+                   + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
+    args, given = report.parse_given(p, argv)
+    return report.with_preset(args, given, QUICK)
 
 
 def cases(args):
-    """(size, device, dtype) to run; a gpu size needs --device cuda."""
-    names = [s for s in args.sizes.split(",") if s] or [s for s in SIZES if SIZES[s][0] in ("cpu", args.device)]
+    """(size, device, dtype, seed) to run. --device picks the machine: the cpu sizes run on the cpu, or on
+    --device mps; the gpu size needs cuda."""
+    device = report.pick_device(args.device).type
+    names = [s for s in args.sizes.split(",") if s] or [s for s in SIZES if SIZES[s][0] in ("cpu", device)]
     for s in names:
         if s not in SIZES:
-            raise rddpo.UsageError(f"unknown size {s!r} in --sizes; choose from {','.join(SIZES)}")
-        if SIZES[s][0] == "cuda" and (args.device != "cuda" or not torch.cuda.is_available()):
-            raise rddpo.UsageError(f"size {s} runs on a gpu: pass --device cuda on a machine with one")
+            raise report.UsageError(f"unknown size {s!r} in --sizes; choose from {','.join(SIZES)}")
+        if SIZES[s][0] == "cuda" and device != "cuda":
+            raise report.UsageError(f"size {s} runs on a gpu: pass --device cuda on a machine with one")
     if args.steps < 4 or args.warmup < 0 or args.batch_size < 1 or args.pairs < args.batch_size or args.tokens < 8:
-        raise rddpo.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size "
-                               "and --tokens >= 8")
-    return [(s, SIZES[s][0], d) for s in names for d in DTYPES[SIZES[s][0]]]
+        raise report.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size "
+                                "and --tokens >= 8")
+    report.check_seeds(args.seeds)
+    on = {"cpu": "mps" if device == "mps" else "cpu", "cuda": "cuda"}
+    return [(s, on[SIZES[s][0]], d, seed) for seed in args.seeds for s in names for d in DTYPES[SIZES[s][0]]]
 
 
 # -----------------------------------------------------------------------------
@@ -92,7 +98,7 @@ def build_model(size, tokenizer, args):
 
 
 def make_data(tokenizer, args, rng):
-    """N pairs of random task words, cut by rddpo.tokenize_pairs to exactly T tokens: (2N, T) tensors."""
+    """N pairs of random task words, cut by rddpo.tokenize_pairs to exactly T tokens: rddpo.Pairs, (2N, T)."""
     words = [w for w in tokenizer.get_vocab() if w not in tokenizer.all_special_tokens]
     def text(n):
         return " ".join(rng.choice(words, n))
@@ -113,17 +119,17 @@ def timed(fn, device):
 
 
 def one_off_cost(reference, data, device, amp, rng):
-    """time the pass that rddpo.run_one makes once, before any policy step: the reference's log-probs and
+    """time the pass that rddpo.prepare makes once, before any policy step: the reference's log-probs and
     one reward model's scores of all 2N sequences. the K + 1 reward models (the plain one and the family)
     share one architecture, so each costs one such pass."""
-    n = len(data["keep"])
+    n = len(data.keep)
     with amp():
-        ref_ms, data["ref_logps"] = timed(lambda: rddpo.all_logps(reference, data, np.arange(2 * n), device), device)
+        ref_ms, data.ref_logps = timed(lambda: rddpo.all_logps(reference, data.tokens, np.arange(2 * n), device), device)
         rm = rddpo.RewardModel(reference).to(device).eval()
-        rm_ms, _ = timed(lambda: rddpo.score(rm, data, device), device)
+        rm_ms, _ = timed(lambda: rddpo.score(rm, data.tokens, device), device)
     # an untrained head scores 0 everywhere; random values stand in (the step's cost does not depend on them)
-    data["rm_plain"] = torch.as_tensor(rng.standard_normal(2 * n), dtype=torch.float32)  # (2N,)
-    data["rm_family"] = torch.as_tensor(rng.standard_normal((K_MAX, 2 * n)), dtype=torch.float32)  # (K, 2N)
+    data.rm_plain = torch.as_tensor(rng.standard_normal(2 * n), dtype=torch.float32)  # (2N,)
+    data.rm_family = torch.as_tensor(rng.standard_normal((K_MAX, 2 * n)), dtype=torch.float32)  # (K, 2N)
     out = dict(pairs=n, reference_ms=ref_ms, reward_model_ms=rm_ms, reference_ms_per_pair=ref_ms / n,
                reward_model_ms_per_pair=rm_ms / n)
     out.update({f"total_ms_K{k}": ref_ms + (k + 1) * rm_ms for k in (4, K_MAX)})
@@ -136,9 +142,9 @@ def one_off_cost(reference, data, device, amp, rng):
 
 def make_losses(data, cfg):
     """name -> loss(policy_logps, rows), the part of the step that differs between the variants."""
-    k4 = dict(data, rm_family=data["rm_family"][:4])  # (4, 2N): the first four members
+    k4 = rddpo.dataclasses.replace(data, rm_family=data.rm_family[:4])  # (4, 2N): the first four members
     def method(name, d):
-        return lambda policy_logps, rows: rddpo.policy_loss(name, policy_logps, rows, d, cfg)
+        return lambda policy_logps, rows: rddpo.policy_loss(name, policy_logps, rows, d, cfg.beta, cfg.gamma)
     # choice: the floor sums the sequence log-probs, not the logits: every preference loss needs those
     # log-probs, so their log-softmax belongs to the policy's forward pass, not to the loss arithmetic
     return {"bare": lambda policy_logps, rows: policy_logps.sum(), "dpo": method("dpo", data),
@@ -150,7 +156,7 @@ def make_steps(policy, opt, data, losses, device, amp):
     """name -> step(rows) -> loss. every variant steps the same policy with the same optimizer."""
     def make(name):
         def step(rows):
-            ids, mask, resp = rddpo.batch_tensors(data, rows, device)  # (2B, T) each
+            ids, mask, resp = rddpo.batch_tensors(data.tokens, rows, device)  # (2B, T) each
             with amp():
                 policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
                 loss = losses[name](policy_logps, rows)
@@ -243,7 +249,6 @@ def prepare(size, device, dtype, args, rng):
     def amp():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
     tokenizer = rddpo.build_tokenizer()
-    torch.manual_seed(args.seed)
     policy = build_model(size, tokenizer, args).to(device).eval()
     data = make_data(tokenizer, args, rng)
     one_off = one_off_cost(policy, data, device, amp, rng)  # the reference here, before it trains
@@ -253,8 +258,9 @@ def prepare(size, device, dtype, args, rng):
     return policy, opt, data, losses, make_steps(policy, opt, data, losses, device, amp), one_off
 
 
-def run_case(size, device_name, dtype, args):
-    device, rng = torch.device(device_name), np.random.default_rng(args.seed)
+def run_case(size, device_name, dtype, seed, args):
+    device, rng = torch.device(device_name), np.random.default_rng(seed)
+    torch.manual_seed(seed)
     before = live_parameters()  # a caller's own models (a test session's) are not this case's
     policy, opt, data, losses, steps, one_off = prepare(size, device, dtype, args, rng)
     times, peaks, rows = measure(steps, args.pairs, args, device, rng)
@@ -265,7 +271,7 @@ def run_case(size, device_name, dtype, args):
                   peak_kind="max_memory_allocated" if device.type == "cuda" else "state + profiler-traced step")
     if device.type == "cpu":
         peaks = cpu_peaks(steps, rows, policy, opt)
-    res = dict(size=size, device=device_name, dtype=dtype, one_off=one_off, memory=memory,
+    res = dict(size=size, device=device_name, dtype=dtype, seed=seed, one_off=one_off, memory=memory,
                model=dict(zip(("n_layer", "n_embd", "n_head", "vocab"), SIZES[size][1:4] + (policy.config.vocab_size,))),
                variants=summarize(times, peaks, loss_us))
     one_off["total_in_dpo_steps_K16"] = one_off["total_ms_K16"] / res["variants"]["dpo"]["median_ms"]
@@ -331,45 +337,42 @@ def print_case(res):
     print()
 
 
-def machine(args):
+def machine():
     return dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), load_average=os.getloadavg(),
-                gpu=torch.cuda.get_device_name() if args.device == "cuda" and torch.cuda.is_available() else None)
+                gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
 def run(args):
-    """every case, printed as it finishes; returns the JSON object, also written to args.out."""
+    """every case, printed as it finishes; returns the JSON object, also written to bench.json in a new
+    bench-NNN folder inside args.out. every check runs before any work."""
     todo, t0, threads = cases(args), time.time(), torch.get_num_threads()
+    path = os.path.join(report.new_run_dir(args.out, "bench"), "bench.json")
     torch.set_num_threads(args.threads or threads)
-    out = dict(machine=machine(args), settings=vars(args), cases=[])
+    out = dict(machine=machine(), settings=vars(args), cases=[])
     load = out["machine"]["load_average"][0]
     if load >= 1:  # read before the benchmark starts: this is other work
         hint = "; --threads 1 keeps torch from waiting on descheduled threads" if torch.get_num_threads() > 1 else ""
         print(f"note: load average {load:.1f} on {os.cpu_count()} cpus: other work is running, so times are noisy{hint}")
     try:
-        for size, device, dtype in todo:
-            out["cases"].append(run_case(size, device, dtype, args))
+        for size, device, dtype, seed in todo:
+            out["cases"].append(run_case(size, device, dtype, seed, args))
             print_case(out["cases"][-1])
             if device == "cuda":
                 torch.cuda.empty_cache()
     finally:
         torch.set_num_threads(threads)  # a caller's process (a test) gets its setting back
     out.update(seconds=time.time() - t0, load_average_end=os.getloadavg())
-    rddpo.write_json(args.out, out)
+    report.write_json(path, out)
     print(f"done in {out['seconds']:.0f} s (load average {out['machine']['load_average'][0]:.1f} at the start, "
-          f"{out['load_average_end'][0]:.1f} at the end, on {out['machine']['cpu_count']} cpus); wrote {args.out}")
+          f"{out['load_average_end'][0]:.1f} at the end, on {out['machine']['cpu_count']} cpus); wrote {path}")
     return out
 
 
 def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
-    try:
-        run(parse_args(argv))
-    except rddpo.UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return report.cli(lambda: run(parse_args(argv)), failures=(rddpo.TrainingDiverged,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

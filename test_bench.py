@@ -19,9 +19,8 @@ import rddpo
 def test_quick_run_writes_every_variant_with_finite_times_and_ratios(tmp_path):
     """--quick in-process: every variant is in the JSON with --steps positive times; DPO is 1x DPO, bare is
     1x bare; the one-off pass took time; only the policy's parameters were alive while the steps ran."""
-    out = tmp_path / "bench.json"
-    returned = bench.run(bench.parse_args(["--quick", "--out", str(out)]))
-    result = json.loads(out.read_text())
+    returned = bench.run(bench.parse_args(["--quick", "--out", str(tmp_path)]))
+    result = json.loads((tmp_path / "bench-001" / "bench.json").read_text())
     assert result["cases"] and len(result["cases"]) == len(returned["cases"])
     for case in result["cases"]:
         assert list(case["variants"]) == list(bench.VARIANTS)
@@ -54,12 +53,12 @@ def prepared():
 
 def direct_losses(policy, data, rows, cfg):
     """the losses computed here from rddpo's loss functions, without bench.py's step."""
-    ids, mask, resp = rddpo.batch_tensors(data, rows, "cpu")
+    ids, mask, resp = rddpo.batch_tensors(data.tokens, rows, "cpu")
     with torch.no_grad():
         logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
     pc, pr = logps.chunk(2)
-    rc, rr = data["ref_logps"][rows].chunk(2)
-    fam_c, fam_r = data["rm_family"][:, rows].chunk(2, dim=1)  # (16, B) each
+    rc, rr = data.ref_logps[rows].chunk(2)
+    fam_c, fam_r = data.rm_family[:, rows].chunk(2, dim=1)  # (16, B) each
     e16 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c, fam_r, cfg.beta, cfg.gamma)
     e4 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c[:4], fam_r[:4], cfg.beta, cfg.gamma)
     return dict(bare=logps.sum(), dpo=rddpo.dpo_loss(pc, pr, rc, rr, cfg.beta), e16=e16, e4=e4)
@@ -70,8 +69,8 @@ def test_timed_steps_compute_rddpo_losses_and_step_the_policy(prepared):
     rddpo.pessimistic_distill_loss), the K=4 step min over the first four, which differs here; DPO and the
     bare floor (sum of the sequence log-probs) match too; and each step moves the policy's weights."""
     args, policy, data, steps = prepared
-    cfg, n = rddpo.Config(), len(data["keep"])
-    assert data["rm_family"].shape == (16, 2 * n)
+    cfg, n = rddpo.Config(), len(data.keep)
+    assert data.rm_family.shape == (16, 2 * n)
     rows = np.concatenate([np.arange(args.batch_size), np.arange(args.batch_size) + n])
     start = copy.deepcopy(policy.state_dict())
     direct = direct_losses(policy, data, rows, cfg)
@@ -95,3 +94,36 @@ def test_targets_report_a_miss():
     v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.04, 1.09, 1 / 1.04
     result = bench.targets(dict(variants=v, memory=dict(live_parameters=100, policy_parameters=100)))
     assert [t["met"] for t in result.values()] == [True, True, True, True]
+
+
+def test_quick_sets_defaults_only_and_a_given_flag_wins():
+    """--quick --steps 7: the preset's other values, but 7 steps."""
+    args = bench.parse_args(["--quick", "--steps", "7"])
+    assert args.steps == 7 and args.warmup == bench.QUICK["warmup"] and args.sizes == bench.QUICK["sizes"]
+    assert bench.parse_args(["--quick"]).steps == bench.QUICK["steps"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seeds", "1", "1"], "duplicate"),
+    (["--sizes", "huge"], "unknown size"),
+    (["--device", "tpu"], "invalid choice"),
+])
+def test_bad_flags_are_one_error_line_and_exit_2_before_any_folder_is_made(tmp_path, capsys, argv, says):
+    try:
+        status = bench.main([*argv, "--quick", "--out", str(tmp_path / "out")])
+    except SystemExit as e:  # argparse's own errors exit from parse_args
+        status = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error:") and says in err[0], err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_second_run_into_the_same_out_gets_a_new_folder(tmp_path, monkeypatch):
+    """bench-001 holds an earlier result: the next run writes bench-002 and leaves bench-001 as it was."""
+    (tmp_path / "bench-001").mkdir()
+    (tmp_path / "bench-001" / "bench.json").write_text("earlier")
+    monkeypatch.setattr(bench, "run_case", lambda *a: {"size": "fake"})
+    monkeypatch.setattr(bench, "print_case", lambda res: None)
+    bench.run(bench.parse_args(["--quick", "--out", str(tmp_path)]))
+    assert (tmp_path / "bench-001" / "bench.json").read_text() == "earlier"
+    assert json.loads((tmp_path / "bench-002" / "bench.json").read_text())["cases"] == [{"size": "fake"}]

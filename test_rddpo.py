@@ -262,10 +262,10 @@ def brute_force_logps(model, tokenizer, prompts, responses):
 def test_sequence_logps_matches_a_per_token_loop_with_padding(tiny, tokenizer, side):
     """the batched, padded, masked sum equals a loop over each unpadded sequence's response tokens."""
     data = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, max_length=64, side=side)
-    assert (data["attention_mask"] == 0).any()  # padding is really exercised
+    assert (data.attention_mask == 0).any()  # padding is really exercised
     with torch.no_grad():
-        logits = rddpo.forward(tiny, data["input_ids"], data["attention_mask"])
-    got = rddpo.sequence_logps(logits, data["input_ids"], data["response_mask"])
+        logits = rddpo.forward(tiny, data.input_ids, data.attention_mask)
+    got = rddpo.sequence_logps(logits, data.input_ids, data.response_mask)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), brute_force_logps(tiny, tokenizer, PROMPTS, RESPONSES), atol=1e-4, rtol=0)
 
@@ -287,17 +287,17 @@ def test_sequence_logps_ignores_nan_logits_at_masked_positions():
 def test_response_mask_marks_response_and_eos_only(tokenizer):
     """'my review of blue harbor :' is 6 tokens; ' the plot was great .' is 5 plus eos = 6 masked tokens."""
     data = rddpo.tokenize(tokenizer, PROMPTS[:1], RESPONSES[:1], max_length=64)
-    assert data["response_mask"][0].tolist() == [0] * 6 + [1] * 6
-    assert data["input_ids"][0, -1].item() == tokenizer.eos_token_id
+    assert data.response_mask[0].tolist() == [0] * 6 + [1] * 6
+    assert data.input_ids[0, -1].item() == tokenizer.eos_token_id
 
 
 def test_prompt_that_is_not_a_token_prefix_is_handled(tokenizer):
     """'... blue' + 'harbor :' joins into the unknown word 'blueharbor', so the prompt's tokens are not a prefix
     of the joint tokens; the response is then tokenised on its own: [harbor, :, eos], not [<unk>, :, eos]."""
     data = rddpo.tokenize(tokenizer, ["i watched blue"], ["harbor :"], max_length=64)
-    resp = data["input_ids"][0][data["response_mask"][0].bool()].tolist()
+    resp = data.input_ids[0][data.response_mask[0].bool()].tolist()
     assert resp == tokenizer("harbor :").input_ids + [tokenizer.eos_token_id]
-    assert tokenizer.unk_token_id not in data["input_ids"][0].tolist()
+    assert tokenizer.unk_token_id not in data.input_ids[0].tolist()
 
 
 def test_long_responses_are_truncated_and_too_long_prompts_skipped(tokenizer):
@@ -305,9 +305,9 @@ def test_long_responses_are_truncated_and_too_long_prompts_skipped(tokenizer):
     is skipped."""
     long_prompt = " ".join(["the"] * 12)
     data = rddpo.tokenize_pairs(tokenizer, [PROMPTS[1], long_prompt], [RESPONSES[1]] * 2, [RESPONSES[0]] * 2, 10)
-    assert data["keep"] == [0] and data["skipped"] == 1 and data["truncated"] == 1
-    assert data["input_ids"].shape == (2, 10)
-    assert data["response_mask"][0].sum().item() == 4
+    assert data.keep == [0] and data.skipped == 1 and data.n_truncated == 1
+    assert data.tokens.input_ids.shape == (2, 10)
+    assert data.tokens.response_mask[0].sum().item() == 4
 
 
 def test_implicit_reward_is_exactly_zero_when_policy_is_the_reference(tiny, tokenizer):
@@ -336,7 +336,7 @@ def test_reward_model_reads_the_same_token_under_left_and_right_padding(tiny, to
     for side in ("left", "right"):
         d = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, 64, side=side)
         with torch.no_grad():
-            r[side] = rm(d["input_ids"], d["attention_mask"])
+            r[side] = rm(d.input_ids, d.attention_mask)
     torch.testing.assert_close(r["left"], r["right"], atol=1e-5, rtol=0)
     assert r["left"].std() > 0  # the rows really differ
 
@@ -357,9 +357,9 @@ def test_reward_model_learns_to_rank_a_tiny_synthetic_set(tiny, tokenizer):
     chosen = [f" the plot was {pos[rng.integers(5)]} ." for _ in range(24)]
     rejected = [f" the plot was {neg[rng.integers(5)]} ." for _ in range(24)]
     data = rddpo.tokenize_pairs(tokenizer, PROMPTS * 8, chosen, rejected, 64)
-    cfg = rddpo.Config(rm_steps=60, rm_lr=3e-3, batch_size=8)
-    rm = rddpo.train_reward_model(tiny, data, np.arange(24), cfg, seed=0, device="cpu", desc="rm")
-    r = rddpo.score(rm, data, "cpu")
+    rm = rddpo.train_reward_model(tiny, data, np.arange(24), steps=60, lr=3e-3, batch_size=8, seed=0, device="cpu",
+                                  desc="rm")
+    r = rddpo.score(rm, data.tokens, "cpu")
     r_w, r_l = r.chunk(2)
     assert rddpo.bradley_terry_loss(r_w, r_l).item() < 0.2
     assert (r_w > r_l).all()
@@ -543,3 +543,126 @@ def test_own_data_file_runs_and_reports_truncation(runs_dir, tmp_path, capsys):
     results, _ = rddpo.run(quick(runs_dir, data=str(path), methods="dpo,e-dpo", batch_size=4))
     assert "1 pairs truncated" in capsys.readouterr().out
     assert all("heldout_accuracy" in r and "gold_reward" not in r for r in results["runs"])
+
+
+# -----------------------------------------------------------------------------
+# one command line: presets, flags that do not apply, checks before any work
+
+
+def test_quick_sets_defaults_only_and_a_flag_given_beside_it_wins():
+    """--quick --steps 3 trains 3 steps; the preset's other values still apply; without --quick, the defaults."""
+    cfg, given = rddpo.parse_args(["--quick", "--steps", "3"])
+    assert cfg.steps == 3 and given == {"quick", "steps"}
+    assert cfg.rm_steps == rddpo.QUICK["rm_steps"] and cfg.n_pairs == rddpo.QUICK["n_pairs"]
+    assert rddpo.parse_args(["--quick"])[0].steps == rddpo.QUICK["steps"]
+    assert rddpo.parse_args(["--steps", "3"])[0].rm_steps == rddpo.Config().rm_steps
+
+
+def test_method_names_are_case_insensitive():
+    assert rddpo.Config(methods="DPO, e-DPO,P-dpo").method_list() == ["dpo", "e-dpo", "p-dpo"]
+    rddpo.report.check_config(rddpo.Config(methods="IPO,D-DPO"), rddpo.METHODS)  # no error
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--bias", "0.3"], "--bias: apply to the built-in task only"),
+    (["--n-pairs", "100"], "--n-pairs: apply to the built-in task only"),
+    (["--sweep"], "--sweep: apply to the built-in task only"),
+])
+def test_a_builtin_task_flag_with_data_is_an_error(tmp_path, capsys, args, says):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text((json.dumps(GOOD) + "\n") * 20)
+    assert rddpo.main(["--data", str(path), *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--sweep-biases", "0,1"], "--sweep-biases: applies only with --sweep"),
+    (["--sweep", "--bias", "0.2"], "--bias: is replaced by --sweep-biases"),
+    (["--seeds", "1", "2", "1"], "--seeds has a duplicate"),
+    (["--model", "gpt2", "--n-layer", "4"], "--n-layer: set the built-in tiny model only"),
+    (["--max-length", "32"], "--max-length 32 cannot hold the task's longest prompt and review (45 tokens)"),
+    (["--batch-size", "65", "--n-pairs", "64"], "--batch-size 65 is larger than the 64 training pairs"),
+])
+def test_flag_errors_come_before_any_work_and_leave_no_run_folder(tmp_path, capsys, args, says):
+    """each fails within a second or two (no pretraining: --max-length is checked before it), with one line."""
+    t0 = time.time()
+    assert rddpo.main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert time.time() - t0 < 10
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], lines
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_longest_task_text_is_45_tokens_of_the_word_level_tokenizer(tokenizer):
+    """'a few words about' (4) + a 3-word title + ':' = 8; six sentences 'the NOUN was ADVERB ADJ .' = 36; eos 1.
+    the task really generates no longer text: the longest of 20000 generated reviews is within it."""
+    assert rddpo.longest_task_tokens(tokenizer) == 45
+    rng = np.random.default_rng(0)
+    texts = [p + rddpo.make_review(rng) for p in rddpo.make_prompts(rng, 20000, rddpo.TITLES + rddpo.EVAL_TITLES)]
+    assert max(len(tokenizer(t).input_ids) + 1 for t in texts) <= 45
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"\xff\xfe{\x00\"\x00", "is not UTF-8 text"),
+    (b"prompt,chosen,rejected\nhi,a,b\nho,c,d\n", "looks like CSV"),
+])
+def test_a_data_file_that_is_not_json_lines_is_one_error_line(tmp_path, capsys, content, says):
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(content)
+    assert rddpo.main(["--data", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_says_where_in_one_line(tmp_path, monkeypatch, capsys):
+    """seed 0 finishes, ctrl-c comes during seed 1: exit 130, one line naming results.json, which holds seed 0."""
+    calls = []
+    def fake_train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log):
+        calls.append(seed)
+        if seed == 1:
+            raise KeyboardInterrupt
+        return dict(bias=bias, seed=seed, method="dpo", kl=0.0, length=1.0, train_seconds=0.0)
+    monkeypatch.setattr(rddpo, "load_reference", lambda cfg, device: (None, None))
+    monkeypatch.setattr(rddpo, "prepare", lambda *args: (None, None, dict(pairs=1)))
+    monkeypatch.setattr(rddpo, "train_and_evaluate", fake_train_and_evaluate)
+    assert rddpo.main(["--seeds", "0", "1", "--methods", "dpo", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    path = tmp_path / "run-001" / "results.json"
+    assert calls == [0, 1] and len(err) == 1 and "interrupted" in err[0] and str(path) in err[0], err
+    assert [r["seed"] for r in json.loads(path.read_text())["runs"]] == [0]
+
+
+def test_a_run_folder_taken_at_the_same_moment_is_skipped(tmp_path, monkeypatch):
+    """another run made run-001 after this one listed the folder: this one takes run-002."""
+    (tmp_path / "run-001").mkdir()
+    monkeypatch.setattr(rddpo.report.os, "listdir", lambda path: [])  # the stale listing
+    assert rddpo.report.new_run_dir(str(tmp_path)) == str(tmp_path / "run-002")
+
+
+def test_a_reference_cached_by_another_run_meanwhile_is_used_and_no_temporary_folder_is_left(tmp_path, tiny, tokenizer):
+    """two runs pretrain at once; the other renames its copy into place first: this one loads that copy."""
+    path = str(tmp_path / "reference")
+    other = copy.deepcopy(tiny)
+    torch.nn.init.zeros_(other.lm_head.weight)
+    def build():  # while this run builds, the other one finishes
+        other.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        return copy.deepcopy(tiny), tokenizer
+    model, _ = rddpo.report.cached_model(path, build)
+    assert torch.equal(model.lm_head.weight, other.lm_head.weight)
+    assert os.listdir(tmp_path) == ["reference"]
+
+
+@pytest.mark.slow
+def test_two_runs_started_at_once_into_the_same_out_both_succeed(tmp_path):
+    """two processes, one --out, no cached reference: both pretrain, both finish, in two run folders."""
+    args = [sys.executable, os.path.join(HERE, "rddpo.py"), "--quick", "--pretrain-steps", "20", "--methods", "dpo",
+            "--steps", "2", "--rm-steps", "2", "--ensemble", "1", "--n-pairs", "16", "--n-eval", "4",
+            "--batch-size", "4", "--out", str(tmp_path)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in outs]
+    assert sorted(os.listdir(tmp_path)) == ["reference-L2-E64-H4-T64-S20", "run-001", "run-002"]

@@ -9,13 +9,16 @@ grows (b). Distilling an explicit reward model (d-DPO) has a finite target, pi*_
 exp(r / beta) / Z; pessimism over a family of reward models (e-DPO), or a forward-KL leash on DPO
 (p-DPO), keeps the policy near pi_ref when the reward model is biased (c, d). Every gradient is
 written by hand, every closed form sits next to the gradient descent that should reach it, and
-test_toy_bandit.py checks that they agree. Figures: a_divergence.png .. d_beta_sweep.png in --out.
+test_toy_bandit.py checks that they agree. Method names and function names follow rddpo.py
+("d-dpo", logratio_margin, bradley_terry_loss, train_policy, ...). Each run draws its figures,
+a_divergence.png .. d_beta_sweep.png, into a new numbered folder inside --out, so no run overwrites another.
 
-    python toy_bandit.py [--out toy_out] [--json]
+    python toy_bandit.py [--out toy_out] [--json]   # figures in toy_out/bandit-001/, then bandit-002/, ...
 """
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -24,6 +27,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures go to files; no screen needed
 import matplotlib.pyplot as plt
+
+METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")  # the same names as rddpo.py
+
+
+class UsageError(Exception):
+    """bad input from the user: reported as one `error:` line and exit status 2 (as in rddpo.py)."""
+
 
 # -----------------------------------------------------------------------------
 # 1. numerics
@@ -82,13 +92,13 @@ def pair_features(bandit, phi=None):
     return phi[bandit.winners] - phi[bandit.losers]  # (B, d)
 
 
-def margins(bandit, logp):
+def logratio_margin(bandit, logp):
     """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)); the implicit margin is beta h."""
     s = logp - bandit.ref_logp  # (..., n)
     return s[..., bandit.winners] - s[..., bandit.losers]  # (..., B)
 
 
-def margin_grad(bandit, dl_dh):
+def logratio_margin_grad(bandit, dl_dh):
     """Chain rule through h: d h_i / d logits = e_w - e_l, because log Z cancels in the difference."""
     n = len(bandit.gold)
     return np.bincount(bandit.winners, dl_dh, n) - np.bincount(bandit.losers, dl_dh, n)  # (n,)
@@ -132,26 +142,30 @@ def forward_kl(logp, ref_logp):
 
 @dataclass
 class Method:
-    name: str                   # "dpo", "ipo", "ddpo", "edpo" or "pdpo"
+    name: str                   # one of METHODS: "dpo", "ipo", "d-dpo", "e-dpo" or "p-dpo"
     beta: float
     gamma: float = 0.0          # weight of the forward KL (e-DPO, p-DPO)
     rewards: np.ndarray = None  # (K, n) reward models over the arms (d-DPO: K = 1)
 
+    def __post_init__(self):
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; choose from {', '.join(METHODS)}")
 
-def objective(bandit, m, theta):
+
+def policy_loss(bandit, m, theta):
     """The method's loss at theta and its gradient in theta (chain rule: logits = phi @ theta)."""
     logp = log_softmax(bandit.phi @ theta)  # (n,)
-    h = margins(bandit, logp)  # (B,)
-    if m.name in ("dpo", "pdpo"):
+    h = logratio_margin(bandit, logp)  # (B,)
+    if m.name in ("dpo", "p-dpo"):
         loss, dl_dh = dpo_loss(h, m.beta)
     elif m.name == "ipo":
         loss, dl_dh = ipo_loss(h, m.beta)
-    elif m.name in ("ddpo", "edpo"):  # d-DPO is e-DPO with one reward model and gamma = 0
+    elif m.name in ("d-dpo", "e-dpo"):  # d-DPO is e-DPO with one reward model and gamma = 0
         drs = m.rewards[:, bandit.winners] - m.rewards[:, bandit.losers]  # (K, B)
         loss, dl_dh, _ = pessimistic_distill_loss(h, drs, m.beta)
     else:
-        raise ValueError(f"unknown method {m.name}")
-    grad = margin_grad(bandit, dl_dh)  # (n,) gradient in the logits
+        raise ValueError(f"unknown method {m.name!r}; choose from {', '.join(METHODS)}")
+    grad = logratio_margin_grad(bandit, dl_dh)  # (n,) gradient in the logits
     if m.gamma:  # e-DPO and p-DPO add gamma * KL(pi_ref || pi)
         fkl, g = forward_kl(logp, bandit.ref_logp)
         loss, grad = loss + m.gamma * fkl, grad + m.gamma * g
@@ -174,45 +188,45 @@ def gradient_descent(grad_fn, x0, lr, steps, tol=1e-11):
     return x, np.array(path)  # (d,), (T + 1, d)
 
 
-def train(bandit, m, steps=20000):
+def train_policy(bandit, m, steps=20000):
     """Gradient descent on a method's loss from pi_ref, with step 1/L for a bound L on its curvature."""
     # choice: step 1/L (L = sup |loss''(h)| |A|^2 / B + gamma |phi|^2 / 2) so every method and beta is
     # stable and converges at a comparable speed; |phi|^2 / 2 bounds the FKL's Hessian phi^T Cov_pi phi
     A = pair_features(bandit)  # (B, d)
-    curv = {"dpo": m.beta ** 2 / 4, "pdpo": m.beta ** 2 / 4, "ipo": 2.0, "ddpo": 2 * m.beta ** 2,
-            "edpo": 2 * m.beta ** 2}[m.name]
+    curv = {"dpo": m.beta ** 2 / 4, "p-dpo": m.beta ** 2 / 4, "ipo": 2.0, "d-dpo": 2 * m.beta ** 2,
+            "e-dpo": 2 * m.beta ** 2}[m.name]
     L = curv * np.linalg.norm(A, 2) ** 2 / len(A) + m.gamma * np.linalg.norm(bandit.phi, 2) ** 2 / 2
-    return gradient_descent(lambda th: objective(bandit, m, th)[1], bandit.theta_ref, 1 / L, steps)
+    return gradient_descent(lambda th: policy_loss(bandit, m, th)[1], bandit.theta_ref, 1 / L, steps)
 
 
-def bt_loss(bandit, r, lam=0.0, weights=None):
+def bradley_terry_loss(bandit, r, lam=0.0, weights=None):
     """Weighted mean of -log sigmoid(r(y_w) - r(y_l)) + lam/2 |r|^2 for a reward r over the arms; and d/dr."""
     w = np.ones(len(bandit.winners)) if weights is None else np.asarray(weights, float)
     w = w / w.sum()  # (B,)
     dr = r[bandit.winners] - r[bandit.losers]  # (B,)
     loss = -np.sum(w * log_sigmoid(dr)) + lam / 2 * r @ r
-    return float(loss), margin_grad(bandit, -w * sigmoid(-dr)) + lam * r
+    return float(loss), logratio_margin_grad(bandit, -w * sigmoid(-dr)) + lam * r
 
 
-def fit_reward_model(bandit, lam=0.1, weights=None, steps=20000):
+def train_reward_model(bandit, lam=0.1, weights=None, steps=20000):
     """Bradley-Terry reward model, one number per arm, fitted by gradient descent from r = 0."""
     # choice: an L2 penalty; without it BT diverges on unanimous pairs exactly as DPO does
     w = np.ones(len(bandit.winners)) if weights is None else np.asarray(weights, float)
     E = np.sqrt(w / w.sum())[:, None] * pair_features(bandit, np.eye(len(bandit.gold)))  # (B, n)
     lr = 1 / (np.linalg.norm(E, 2) ** 2 / 4 + lam)  # BT's curvature is at most 1/4 per pair
     r0 = np.zeros(len(bandit.gold))
-    return gradient_descent(lambda r: bt_loss(bandit, r, lam, weights)[1], r0, lr, steps)[0]  # (n,)
+    return gradient_descent(lambda r: bradley_terry_loss(bandit, r, lam, weights)[1], r0, lr, steps)[0]  # (n,)
 
 
 def reward_family(bandit, length, shares, lam=0.1):
     """One BT model per share s: the data reweighted so that, among pairs of unequal length, those the
     longer arm won carry a share s of the weight (pairs of equal length keep weight 1)."""
     # choice: reweighting stands in for METHOD.md's resampling, so the toy has no sampling noise
-    won_long = length[bandit.winners] > length[bandit.losers]  # (B,)
-    won_short = length[bandit.winners] < length[bandit.losers]  # (B,)
-    f = won_long.sum() / (won_long.sum() + won_short.sum())  # the share in the data as it is
-    weights = [np.where(won_long, s / f, np.where(won_short, (1 - s) / (1 - f), 1.0)) for s in shares]
-    return np.array([fit_reward_model(bandit, lam, w) for w in weights])  # (K, n)
+    longer_won = length[bandit.winners] > length[bandit.losers]  # (B,)
+    shorter_won = length[bandit.winners] < length[bandit.losers]  # (B,)
+    f = longer_won.sum() / (longer_won.sum() + shorter_won.sum())  # the share in the data as it is
+    weights = [np.where(longer_won, s / f, np.where(shorter_won, (1 - s) / (1 - f), 1.0)) for s in shares]
+    return np.array([train_reward_model(bandit, lam, w) for w in weights])  # (K, n)
 
 
 # -----------------------------------------------------------------------------
@@ -290,12 +304,12 @@ def row(bandit, name, logp, beta, closed=None):
     """One line of a table: policy, E_pi[gold], KL(pi || pi_ref), largest beta h, gap to the closed form."""
     pi = np.exp(logp)
     return {"method": name, "policy": pi.round(4).tolist(), "gold": float(pi @ bandit.gold),
-            "kl": kl(pi, np.exp(bandit.ref_logp)), "margin": float(beta * margins(bandit, logp).max()),
+            "kl": kl(pi, np.exp(bandit.ref_logp)), "margin": float(beta * logratio_margin(bandit, logp).max()),
             "gap": None if closed is None else float(np.abs(pi - closed).max())}
 
 
 def run(bandit, name, m, closed=None, steps=20000):
-    logp = log_softmax(bandit.phi @ train(bandit, m, steps)[0])
+    logp = log_softmax(bandit.phi @ train_policy(bandit, m, steps)[0])
     return row(bandit, name, logp, m.beta, closed)
 
 
@@ -307,17 +321,17 @@ def scenario_divergence(out=None, beta=1.0, betas=(0.1, 0.5, 1.0, 2.0), steps=30
     tot = tabular(np.ones(3) / 3, [(0, 1), (1, 2), (0, 2)], gold=[1.0, 0.5, 0.0])
     rows = [row(one, "oracle pi*_gold [y1>y2]", np.log(optimal_policy(np.ones(3) / 3, one.gold, beta)), beta)]
     for tag, b in (("y1>y2", one), ("a>b>c", tot)):
-        r_hat = fit_reward_model(b)
+        r_hat = train_reward_model(b)
         closed_p = pdpo_one_pair(np.ones(3) / 3, 0, 1, beta, GAMMA_P) if b is one else None
         rows += [run(b, f"DPO [{tag}]", Method("dpo", beta), steps=steps),
                  run(b, f"IPO [{tag}]", Method("ipo", beta), ipo_policy(b, beta)),
-                 run(b, f"d-DPO [{tag}]", Method("ddpo", beta, rewards=r_hat[None]), distill_policy(b, r_hat, beta)),
-                 run(b, f"p-DPO [{tag}]", Method("pdpo", beta, GAMMA_P), closed_p)]
+                 run(b, f"d-DPO [{tag}]", Method("d-dpo", beta, rewards=r_hat[None]), distill_policy(b, r_hat, beta)),
+                 run(b, f"p-DPO [{tag}]", Method("p-dpo", beta, GAMMA_P), closed_p)]
     # with the step 1/L, L ~ beta^2, DPO's beta h takes the same path for every beta: beta only rescales h
-    dpo = {bt: probs(tot, train(tot, Method("dpo", bt), steps)[1]) for bt in betas}  # (T + 1, 3) each
+    dpo = {bt: probs(tot, train_policy(tot, Method("dpo", bt), steps)[1]) for bt in betas}  # (T + 1, 3) each
     ipo = {bt: ipo_policy(tot, bt) for bt in betas}
     res = {"rows": rows, "beta": beta, "steps": steps,
-           "dpo_largest_h": {str(bt): float(margins(tot, np.log(p[-1])).max()) for bt, p in dpo.items()},
+           "dpo_largest_h": {str(bt): float(logratio_margin(tot, np.log(p[-1])).max()) for bt, p in dpo.items()},
            "dpo_pi_c": {str(bt): float(p[-1, 2]) for bt, p in dpo.items()},
            "ipo_pi_c": {str(bt): float(p[2]) for bt, p in ipo.items()}}
     if out:
@@ -336,18 +350,19 @@ def scenario_displacement(out=None, beta=1.0, steps=3000):
     so y_u's logit rises 3 times as fast as y_w's: pi(y_w) falls while the margin 2t grows without bound."""
     bandit = displacement_bandit()
     # choice: the family varies the L2 strength; a single pair gives nothing to resample
-    family = np.array([fit_reward_model(bandit, lam) for lam in (0.1, 0.3, 1.0)])  # (3, 3)
-    methods = {"DPO": Method("dpo", beta), "d-DPO": Method("ddpo", beta, rewards=family[:1]),
-               "e-DPO": Method("edpo", beta, GAMMA_E, family), "p-DPO": Method("pdpo", beta, GAMMA_P)}
+    family = np.array([train_reward_model(bandit, lam) for lam in (0.1, 0.3, 1.0)])  # (3, 3)
+    methods = {"DPO": Method("dpo", beta), "d-DPO": Method("d-dpo", beta, rewards=family[:1]),
+               "e-DPO": Method("e-dpo", beta, GAMMA_E, family), "p-DPO": Method("p-dpo", beta, GAMMA_P)}
     drs = family[:, bandit.winners] - family[:, bandit.losers]  # (K, B)
     k = pessimistic_distill_loss(np.zeros(1), drs, beta)[2]  # e-DPO follows the member it starts nearest
     closed = {"d-DPO": distill_policy(bandit, family[0], beta), "e-DPO": distill_policy(bandit, family[k], beta)}
-    paths = {k: probs(bandit, train(bandit, m, steps)[1]) for k, m in methods.items()}  # (T + 1, 3) each
+    paths = {k: probs(bandit, train_policy(bandit, m, steps)[1]) for k, m in methods.items()}  # (T + 1, 3) each
     rows = [row(bandit, k, np.log(p[-1]), beta, closed.get(k)) for k, p in paths.items()]
     dpo = paths["DPO"]
     res = {"rows": rows, "beta": beta, "steps": steps,
            "dpo_pi_w": {str(t): float(dpo[t, 0]) for t in (0, 1, 10, 100, steps)},
-           "dpo_margin": {str(t): float(beta * margins(bandit, np.log(dpo[t]))[0]) for t in (0, 1, 10, 100, steps)},
+           "dpo_margin": {str(t): float(beta * logratio_margin(bandit, np.log(dpo[t]))[0])
+                          for t in (0, 1, 10, 100, steps)},
            "dpo_pi_w_falls_every_step": bool(np.all(np.diff(dpo[:, 0]) < 0))}
     if out:
         draw_displacement(bandit, paths, os.path.join(out, "b_displacement.png"))
@@ -372,21 +387,21 @@ def length_bias_bandit(bias=0.7, n_compare=4):
 
 def methods_for(beta, r_hat, family):
     return {"DPO": Method("dpo", beta), "IPO": Method("ipo", beta),
-            "d-DPO": Method("ddpo", beta, rewards=r_hat[None]),
-            "e-DPO": Method("edpo", beta, GAMMA_E, family), "p-DPO": Method("pdpo", beta, GAMMA_P)}
+            "d-DPO": Method("d-dpo", beta, rewards=r_hat[None]),
+            "e-DPO": Method("e-dpo", beta, GAMMA_E, family), "p-DPO": Method("p-dpo", beta, GAMMA_P)}
 
 
 def scenario_family(out=None, beta=0.5, steps=3000):
     """(c) Length-biased labels. d-DPO distils the BT model fitted to all the data, which learned the bias;
     e-DPO takes the worst case over models fitted with 0% .. 100% of the weight on longer-won pairs."""
     bandit, length = length_bias_bandit()
-    pi_ref, r_hat, family = np.exp(bandit.ref_logp), fit_reward_model(bandit), reward_family(bandit, length, SHARES)
+    pi_ref, r_hat, family = np.exp(bandit.ref_logp), train_reward_model(bandit), reward_family(bandit, length, SHARES)
     k, pess = pessimistic_choice(pi_ref, family, beta)
     m = methods_for(beta, r_hat, family)
     rows = [row(bandit, "oracle pi*_gold", np.log(optimal_policy(pi_ref, bandit.gold, beta)), beta),
             run(bandit, "DPO", m["DPO"], steps=steps),
             run(bandit, "d-DPO (RM on all data)", m["d-DPO"], optimal_policy(pi_ref, r_hat, beta)),
-            run(bandit, "d-DPO (member s=1.0)", Method("ddpo", beta, rewards=family[-1:]),
+            run(bandit, "d-DPO (member s=1.0)", Method("d-dpo", beta, rewards=family[-1:]),
                 optimal_policy(pi_ref, family[-1], beta)),
             run(bandit, f"e-DPO (picks s={SHARES[k]})", m["e-DPO"], pess),
             run(bandit, "p-DPO", m["p-DPO"])]
@@ -403,7 +418,7 @@ def scenario_family(out=None, beta=0.5, steps=3000):
 def scenario_beta_sweep(out=None, betas=(0.1, 0.2, 0.5, 1.0, 2.0), steps=3000):
     """(d) Final gold reward and KL(pi || pi_ref) of each method against beta, on the length-biased data."""
     bandit, length = length_bias_bandit()
-    r_hat, family = fit_reward_model(bandit), reward_family(bandit, length, SHARES)
+    r_hat, family = train_reward_model(bandit), reward_family(bandit, length, SHARES)
     res = {"betas": list(betas), "steps": steps, "ref_gold": float(np.exp(bandit.ref_logp) @ bandit.gold)}
     for beta in betas:
         for name, m in methods_for(beta, r_hat, family).items():
@@ -429,8 +444,8 @@ def draw_divergence(bandit, dpo, ipo, path):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for i, (bt, p) in enumerate(dpo.items()):
         t, c = np.arange(1, len(p)), f"C{i}"  # from step 1: at step 0 h = 0, off a log axis
-        ax1.plot(t, margins(bandit, np.log(p[1:])).max(-1), c, label=f"beta={bt}")
-        ax1.axhline(margins(bandit, np.log(ipo[bt])).max(), color=c, ls="--")
+        ax1.plot(t, logratio_margin(bandit, np.log(p[1:])).max(-1), c, label=f"beta={bt}")
+        ax1.axhline(logratio_margin(bandit, np.log(ipo[bt])).max(), color=c, ls="--")
         ax2.plot(t, p[1:, 2], c, label=f"beta={bt}")
         ax2.axhline(ipo[bt][2], color=c, ls="--")
     ax1.set(xscale="log", yscale="log", xlabel="gradient step", ylabel="largest log-ratio margin h",
@@ -449,7 +464,7 @@ def draw_displacement(bandit, paths, path):
     t = np.arange(1, len(p) + 1)
     for i, name in enumerate(("pi(y_w), preferred", "pi(y_l), rejected", "pi(y_u), never seen")):
         ax1.plot(t, p[:, i], label=name)
-    ax1.plot(t, margins(bandit, np.log(p))[:, 0] / 10, "k--", label="margin beta h / 10")
+    ax1.plot(t, logratio_margin(bandit, np.log(p))[:, 0] / 10, "k--", label="margin beta h / 10")
     ax1.set(xscale="log", xlabel="1 + gradient step", ylabel="probability",
             title="DPO, shared features: pi(y_w) falls as the margin grows")
     ax1.legend(fontsize=8)
@@ -513,28 +528,67 @@ def print_sweep(res):
         print(f"{name:<8}" + "".join(f"{c:>16}" for c in cells))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
-    p.add_argument("--out", default="toy_out", help="folder for the PNG figures (default: toy_out)")
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block, exit status 2 (as in rddpo.py)
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
+    p.add_argument("--out", default="toy_out",
+                   help="folder for the figures: each run writes a new bandit-NNN folder inside (default: toy_out)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
-    args = p.parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    return p.parse_args(argv)
+
+
+def new_run_dir(out):
+    """A fresh bandit-NNN folder inside --out, one past the highest taken: earlier results are never overwritten.
+    If another process takes the number first, makedirs fails and the next number is tried."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out!r} is a file, not a folder; pass a folder path "
+                         "(each run makes a new bandit-NNN folder inside it)")
+    try:
+        os.makedirs(out, exist_ok=True)
+        taken = [int(d[7:]) for d in os.listdir(out) if d.startswith("bandit-") and d[7:].isdigit()]
+        n = max(taken, default=0) + 1
+        while True:
+            path = os.path.join(out, f"bandit-{n:03d}")
+            try:
+                os.makedirs(path)  # exist_ok=False: never reuse a folder
+                return path
+            except FileExistsError:
+                n += 1
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {out!r} ({e.strerror}); choose a folder you can write to") from None
+
+
+def main(argv=None):
+    """Run the four scenarios, draw their figures into a new bandit-NNN folder, print tables (or JSON).
+    Returns the exit status: 0, or 2 with one `error:` line on stderr when --out cannot be used."""
+    args = parse_args(argv)
+    try:
+        folder = new_run_dir(args.out)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     t0 = time.time()
-    res = {"a": scenario_divergence(args.out), "b": scenario_displacement(args.out),
-           "c": scenario_family(args.out), "d": scenario_beta_sweep(args.out)}
-    res["seconds"] = round(time.time() - t0, 2)
+    res = {"a": scenario_divergence(folder), "b": scenario_displacement(folder),
+           "c": scenario_family(folder), "d": scenario_beta_sweep(folder)}
+    res["seconds"], res["figures"] = round(time.time() - t0, 2), folder
     if args.json:
         print(json.dumps(res, indent=1))
-        return res
+        print(f"figures in {folder}", file=sys.stderr)  # stdout stays pure JSON
+        return 0
     print_rows(f"(a) DPO diverges (3 arms, uniform pi_ref, beta={res['a']['beta']}, DPO {res['a']['steps']} steps)",
                res["a"]["rows"])
     print_rows("(b) likelihood displacement (log-linear, phi_w=(1,0) phi_l=(0,1) phi_u=(2,-1))", res["b"]["rows"])
     print_rows(f"(c) length-biased labels (arms good-s ok-s ok-L bad-s bad-L, beta={res['c']['beta']})",
                res["c"]["rows"])
     print_sweep(res["d"])
-    print(f"\ngap: max |pi - closed form| (e-DPO: its gamma -> 0 limit). figures in {args.out}/, {res['seconds']} s")
-    return res
+    print(f"\ngap: max |pi - closed form| (e-DPO: its gamma -> 0 limit). {res['seconds']} s")
+    print(f"figures in {folder}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
