@@ -1,6 +1,6 @@
-"""tests of the classroom notebooks in notebooks/. each notebook ends with a cell that asserts what it taught,
-so running it top to bottom is the test. the notebooks are written by notebooks/build.py; the committed
-.ipynb files (with their outputs) must hold exactly its cells: `python notebooks/build.py` regenerates them.
+"""tests of the classroom notebooks in notebooks/. each notebook is written as NAME.py, in jupytext's "percent"
+format, and committed as NAME.ipynb with its outputs; each ends with a cell that asserts what it taught, so
+running it top to bottom is the test. `python notebooks/regenerate.py [NAME ...]` rewrites the .ipynb files.
 
     pytest test_notebooks.py                 # the fast checks, then every notebook run in a fresh kernel
     pytest test_notebooks.py -m "not slow"   # the fast checks only
@@ -16,29 +16,25 @@ import nbformat  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "notebooks"))
-import build  # noqa: E402
+import regenerate  # noqa: E402
 
-NAMES = sorted(build.NOTEBOOKS)
-
-
-def committed(name):
-    """a fresh in-memory copy of the committed notebook: running it never writes the file."""
-    return nbformat.read(os.path.join(build.HERE, name + ".ipynb"), as_version=4)
+NAMES = regenerate.NOTEBOOKS  # the notebooks/*.py sources, regenerate.py aside
 
 
-def test_every_notebook_file_is_built_by_the_build_script():
-    """notebooks/*.ipynb and build.NOTEBOOKS list the same names, so no notebook escapes the tests."""
-    files = sorted(f[:-len(".ipynb")] for f in os.listdir(build.HERE) if f.endswith(".ipynb"))
-    assert files == NAMES
+def test_every_notebook_has_a_source_and_every_source_a_notebook():
+    """notebooks/*.ipynb and the notebooks/*.py sources name the same notebooks, so none escapes the tests."""
+    committed = sorted(f[:-len(".ipynb")] for f in os.listdir(regenerate.HERE) if f.endswith(".ipynb"))
+    assert committed == NAMES
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_committed_notebook_holds_the_build_scripts_cells_with_their_outputs(name):
-    """same cells, same order, same text as build.py; every code cell ran once, in order, without an error;
-    the last cell asserts. if this fails: python notebooks/build.py NAME"""
-    nb, source = committed(name), build.make(name)
+def test_committed_notebook_holds_its_sources_cells_with_their_outputs(name):
+    """same cells, same order, same text as NAME.py; every code cell ran once, in order, without an error;
+    the last cell asserts. if this fails: python notebooks/regenerate.py NAME"""
+    nb = nbformat.read(os.path.join(regenerate.HERE, name + ".ipynb"), as_version=4)
+    source = regenerate.source(name)
     assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in source.cells], \
-        f"{name}.ipynb is out of date: run python notebooks/build.py {name}"
+        f"{name}.ipynb is out of date: run python notebooks/regenerate.py {name}"
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code_cells] == list(range(1, len(code_cells) + 1))
     assert not [o for c in code_cells for o in c.outputs if o.output_type == "error"]
@@ -52,13 +48,9 @@ def test_committed_notebook_holds_the_build_scripts_cells_with_their_outputs(nam
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom_and_its_assertions_hold(name):
-    """a fresh kernel runs every cell with notebooks/ as the working folder; any error or failed assert
-    fails the test. each notebook takes about 2 minutes or less on 2 cpu cores."""
-    nb = committed(name)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    """a fresh kernel runs every cell of NAME.py with notebooks/ as the working folder; any error or failed
+    assert fails the test. each notebook takes about 2 minutes or less on 2 cpu cores."""
     t0 = time.time()
-    build.execute(nb, timeout=300)
+    nb = regenerate.execute(regenerate.source(name), timeout=300)
     print(f"{name}: {time.time() - t0:.0f} s")
     assert "all claims hold" in "".join(o.get("text", "") for o in nb.cells[-1].outputs)

@@ -1,4 +1,4 @@
-"""Tests for toy_bandit.py: closed forms against gradient descent, METHOD.md's numbers, hand-written
+"""Tests for toy_bandit.py: closed forms against gradient descent, docs/METHOD.md's numbers, hand-written
 gradients against finite differences, and DPO's divergence. Each docstring shows the hand computation."""
 import json
 import math
@@ -46,7 +46,7 @@ def test_log_sigmoid_and_log_softmax_are_finite_far_out():
 
 
 def test_dpo_loss_tends_to_zero_on_a_policy_whose_preferred_arm_vanishes():
-    """METHOD.md: one pair y1 > y2, uniform pi_ref, pi = (eps, eps^2, 1 - eps - eps^2): h = log(1/eps),
+    """docs/METHOD.md: one pair y1 > y2, uniform pi_ref, pi = (eps, eps^2, 1 - eps - eps^2): h = log(1/eps),
     so the loss is -log sigmoid(log(1/eps)) = log(1 + eps) -> 0 while pi(y1) = eps -> 0."""
     bandit = tb.tabular(U3, [(0, 1)], gold=[1, 0, 0])
     for eps in (1e-2, 1e-4, 1e-6):
@@ -105,7 +105,7 @@ def test_edpo_with_identical_members_is_ddpo_plus_gamma_fkl_and_ignores_shifts_a
 
 
 # -----------------------------------------------------------------------------
-# closed forms: METHOD.md's numbers
+# closed forms: docs/METHOD.md's numbers
 
 
 @pytest.mark.parametrize("reward, expected, fkl", [((1.0, 0.0, 0.5), (0.5065, 0.1863, 0.3072), 0.0817),

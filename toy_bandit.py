@@ -221,7 +221,7 @@ def train_reward_model(bandit, lam=0.1, weights=None, steps=20000):
 def reward_family(bandit, length, shares, lam=0.1):
     """One BT model per share s: the data reweighted so that, among pairs of unequal length, those the
     longer arm won carry a share s of the weight (pairs of equal length keep weight 1)."""
-    # choice: reweighting stands in for METHOD.md's resampling, so the toy has no sampling noise
+    # choice: reweighting stands in for docs/METHOD.md's resampling, so the toy has no sampling noise
     longer_won = length[bandit.winners] > length[bandit.losers]  # (B,)
     shorter_won = length[bandit.winners] < length[bandit.losers]  # (B,)
     f = longer_won.sum() / (longer_won.sum() + shorter_won.sum())  # the share in the data as it is
@@ -293,7 +293,7 @@ def pdpo_one_pair(pi_ref, w, l, beta, gamma):
 # -----------------------------------------------------------------------------
 # 6. scenarios: each returns its numbers and, given a folder, draws its figure
 
-GAMMA_E = 0.01  # choice: e-DPO's FKL only has to break ties between members that fit (METHOD.md)
+GAMMA_E = 0.01  # choice: e-DPO's FKL only has to break ties between members that fit (docs/METHOD.md)
 GAMMA_P = 1.0   # choice: p-DPO's gamma must stay away from 0, or it falls back to DPO
 # note: DPO pulls h with beta sigmoid(-beta h) but the FKL term has no beta, so at a fixed gamma p-DPO
 # moves less from pi_ref as beta shrinks (scenario d): one pair gives d = (beta / gamma) sigmoid(-beta h)
@@ -314,7 +314,7 @@ def run(bandit, name, m, closed=None, steps=20000):
 
 
 def scenario_divergence(out=None, beta=1.0, betas=(0.1, 0.5, 1.0, 2.0), steps=3000):
-    """(a) DPO diverges. METHOD.md's one pair y1 > y2 over 3 arms (y3 unseen), then the total order
+    """(a) DPO diverges. docs/METHOD.md's one pair y1 > y2 over 3 arms (y3 unseen), then the total order
     a > b, b > c, a > c. DPO's margin grows for every beta and each arm that never wins goes to 0;
     IPO, d-DPO and (one pair) p-DPO stop at their closed forms."""
     one = tabular(np.ones(3) / 3, [(0, 1)], gold=[1.0, 0.0, 0.5])
