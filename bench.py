@@ -16,6 +16,7 @@ It prints a table and which targets were met, and writes the numbers to bench.js
 bench-NNN inside --out (default runs/), so an earlier result is never overwritten.
 """
 import argparse
+import dataclasses
 import gc
 import os
 import platform
@@ -45,7 +46,8 @@ def parse_args(argv=None):
     """flags shared with rddpo.py and toy_bandit.py mean the same: --seeds, --out (a folder), --device, --quick."""
     p = report.ArgumentParser(description=__doc__.strip().split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    report.device_flag(p)
+    p.add_argument("--device", default="cpu", choices=report.DEVICES, help="cpu times the cpu sizes; cuda adds the "
+                   "gpu size and bfloat16; auto takes cuda where there is one (mps is not timed: no synchronising clock)")
     p.add_argument("--sizes", default="", help=f"comma list from {','.join(SIZES)}; default: all on --device's machine")
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
@@ -64,21 +66,22 @@ def parse_args(argv=None):
 
 
 def cases(args):
-    """(size, device, dtype, seed) to run. --device picks the machine: the cpu sizes run on the cpu, or on
-    --device mps; the gpu size needs cuda."""
+    """(size, device, dtype, seed) to run: the cpu sizes on the cpu, and with a cuda --device the gpu size."""
     device = report.pick_device(args.device).type
+    if device == "mps":
+        raise report.UsageError("bench.py times cpu and cuda only (mps has no clock it can wait on here); use --device cpu")
     names = [s for s in args.sizes.split(",") if s] or [s for s in SIZES if SIZES[s][0] in ("cpu", device)]
     for s in names:
         if s not in SIZES:
             raise report.UsageError(f"unknown size {s!r} in --sizes; choose from {','.join(SIZES)}")
         if SIZES[s][0] == "cuda" and device != "cuda":
             raise report.UsageError(f"size {s} runs on a gpu: pass --device cuda on a machine with one")
-    if args.steps < 4 or args.warmup < 0 or args.batch_size < 1 or args.pairs < args.batch_size or args.tokens < 8:
-        raise report.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size "
-                                "and --tokens >= 8")
+    if (args.steps < 4 or args.warmup < 0 or args.batch_size < 1 or args.pairs < args.batch_size or args.tokens < 8
+            or args.threads < 0):
+        raise report.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size, "
+                                "--tokens >= 8 and --threads >= 0")
     report.check_seeds(args.seeds)
-    on = {"cpu": "mps" if device == "mps" else "cpu", "cuda": "cuda"}
-    return [(s, on[SIZES[s][0]], d, seed) for seed in args.seeds for s in names for d in DTYPES[SIZES[s][0]]]
+    return [(s, SIZES[s][0], d, seed) for seed in args.seeds for s in names for d in DTYPES[SIZES[s][0]]]
 
 
 # -----------------------------------------------------------------------------
@@ -90,8 +93,7 @@ def build_model(size, tokenizer, args):
     from transformers import GPT2Config, GPT2LMHeadModel
     _, n_layer, n_embd, n_head, vocab = SIZES[size]
     if vocab is None:  # rddpo's own builder, as the offline default uses it
-        cfg = rddpo.Config(n_layer=n_layer, n_embd=n_embd, n_head=n_head, max_length=args.tokens)
-        return rddpo.build_tiny_gpt2(cfg, tokenizer)
+        return rddpo.build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions=args.tokens)
     eos = tokenizer.eos_token_id  # task ids are valid ids of the larger vocabulary too
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                                       bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
@@ -142,7 +144,7 @@ def one_off_cost(reference, data, device, amp, rng):
 
 def make_losses(data, cfg):
     """name -> loss(policy_logps, rows), the part of the step that differs between the variants."""
-    k4 = rddpo.dataclasses.replace(data, rm_family=data.rm_family[:4])  # (4, 2N): the first four members
+    k4 = dataclasses.replace(data, rm_family=data.rm_family[:4])  # (4, 2N): the first four members
     def method(name, d):
         return lambda policy_logps, rows: rddpo.policy_loss(name, policy_logps, rows, d, cfg.beta, cfg.gamma)
     # choice: the floor sums the sequence log-probs, not the logits: every preference loss needs those
@@ -360,10 +362,12 @@ def run(args):
             print_case(out["cases"][-1])
             if device == "cuda":
                 torch.cuda.empty_cache()
-    finally:
+    except KeyboardInterrupt:
+        raise report.Interrupted(f"interrupted: the {len(out['cases'])} finished cases are kept in {path}") from None
+    finally:  # finished, failed or interrupted: the cases done so far are written
         torch.set_num_threads(threads)  # a caller's process (a test) gets its setting back
-    out.update(seconds=time.time() - t0, load_average_end=os.getloadavg())
-    report.write_json(path, out)
+        out.update(seconds=time.time() - t0, load_average_end=os.getloadavg())
+        report.write_json(path, out)
     print(f"done in {out['seconds']:.0f} s (load average {out['machine']['load_average'][0]:.1f} at the start, "
           f"{out['load_average_end'][0]:.1f} at the end, on {out['machine']['cpu_count']} cpus); wrote {path}")
     return out

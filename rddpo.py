@@ -5,20 +5,19 @@ Companion code for "Robust Preference Optimization through Reward Model Distilla
 (Fisch et al., TMLR 2025, https://arxiv.org/abs/2405.19316). Read it top to bottom beside the paper:
 
   1. configuration        2. the task: prompts, gold reward, annotator    3. models
-  4. sequence log-probs   5. implicit reward     6. reward models and the family
+  4. tokenisation and sequence log-probs          5. implicit reward     6. reward models and the family
   7. the losses and the forward-KL estimate      8. training    9. evaluation    10. main
 
     python rddpo.py                 # offline: builds and pretrains a small GPT-2, then runs the experiment
     python rddpo.py --model gpt2    # the same on real GPT-2 (needs the Hugging Face hub or a local copy)
 
 The math, and every choice this file makes where the paper is silent, is in docs/METHOD.md; choices
-are marked `# choice:` below. What does not teach the method (flag checks, run folders, results.json,
+are marked `choice:` below, with their reason. What does not teach the method (flag checks, run folders, results.json,
 tables, figures) is in report.py.
 """
 import copy
 import dataclasses
 import os
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import report
-from report import UsageError, progress
+from report import UsageError, progress, seed_everything
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")
 
@@ -46,6 +45,7 @@ class Config:
     bias: float = field(default=0.5, metadata={"help": "probability that the annotator prefers the longer response"})
     seeds: list = field(default_factory=lambda: [0], metadata={"help": "one or more seeds (data, reward models, policies)"})
     beta: float = field(default=0.1, metadata={"help": "KL strength: implicit reward = beta * log(pi / pi_ref)"})
+    # choice: one gamma serves e-DPO and p-DPO, though p-DPO needs it away from 0 and e-DPO only to break ties
     gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL penalty in e-DPO and p-DPO"})
     ensemble: int = field(default=4, metadata={"help": "K, the number of reward models in the e-DPO family"})
     steps: int = field(default=150, metadata={"help": "policy training steps per method"})
@@ -57,12 +57,12 @@ class Config:
     n_eval: int = field(default=128, metadata={"help": "held-out prompts for evaluation"})
     max_length: int = field(default=64, metadata={"help": "tokens per prompt+response; longer responses are truncated"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest sampled response"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cuda, mps or cpu"})
+    device: str = field(default="auto", metadata={"help": "auto takes cuda, then mps, then cpu", "choices": report.DEVICES})
     out: str = field(default="runs", metadata={"help": "output folder: each run writes a new run-NNN folder inside"})
     data: str = field(default="", metadata={"help": "your own pairs: JSON lines with prompt, chosen, rejected"})
     sweep: bool = field(default=False, metadata={"help": "run every bias in --sweep-biases and draw the headline figure"})
     sweep_biases: str = field(default="0,0.25,0.5,0.75,1", metadata={"help": "bias values for --sweep"})
-    quick: bool = field(default=False, metadata={"help": "a tiny budget for smoke tests; flags given beside it win: "
+    quick: bool = field(default=False, metadata={"help": "on the command line, a tiny budget; flags given beside it win: "
                                                  + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())})
     n_layer: int = field(default=2, metadata={"help": "tiny model: layers"})
     n_embd: int = field(default=64, metadata={"help": "tiny model: width"})
@@ -77,12 +77,6 @@ class Config:
 def parse_args(argv=None):
     """(Config, names of the flags given on the command line)."""
     return report.parse_config(Config, argv, __doc__.split("\n")[1], QUICK)
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # -----------------------------------------------------------------------------
@@ -130,7 +124,8 @@ def make_review(rng):
 
 def longest_task_tokens(tokenizer):
     """tokens in the longest prompt + review the task can generate, with eos: what --max-length must hold."""
-    def most(words): return max(words, key=lambda w: len(tokenizer(" " + w, add_special_tokens=False).input_ids))  # noqa: E704
+    def most(words):  # the word of the list with the most tokens
+        return max(words, key=lambda w: len(tokenizer(" " + w, add_special_tokens=False).input_ids))
     prompt = f"{most(OPENERS)} {most(TITLES + EVAL_TITLES)} :"
     sentence = f" the {most(NOUNS)} was {most(ADVERBS)} {most(POSITIVE + NEGATIVE + NEUTRAL)} ."
     return len(tokenizer(prompt + sentence * MAX_SENTENCES, add_special_tokens=False).input_ids) + 1
@@ -138,7 +133,7 @@ def longest_task_tokens(tokenizer):
 
 def annotate(gold1, gold2, len1, len2, bias, rng):
     """the biased annotator: True where the first response of a pair wins. with probability `bias` the longer
-    response wins, otherwise the one with the higher gold reward; ties at random. all arguments (N,).
+    response (in words) wins, otherwise the one with the higher gold reward; ties at random. all arguments (N,).
     choice: the gold decision is the argmax, so the length bias is the only label noise."""
     coin = rng.random(len(gold1)) < 0.5  # (N,) breaks ties
     biased = rng.random(len(gold1)) < bias  # (N,)
@@ -162,12 +157,20 @@ def build_tokenizer():
                                    unk_token="<unk>")
 
 
-def build_tiny_gpt2(cfg, tokenizer):
+def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
     from transformers import GPT2Config, GPT2LMHeadModel
     eos = tokenizer.eos_token_id
-    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=cfg.max_length, n_embd=cfg.n_embd,
-                                      n_layer=cfg.n_layer, n_head=cfg.n_head, bos_token_id=eos,
-                                      eos_token_id=eos, pad_token_id=eos))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd,
+                                      n_layer=n_layer, n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
+
+
+def pad(rows, pad_id, side="right", masks=None):
+    """lists of ids -> input_ids (N, T) and attention_mask (N, T) [, and each extra mask (N, T)]."""
+    T = max(map(len, rows))
+    def fill(row, value):
+        return [value] * (T - len(row)) + row if side == "left" else row + [value] * (T - len(row))
+    out = [torch.tensor([fill(r, pad_id) for r in rows]), torch.tensor([fill([1] * len(r), 0) for r in rows])]
+    return tuple(out + [torch.tensor([fill(m, 0) for m in ms]) for ms in (masks or [])])
 
 
 def pretrain(model, tokenizer, steps, device):
@@ -186,21 +189,23 @@ def pretrain(model, tokenizer, steps, device):
     return model.eval()
 
 
-def load_reference(cfg, device):
+def load_reference(cfg, device, check=lambda tokenizer: None):
     """the frozen reference pi_ref and its tokenizer: a model from the hub or a folder, or the tiny gpt-2,
-    pretrained once and cached in --out. --max-length is checked before any training."""
+    pretrained once and cached in --out. --max-length, and check(tokenizer), run before any training."""
     if cfg.model != "tiny":
         model, tokenizer = report.load_pretrained(cfg.model, cfg.max_length)
     else:
         tokenizer = build_tokenizer()
-    if not cfg.data and cfg.max_length < longest_task_tokens(tokenizer):
+    if (cfg.model == "tiny" or not cfg.data) and cfg.max_length < longest_task_tokens(tokenizer):  # pretraining too
         raise UsageError(f"--max-length {cfg.max_length} cannot hold the task's longest prompt and review "
                          f"({longest_task_tokens(tokenizer)} tokens); raise it")
+    check(tokenizer)
     if cfg.model != "tiny":
         return model.to(device).eval(), tokenizer
     def build():
         seed_everything(1234)
-        return pretrain(build_tiny_gpt2(cfg, tokenizer).to(device), tokenizer, cfg.pretrain_steps, device), tokenizer
+        model = build_tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_length).to(device)
+        return pretrain(model, tokenizer, cfg.pretrain_steps, device), tokenizer
     path = os.path.join(cfg.out, f"reference-L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}-T{cfg.max_length}"
                                  f"-S{cfg.pretrain_steps}")
     model, tokenizer = report.cached_model(path, build)
@@ -215,7 +220,7 @@ def forward(model, input_ids, attention_mask):
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts, max_new_tokens, max_length, device, desc="sample", batch_size=64):
-    """draw one response per prompt from the model at temperature 1 (no top-k: these are samples of pi)."""
+    """one response per prompt. choice: temperature 1, no top-k or top-p, so these are samples of pi itself."""
     eos, responses = tokenizer.eos_token_id, []
     for i in progress(range(0, len(prompts), batch_size), desc):
         prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[i:i + batch_size]]
@@ -273,15 +278,6 @@ def encode(tokenizer, prompt, response, max_length):
     if len(p) >= max_length:
         return None
     return p, r[:max_length - len(p)], len(p) + len(r) > max_length
-
-
-def pad(rows, pad_id, side="right", masks=None):
-    """lists of ids -> input_ids (N, T) and attention_mask (N, T) [, and each extra mask (N, T)]."""
-    T = max(map(len, rows))
-    def fill(row, value):
-        return [value] * (T - len(row)) + row if side == "left" else row + [value] * (T - len(row))
-    out = [torch.tensor([fill(r, pad_id) for r in rows]), torch.tensor([fill([1] * len(r), 0) for r in rows])]
-    return tuple(out + [torch.tensor([fill(m, 0) for m in ms]) for ms in (masks or [])])
 
 
 def tokenize(tokenizer, prompts, responses, max_length, side="right"):
@@ -407,7 +403,8 @@ def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, 
 
 
 def family_shares(k):
-    """choice: member k sees the share k/(K-1) of 'longer response preferred' pairs, spread over [0, 1]."""
+    """choice: member k sees the share k/(K-1) of 'longer response preferred' pairs, spread over [0, 1], so
+    that the members disagree along the axis of the bias the task plants: length."""
     return [0.5] if k == 1 else [i / (k - 1) for i in range(k)]
 
 
@@ -429,7 +426,7 @@ def score(rm, tokens, device, batch_size=64):
 
 def reward_scores(reference, pairs, cfg, seed, device, longer_won):
     """train the plain reward model and the family, score every pair once, and free the models.
-    returns (2N,) plain rewards and (K, 2N) family rewards."""
+    returns (2N,) plain rewards and (K, 2N) family rewards. choice: the plain model (d-DPO) sees all pairs as labelled."""
     fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device)
     plain = train_reward_model(reference, pairs, np.arange(len(pairs.keep)), seed=seed, desc="reward model", **fit)
     plain = score(plain, pairs.tokens, device)
@@ -448,8 +445,8 @@ def reward_scores(reference, pairs, cfg, seed, device, longer_won):
 
 
 def forward_kl_estimate(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
-    """KL(pi_ref || pi) ~ mean over the batch's 2B responses of log pi_ref(y) - log pi(y). unbiased when the
-    responses were sampled from pi_ref (the built-in task); on other data, a stay-close-on-the-data penalty."""
+    """KL(pi_ref || pi) ~ mean over the batch's 2B responses of log pi_ref(y) - log pi(y). choice: the batch's own
+    responses; unbiased when they were sampled from pi_ref (the built-in task), on other data a stay-close penalty."""
     return ((reference_chosen_logps - policy_chosen_logps) + (reference_rejected_logps - policy_rejected_logps)).mean() / 2
 
 
@@ -460,7 +457,8 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
 
 
 def ipo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
-    """mean( (h - 1 / (2 beta))^2 ). choice: h sums over tokens (trl averages per token)."""
+    """mean( (h - 1 / (2 beta))^2 ). choice: h sums over tokens, as in every other loss here, so one beta means
+    the same thing in all of them (trl's ipo averages per token)."""
     h = logratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     return ((h - 1 / (2 * beta)) ** 2).mean()
 
@@ -490,7 +488,68 @@ def pessimistic_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_c
 
 
 # -----------------------------------------------------------------------------
-# 8. training
+# 8. training: the pairs, prepared once, then the policy
+
+
+@dataclass
+class HeldOut:
+    """what every policy is evaluated on."""
+    prompts: list                     # held-out prompts to sample responses for
+    ref_gold: np.ndarray = None       # (P,) gold reward of pi_ref's sample per prompt (built-in task)
+    ref_length: float = None          # pi_ref's mean response length in words (built-in task)
+    pairs: Pairs = None               # held-out pairs with their ref_logps (your own data)
+
+
+def builtin_task(reference, tokenizer, cfg, bias, seed, device):
+    """pairs sampled from pi_ref and labelled by the biased annotator, and held-out prompts:
+    (prompts, chosen, rejected, eval prompts)."""
+    rng = np.random.default_rng([seed, 1])
+    prompts = make_prompts(rng, cfg.n_pairs, TITLES)
+    seed_everything(seed)
+    responses = sample(reference, tokenizer, prompts + prompts, cfg.max_new_tokens, cfg.max_length, device,
+                       "sample pairs from pi_ref")
+    y1, y2 = responses[:cfg.n_pairs], responses[cfg.n_pairs:]
+    first_wins = annotate(np.array([gold_reward(y) for y in y1]), np.array([gold_reward(y) for y in y2]),
+                          np.array([len(y.split()) for y in y1]), np.array([len(y.split()) for y in y2]), bias, rng)
+    chosen = [a if w else b for a, b, w in zip(y1, y2, first_wins)]
+    rejected = [b if w else a for a, b, w in zip(y1, y2, first_wins)]
+    return prompts, chosen, rejected, make_prompts(rng, cfg.n_eval, EVAL_TITLES)
+
+
+def split_pairs(pairs, seed):
+    """(train, held-out) lists of (prompt, chosen, rejected). choice: a random tenth, at least one pair, is held out."""
+    order = np.random.default_rng([seed, 1]).permutation(len(pairs))
+    n_held = max(1, len(pairs) // 10)
+    return [pairs[i] for i in order[n_held:]], [pairs[i] for i in order[:n_held]]
+
+
+def user_task(pairs, reference, tokenizer, max_length, seed, device):
+    """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split."""
+    train, held = split_pairs(pairs, seed)
+    held_pairs = tokenize_pairs(tokenizer, *zip(*held), max_length)
+    held_pairs.ref_logps = all_logps(reference, held_pairs.tokens, np.arange(2 * len(held_pairs.keep)), device)
+    ev = HeldOut([held[i][0] for i in held_pairs.keep], pairs=held_pairs)
+    return [p for p, _, _ in train], [c for _, c, _ in train], [r for _, _, r in train], ev
+
+
+def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
+    """one (bias, seed)'s training pairs with reference log-probs and reward scores, its HeldOut, and what
+    results.json keeps of the data: pairs (N), skipped, truncated, longer_won (the share of pairs)."""
+    if user_pairs is None:
+        prompts, chosen, rejected, eval_prompts = builtin_task(reference, tokenizer, cfg, bias, seed, device)
+        ev = builtin_heldout(reference, tokenizer, eval_prompts, cfg.max_new_tokens, cfg.max_length, seed, device)
+    else:
+        prompts, chosen, rejected, ev = user_task(user_pairs, reference, tokenizer, cfg.max_length, seed, device)
+    pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
+    n = len(pairs.keep)
+    if pairs.skipped or pairs.n_truncated:
+        print(f"note: {pairs.n_truncated} pairs truncated to --max-length {cfg.max_length}, "
+              f"{pairs.skipped} skipped (prompt alone too long)")
+    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * n), device)  # (2N,), computed once
+    longer_won = np.array([len(chosen[i].split()) > len(rejected[i].split()) for i in pairs.keep])  # (N,)
+    pairs.rm_plain, pairs.rm_family = reward_scores(reference, pairs, cfg, seed, device, longer_won)
+    info = dict(pairs=n, skipped=pairs.skipped, truncated=pairs.n_truncated, longer_won=float(longer_won.mean()))
+    return pairs, ev, info
 
 
 class TrainingDiverged(Exception):
@@ -511,7 +570,9 @@ def policy_loss(method, policy_logps, rows, pairs, beta, gamma):
     if method == "e-dpo":
         return pessimistic_distill_loss(pc, pr, rc, rr, *pairs.rm_family[:, rows].to(pc.device).chunk(2, dim=1),
                                         beta, gamma)
-    return pessimistic_dpo_loss(pc, pr, rc, rr, beta, gamma)
+    if method == "p-dpo":
+        return pessimistic_dpo_loss(pc, pr, rc, rr, beta, gamma)
+    raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
 def batch_metrics(loss, policy_logps, rows, pairs, beta):
@@ -555,66 +616,28 @@ def train_policy(reference, pairs, method, cfg, seed, device, log):
 # 9. evaluation
 
 
-@dataclass
-class HeldOut:
-    """what every policy is evaluated on."""
-    prompts: list                     # held-out prompts to sample responses for
-    ref_gold: np.ndarray = None       # (P,) gold reward of pi_ref's sample per prompt (built-in task)
-    ref_length: float = None          # pi_ref's mean response length in words (built-in task)
-    pairs: Pairs = None               # held-out pairs with their ref_logps (your own data)
-
-
-def builtin_task(reference, tokenizer, cfg, bias, seed, device):
-    """pairs sampled from pi_ref and labelled by the biased annotator, and held-out prompts:
-    (prompts, chosen, rejected, eval prompts)."""
-    rng = np.random.default_rng([seed, 1])
-    prompts = make_prompts(rng, cfg.n_pairs, TITLES)
-    seed_everything(seed)
-    responses = sample(reference, tokenizer, prompts + prompts, cfg.max_new_tokens, cfg.max_length, device,
-                       "sample pairs from pi_ref")
-    y1, y2 = responses[:cfg.n_pairs], responses[cfg.n_pairs:]
-    first_wins = annotate(np.array([gold_reward(y) for y in y1]), np.array([gold_reward(y) for y in y2]),
-                          np.array([len(y.split()) for y in y1]), np.array([len(y.split()) for y in y2]), bias, rng)
-    chosen = [a if w else b for a, b, w in zip(y1, y2, first_wins)]
-    rejected = [b if w else a for a, b, w in zip(y1, y2, first_wins)]
-    return prompts, chosen, rejected, make_prompts(rng, cfg.n_eval, EVAL_TITLES)
-
-
-def builtin_heldout(reference, tokenizer, eval_prompts, cfg, seed, device):
+def builtin_heldout(reference, tokenizer, eval_prompts, max_new_tokens, max_length, seed, device):
     """HeldOut of the built-in task: the prompts, with the gold reward and length of pi_ref's samples."""
     seed_everything(seed + 7)
-    responses = sample(reference, tokenizer, eval_prompts, cfg.max_new_tokens, cfg.max_length, device,
-                       "sample pi_ref on held-out prompts")
+    responses = sample(reference, tokenizer, eval_prompts, max_new_tokens, max_length, device, "pi_ref, held-out")
     return HeldOut(eval_prompts, np.array([gold_reward(r) for r in responses]),
                    float(np.mean([len(r.split()) for r in responses])))
 
 
-def user_task(pairs, reference, tokenizer, cfg, seed, device):
-    """your pairs: a held-out tenth (at least one pair) gives the evaluation prompts and held-out pairs.
-    returns (prompts, chosen, rejected, HeldOut) of the training pairs."""
-    order = np.random.default_rng([seed, 1]).permutation(len(pairs))
-    n_held = max(1, len(pairs) // 10)
-    train, held = [pairs[i] for i in order[n_held:]], [pairs[i] for i in order[:n_held]]
-    held_pairs = tokenize_pairs(tokenizer, *zip(*held), cfg.max_length)
-    if not held_pairs.keep:
-        raise UsageError(f"no held-out prompt fits in --max-length {cfg.max_length}; raise it or shorten the prompts")
-    held_pairs.ref_logps = all_logps(reference, held_pairs.tokens, np.arange(2 * len(held_pairs.keep)), device)
-    ev = HeldOut([held[i][0] for i in held_pairs.keep], pairs=held_pairs)
-    return [p for p, _, _ in train], [c for _, c, _ in train], [r for _, _, r in train], ev
-
-
 @torch.no_grad()
-def evaluate(policy, reference, tokenizer, pairs, ev, cfg, device):
-    """gold reward, win rate and length of policy samples on held-out prompts; KL(pi || pi_ref) from those
-    samples; and the change of the training pairs' log-probs and the implicit margins. -> dict of floats"""
-    responses = sample(policy, tokenizer, ev.prompts, cfg.max_new_tokens, cfg.max_length, device, "evaluate")
-    samples = tokenize(tokenizer, ev.prompts, responses, cfg.max_length)
+def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_length, device):
+    """a dict of floats: on held-out prompts, the policy's samples' kl (KL(pi || pi_ref) estimated from them) and
+    length (words), and on the built-in task gold_reward, gold_ref, length_ref and win_rate (against pi_ref's
+    samples, ties half); on the training pairs logps_chosen_change, logps_rejected_change, margin_mean and
+    margin_max (beta h); on your own data heldout_accuracy (share of held-out pairs with h > 0)."""
+    responses = sample(policy, tokenizer, ev.prompts, max_new_tokens, max_length, device, "evaluate")
+    samples = tokenize(tokenizer, ev.prompts, responses, max_length)
     rows = np.arange(len(responses))
     res = {"kl": (all_logps(policy, samples, rows, device) - all_logps(reference, samples, rows, device)).mean().item(),
            "length": float(np.mean([len(r.split()) for r in responses]))}
     pc, pr = all_logps(policy, pairs.tokens, np.arange(2 * len(pairs.keep)), device).chunk(2)
     rc, rr = pairs.ref_logps.chunk(2)
-    margins = cfg.beta * logratio_margin(pc, pr, rc, rr)  # (N,)
+    margins = beta * logratio_margin(pc, pr, rc, rr)  # (N,)
     res.update(logps_chosen_change=(pc - rc).mean().item(), logps_rejected_change=(pr - rr).mean().item(),
                margin_mean=margins.mean().item(), margin_max=margins.max().item())
     if ev.ref_gold is not None:
@@ -631,27 +654,6 @@ def evaluate(policy, reference, tokenizer, pairs, ev, cfg, device):
 # 10. main
 
 
-def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
-    """one (bias, seed)'s training pairs with reference log-probs and reward scores, and its HeldOut."""
-    if user_pairs is None:
-        prompts, chosen, rejected, eval_prompts = builtin_task(reference, tokenizer, cfg, bias, seed, device)
-        ev = builtin_heldout(reference, tokenizer, eval_prompts, cfg, seed, device)
-    else:
-        prompts, chosen, rejected, ev = user_task(user_pairs, reference, tokenizer, cfg, seed, device)
-    pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
-    n = len(pairs.keep)
-    if n < cfg.batch_size:
-        raise UsageError(f"only {n} usable training pairs, fewer than one batch; lower --batch-size or bring more pairs")
-    if pairs.skipped or pairs.n_truncated:
-        print(f"note: {pairs.n_truncated} pairs truncated to --max-length {cfg.max_length}, "
-              f"{pairs.skipped} skipped (prompt alone too long)")
-    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * n), device)  # (2N,), computed once
-    longer_won = np.array([len(chosen[i].split()) > len(rejected[i].split()) for i in pairs.keep])  # (N,)
-    pairs.rm_plain, pairs.rm_family = reward_scores(reference, pairs, cfg, seed, device, longer_won)
-    info = dict(pairs=n, skipped=pairs.skipped, truncated=pairs.n_truncated, longer_won=float(longer_won.mean()))
-    return pairs, ev, info
-
-
 def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log):
     """one method from the reference on the prepared pairs -> its record: bias, seed, method, time, evaluate()."""
     t0 = time.time()
@@ -662,7 +664,7 @@ def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed,
     reference.to(device)
     seed_everything(seed * 100 + METHODS.index(method))
     return dict(bias=bias, seed=seed, method=method, train_seconds=seconds,
-                **evaluate(policy, reference, tokenizer, pairs, ev, cfg, device))
+                **evaluate(policy, reference, tokenizer, pairs, ev, cfg.beta, cfg.max_new_tokens, cfg.max_length, device))
 
 
 def run(cfg, given=None):
@@ -671,11 +673,11 @@ def run(cfg, given=None):
     cfg = dataclasses.replace(cfg, methods=",".join(cfg.method_list()))
     device = report.pick_device(cfg.device)
     user_pairs = report.read_pairs(cfg.data) if cfg.data else None
-    n_train = len(user_pairs) - max(1, len(user_pairs) // 10) if user_pairs else cfg.n_pairs  # see user_task
-    if n_train < cfg.batch_size:
-        raise UsageError(f"--batch-size {cfg.batch_size} is larger than the {n_train} training pairs; lower it")
+    splits = [split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
+    report.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
     report.check_writable(cfg.out)
-    reference, tokenizer = load_reference(cfg, device)
+    reference, tokenizer = load_reference(cfg, device, check=lambda tok: report.check_splits(  # and whose prompts fit
+        splits, lambda p: len(tok(p, add_special_tokens=False).input_ids) < cfg.max_length, cfg.batch_size, cfg.max_length))
     biases = report.sweep_bias_list(cfg)
     with report.RunRecord(cfg.out, dataclasses.asdict(cfg), device, (biases[0], cfg.seeds[0])) as record:
         for bias in biases:

@@ -45,9 +45,18 @@ def cli(command, failures=()):
         print(e, file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("interrupted before any result was written", file=sys.stderr)
+        print("interrupted; files written before this point are kept", file=sys.stderr)
         return 130
     return 0
+
+
+def seed_everything(seed):
+    """python's, numpy's and torch's global generators, for code that draws from them."""
+    import random
+    import torch
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def progress(iterable, desc):
@@ -87,6 +96,7 @@ def parse_config(cls, argv, description, preset):
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag, kw = "--" + f.name.replace("_", "-"), dict(default=default, help=f.metadata["help"])
+        kw.update({"choices": f.metadata["choices"]} if "choices" in f.metadata else {})
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", **kw)
         elif isinstance(default, list):
@@ -97,10 +107,7 @@ def parse_config(cls, argv, description, preset):
     return cls(**vars(with_preset(args, given, preset))), given
 
 
-def device_flag(parser):
-    """the --device flag, the same in every tool."""
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"],
-                        help="auto takes cuda, then mps, then cpu")
+DEVICES = ["auto", "cuda", "mps", "cpu"]  # --device in rddpo.py and bench.py; auto takes cuda, then mps, then cpu
 
 
 def pick_device(name):
@@ -120,6 +127,8 @@ def pick_device(name):
 def check_seeds(seeds):
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds has a duplicate ({' '.join(map(str, seeds))}); give each seed once")
+    if min(seeds) < 0:
+        raise UsageError(f"--seeds must be >= 0 (got {min(seeds)})")
 
 
 # -----------------------------------------------------------------------------
@@ -140,6 +149,8 @@ def check_config(cfg, methods, given=None):
         (cfg.n_pairs >= 1 and cfg.n_eval >= 1, "--n-pairs and --n-eval must be >= 1"),
         (cfg.max_new_tokens >= 1 and cfg.max_length >= 8, "--max-new-tokens must be >= 1 and --max-length >= 8"),
         (cfg.log_every >= 1, "--log-every must be >= 1"),
+        (cfg.data or cfg.batch_size <= cfg.n_pairs,
+         f"--batch-size {cfg.batch_size} is larger than the {cfg.n_pairs} training pairs (--n-pairs); lower it"),
     ]
     for ok, message in checks:
         if not ok:
@@ -157,17 +168,35 @@ def check_config(cfg, methods, given=None):
 
 def check_applies(cfg, given):
     """a flag that would be ignored is an error, not a silent no-op."""
-    flags = lambda names: [n for n in names if n in given]  # noqa: E731
+    methods = cfg.method_list()
     rules = [
-        (cfg.data, flags(["bias", "n_pairs", "sweep", "sweep_biases"]), "apply to the built-in task only, not to --data"),
-        (not cfg.sweep, flags(["sweep_biases"]), "applies only with --sweep"),
-        (cfg.sweep, flags(["bias"]), "is replaced by --sweep-biases under --sweep"),
-        (cfg.model != "tiny", flags(["n_layer", "n_embd", "n_head", "pretrain_steps"]),
-         "set the built-in tiny model only, not --model " + cfg.model),
+        (cfg.data, ["bias", "n_pairs", "n_eval", "sweep", "sweep_biases"], "the built-in task only, not --data"),
+        (not cfg.sweep, ["sweep_biases"], "--sweep only"),
+        (cfg.sweep, ["bias"], "no run under --sweep, which takes --sweep-biases"),
+        (cfg.model != "tiny", ["n_layer", "n_embd", "n_head", "pretrain_steps"], "the built-in tiny model only"),
+        ("e-dpo" not in methods and "p-dpo" not in methods, ["gamma"], "e-dpo and p-dpo only"),
+        ("e-dpo" not in methods, ["ensemble"], "e-dpo only"),
     ]
-    for when, names, why in rules:
-        if when and names:
-            raise UsageError(" ".join("--" + n.replace("_", "-") for n in names) + f": {why}")
+    for when, names, applies_to in rules:
+        if when and [n for n in names if n in given]:
+            flags = " ".join("--" + n.replace("_", "-") for n in names if n in given)
+            raise UsageError(f"{flags} applies to {applies_to}; leave it out or change the other flags")
+    for flag, values in (("--methods", methods), ("--sweep-biases", sweep_bias_list(cfg))):
+        if len(set(values)) != len(values):
+            raise UsageError(f"{flag} names a value twice; give each once")
+
+
+def check_splits(splits, fits, batch_size, max_length):
+    """each seed's (train, held-out) pairs: a batch of training pairs and one held-out pair whose prompt fits
+    (fits(prompt) -> bool; None: every prompt fits)."""
+    fits = fits or (lambda prompt: True)
+    for train, held in splits:
+        n_train = sum(fits(row[0]) for row in train)
+        if n_train < batch_size:
+            raise UsageError(f"--batch-size {batch_size} is larger than the {n_train} training pairs whose prompt fits "
+                             f"in --max-length {max_length}; lower --batch-size or bring more pairs")
+        if not any(fits(row[0]) for row in held):
+            raise UsageError(f"no held-out prompt fits in --max-length {max_length}; raise it or shorten the prompts")
 
 
 def sweep_bias_list(cfg):
@@ -186,18 +215,26 @@ def read_pairs(path):
     if not os.path.isfile(path):
         raise UsageError(f"--data file {path!r} not found")
     try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: a byte-order mark is not part of the first line
+            lines = fh.read().split("\n")  # not splitlines(): json strings may hold u+2028 and other separators
     except UnicodeDecodeError as e:
-        raise UsageError(f"--data {path!r} is not UTF-8 text (byte {e.start}); give a JSON-lines file saved as UTF-8") from None
+        raise UsageError(f"--data {path!r} is not UTF-8 text (byte {e.start}); save it as UTF-8 JSON lines") from None
     first = next((line for line in lines if line.strip()), "")
-    if first and not first.lstrip().startswith("{") and "," in first:
+    if "," in first and not is_json(first):
         raise UsageError(f"--data {path!r} looks like CSV; give JSON lines, one object "
                          '{"prompt": ..., "chosen": ..., "rejected": ...} per line')
     pairs = [read_pair(line, path, n) for n, line in enumerate(lines, 1) if line.strip()]
     if len(pairs) < 2:
         raise UsageError(f"--data {path!r} holds {len(pairs)} pairs; at least 2 are needed")
     return pairs
+
+
+def is_json(text):
+    try:
+        json.loads(text)
+        return True
+    except json.JSONDecodeError:
+        return False
 
 
 def read_pair(line, path, n):
@@ -230,17 +267,16 @@ def quiet_transformers():
 def load_pretrained(name, max_length):
     """(model, tokenizer) from_pretrained, with one clear line instead of a minute of retries when the hub is
     unreachable; checks that max_length fits the model's context, and pads with eos where there is no pad token."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     quiet_transformers()
     if name.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(name)):
         raise UsageError(f"--model {name!r}: no such folder; give a model folder, a hub name such as gpt2, or tiny")
-    name, local = os.path.expanduser(name), {}
+    name, local = os.path.expanduser(name), dict(local_files_only=True)
     if not os.path.isdir(name):
-        try:  # already downloaded? then load it without asking the hub
-            AutoConfig.from_pretrained(name, local_files_only=True)
-            local = dict(local_files_only=True)
+        try:  # already downloaded, whole? then load it without asking the hub
+            AutoModelForCausalLM.from_pretrained(name, **local), AutoTokenizer.from_pretrained(name, **local)
         except OSError:
-            pass
+            local = {}
         if not local and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
             raise UsageError(f"cannot load --model {name!r}: it is not a local folder, not in the Hugging Face cache, and the "
                              "hub cannot be reached; run offline with the default (no --model) or pass a local path")
@@ -274,12 +310,14 @@ def cached_model(path, build):
     if not os.path.isfile(os.path.join(path, "config.json")):
         model, tokenizer = build()
         tmp = f"{path}.tmp{os.getpid()}"
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
         try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
             os.replace(tmp, path)
             return model, tokenizer
         except OSError:  # another run renamed its copy into place first
+            pass
+        finally:  # renamed, or left behind by an error or ctrl-c: no temporary folder stays
             shutil.rmtree(tmp, ignore_errors=True)
     return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
@@ -289,11 +327,15 @@ def cached_model(path, build):
 
 
 def check_writable(out):
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --out {out!r} ({e.strerror}); choose a folder you can write to") from None
-    if not os.access(out, os.W_OK | os.X_OK):
+    """--out, or the folder that would hold it, can be written to; nothing is created yet."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out!r} is a file, not a folder; pass a folder (each run makes a new folder inside it)")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot create --out {out!r} ({parent} is a file); choose a folder you can write to")
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to --out {out!r} (permission denied); choose a folder you can write to")
 
 
@@ -302,6 +344,7 @@ def new_run_dir(out, prefix="run"):
     at once into the same --out get two folders."""
     check_writable(out)
     try:
+        os.makedirs(out, exist_ok=True)
         taken = [int(d[len(prefix) + 1:]) for d in os.listdir(out)
                  if d.startswith(prefix + "-") and d[len(prefix) + 1:].isdigit()]
         for number in range(max(taken, default=0) + 1, max(taken, default=0) + 1000):
@@ -325,8 +368,12 @@ def write_json(path, obj):
 
 class RunRecord:
     """one run's folder: metrics.jsonl (a json line per logged step, echoed as one printed line) and
-    results.json, written when the run ends, whole, however it ends (finished, a diverged loss, ctrl-c).
-    the first bias's and seed's logged rows are kept as the training curves."""
+    results.json, written when the run ends, whole, however it ends (finished, a diverged loss, ctrl-c):
+      config   the run's settings        device   where it ran        seconds  wall time after loading
+      runs     one record per (bias, seed, method): the keys of rddpo.evaluate, train_seconds
+      data     one entry per (bias, seed): pairs, skipped, truncated, longer_won (rddpo.prepare)
+      summary  mean and sd over seeds per (bias, method) (summarize)
+      curves   the first bias's and seed's logged rows per method, as in metrics.jsonl"""
 
     def __init__(self, out, config, device, curve_key):
         self.dir, self.curve_key, self.t0 = new_run_dir(out), curve_key, time.time()

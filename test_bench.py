@@ -107,6 +107,8 @@ def test_quick_sets_defaults_only_and_a_given_flag_wins():
     (["--seeds", "1", "1"], "duplicate"),
     (["--sizes", "huge"], "unknown size"),
     (["--device", "tpu"], "invalid choice"),
+    (["--threads", "-1"], "--threads >= 0"),
+    (["--seeds", "-2"], "--seeds must be >= 0"),
 ])
 def test_bad_flags_are_one_error_line_and_exit_2_before_any_folder_is_made(tmp_path, capsys, argv, says):
     try:
@@ -127,3 +129,28 @@ def test_a_second_run_into_the_same_out_gets_a_new_folder(tmp_path, monkeypatch)
     bench.run(bench.parse_args(["--quick", "--out", str(tmp_path)]))
     assert (tmp_path / "bench-001" / "bench.json").read_text() == "earlier"
     assert json.loads((tmp_path / "bench-002" / "bench.json").read_text())["cases"] == [{"size": "fake"}]
+
+
+def test_out_naming_a_file_is_one_error_line_and_the_file_is_unchanged(tmp_path, capsys):
+    (tmp_path / "bench.json").write_text("earlier")
+    assert bench.main(["--quick", "--out", str(tmp_path / "bench.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file, not a folder" in err[0], err
+    assert (tmp_path / "bench.json").read_text() == "earlier"
+
+
+def test_ctrl_c_keeps_the_finished_cases_and_says_where(tmp_path, monkeypatch, capsys):
+    """two seeds, ctrl-c during the second case: exit 130, one line naming bench.json, which holds the first."""
+    calls = []
+    def fake_case(size, device, dtype, seed, args):
+        calls.append(seed)
+        if seed == 1:
+            raise KeyboardInterrupt
+        return {"size": size, "seed": seed}
+    monkeypatch.setattr(bench, "run_case", fake_case)
+    monkeypatch.setattr(bench, "print_case", lambda res: None)
+    assert bench.main(["--quick", "--seeds", "0", "1", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    path = tmp_path / "bench-001" / "bench.json"
+    assert calls == [0, 1] and len(err) == 1 and "interrupted" in err[0] and str(path) in err[0], err
+    assert json.loads(path.read_text())["cases"] == [{"size": "tiny", "seed": 0}]

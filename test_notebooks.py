@@ -6,6 +6,7 @@ running it top to bottom is the test. `python notebooks/regenerate.py [NAME ...]
     pytest test_notebooks.py -m "not slow"   # the fast checks only
 """
 import os
+import re
 import sys
 import time
 
@@ -43,6 +44,18 @@ def test_committed_notebook_holds_its_sources_cells_with_their_outputs(name):
         if cell.cell_type == "markdown":
             outside_fences = cell.source.split("```")[::2]
             assert not [line for part in outside_fences for line in part.splitlines() if line.startswith("    ")], cell.source[:80]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_committed_notebook_holds_nothing_that_changes_from_run_to_run(name):
+    """cell ids follow the cells' order, no cell keeps an execution timestamp, the metadata names no python
+    version, and no output prints a run folder's number or a wall time: regenerating twice gives the same bytes."""
+    nb = nbformat.read(os.path.join(regenerate.HERE, name + ".ipynb"), as_version=4)
+    assert [c.id for c in nb.cells] == [f"cell-{i:02d}" for i in range(len(nb.cells))]
+    assert not [c for c in nb.cells if "execution" in c.metadata]
+    assert nb.metadata.language_info == {"name": "python"}
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert not re.search(r"run-\d{3}|done in \d+ s|ran in \d+ s", printed)
 
 
 @pytest.mark.slow

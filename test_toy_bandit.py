@@ -82,9 +82,9 @@ def test_bradley_terry_and_forward_kl_gradients_match_central_differences():
     """Same check for the weighted, L2-penalised BT loss in r and for KL(pi_ref || pi) in the logits."""
     bandit, rng, eps = small_bandits()["tabular"], np.random.default_rng(3), 1e-6
     r, w, z = rng.normal(size=4), rng.uniform(0.5, 2, size=6), rng.normal(size=4)
-    f_bt = lambda x: tb.bradley_terry_loss(bandit, x, lam=0.3, weights=w)[0]
+    f_bt = lambda x: tb.reward_model_loss(bandit, x, lam=0.3, weights=w)[0]
     f_kl = lambda x: tb.forward_kl(tb.log_softmax(x), bandit.ref_logp)[0]
-    g_bt, g_kl = tb.bradley_terry_loss(bandit, r, 0.3, w)[1], tb.forward_kl(tb.log_softmax(z), bandit.ref_logp)[1]
+    g_bt, g_kl = tb.reward_model_loss(bandit, r, 0.3, w)[1], tb.forward_kl(tb.log_softmax(z), bandit.ref_logp)[1]
     for f, x, g in ((f_bt, r, g_bt), (f_kl, z, g_kl)):
         fd = [(f(x + eps * e) - f(x - eps * e)) / (2 * eps) for e in np.eye(4)]
         np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
@@ -340,8 +340,8 @@ def test_new_run_dir_skips_a_number_another_process_took_after_listing(tmp_path,
     create it must move on to bandit-002 (makedirs with exist_ok=False), not write into the other's folder."""
     (tmp_path / "bandit-001").mkdir()
     (tmp_path / "bandit-001" / "a_divergence.png").write_bytes(b"the other run's figure")
-    monkeypatch.setattr(tb.os, "listdir", lambda path: [])  # the listing from before the other run's makedirs
-    assert tb.new_run_dir(str(tmp_path)) == str(tmp_path / "bandit-002")
+    monkeypatch.setattr(tb.report.os, "listdir", lambda path: [])  # the listing from before the other run's makedirs
+    assert tb.report.new_run_dir(str(tmp_path), "bandit") == str(tmp_path / "bandit-002")
     monkeypatch.undo()
     assert (tmp_path / "bandit-001" / "a_divergence.png").read_bytes() == b"the other run's figure"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bandit-001", "bandit-002"]
@@ -378,3 +378,14 @@ def test_main_prints_json_and_writes_four_figures_into_a_new_folder(tmp_path, ca
     assert set(res["d"]) >= {"DPO", "IPO", "d-DPO", "e-DPO", "p-DPO"}
     assert res["figures"] == str(tmp_path / "bandit-001") and res["figures"] in captured.err
     assert sorted(p.name for p in (tmp_path / "bandit-001").glob("*.png")) == FIGURES
+
+
+def test_ctrl_c_is_one_line_and_no_traceback(tmp_path, monkeypatch, capsys):
+    """an interrupt in the third scenario: exit 130, one line on stderr; the figures already drawn stay."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tb, "scenario_family", interrupted)
+    assert tb.main(["--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted"), err
+    assert sorted(p.name for p in (tmp_path / "bandit-001").iterdir()) == ["a_divergence.png", "b_displacement.png"]

@@ -13,9 +13,8 @@ test_toy_bandit.py checks that they agree. Method names and function names follo
 ("d-dpo", logratio_margin, bradley_terry_loss, train_policy, ...). Each run draws its figures,
 a_divergence.png .. d_beta_sweep.png, into a new numbered folder inside --out, so no run overwrites another.
 
-    python toy_bandit.py [--out toy_out] [--json]   # figures in toy_out/bandit-001/, then bandit-002/, ...
+    python toy_bandit.py [--out runs] [--json]   # figures in runs/bandit-001/, then bandit-002/, ...
 """
-import argparse
 import json
 import os
 import sys
@@ -28,11 +27,9 @@ import matplotlib
 matplotlib.use("Agg")  # figures go to files; no screen needed
 import matplotlib.pyplot as plt
 
+import report  # the command line and run folders shared with rddpo.py and bench.py (no torch)
+
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")  # the same names as rddpo.py
-
-
-class UsageError(Exception):
-    """bad input from the user: reported as one `error:` line and exit status 2 (as in rddpo.py)."""
 
 
 # -----------------------------------------------------------------------------
@@ -199,13 +196,18 @@ def train_policy(bandit, m, steps=20000):
     return gradient_descent(lambda th: policy_loss(bandit, m, th)[1], bandit.theta_ref, 1 / L, steps)
 
 
-def bradley_terry_loss(bandit, r, lam=0.0, weights=None):
-    """Weighted mean of -log sigmoid(r(y_w) - r(y_l)) + lam/2 |r|^2 for a reward r over the arms; and d/dr."""
+def bradley_terry_loss(bandit, r, weights=None):
+    """Weighted mean of -log sigmoid(r(y_w) - r(y_l)) for a reward r over the arms; and d/dr."""
     w = np.ones(len(bandit.winners)) if weights is None else np.asarray(weights, float)
     w = w / w.sum()  # (B,)
     dr = r[bandit.winners] - r[bandit.losers]  # (B,)
-    loss = -np.sum(w * log_sigmoid(dr)) + lam / 2 * r @ r
-    return float(loss), logratio_margin_grad(bandit, -w * sigmoid(-dr)) + lam * r
+    return float(-np.sum(w * log_sigmoid(dr))), logratio_margin_grad(bandit, -w * sigmoid(-dr))
+
+
+def reward_model_loss(bandit, r, lam=0.0, weights=None):
+    """Bradley-Terry plus lam/2 |r|^2, and d/dr (rddpo.py's reward_model_loss adds a centering term instead)."""
+    loss, grad = bradley_terry_loss(bandit, r, weights)
+    return loss + lam / 2 * r @ r, grad + lam * r
 
 
 def train_reward_model(bandit, lam=0.1, weights=None, steps=20000):
@@ -215,7 +217,7 @@ def train_reward_model(bandit, lam=0.1, weights=None, steps=20000):
     E = np.sqrt(w / w.sum())[:, None] * pair_features(bandit, np.eye(len(bandit.gold)))  # (B, n)
     lr = 1 / (np.linalg.norm(E, 2) ** 2 / 4 + lam)  # BT's curvature is at most 1/4 per pair
     r0 = np.zeros(len(bandit.gold))
-    return gradient_descent(lambda r: bradley_terry_loss(bandit, r, lam, weights)[1], r0, lr, steps)[0]  # (n,)
+    return gradient_descent(lambda r: reward_model_loss(bandit, r, lam, weights)[1], r0, lr, steps)[0]  # (n,)
 
 
 def reward_family(bandit, length, shares, lam=0.1):
@@ -528,49 +530,24 @@ def print_sweep(res):
         print(f"{name:<8}" + "".join(f"{c:>16}" for c in cells))
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block, exit status 2 (as in rddpo.py)
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parse_args(argv=None):
-    p = ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
-    p.add_argument("--out", default="toy_out",
-                   help="folder for the figures: each run writes a new bandit-NNN folder inside (default: toy_out)")
+    p = report.ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
+    p.add_argument("--out", default="runs",
+                   help="folder for the figures: each run writes a new bandit-NNN folder inside (default: runs)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
     return p.parse_args(argv)
 
 
-def new_run_dir(out):
-    """A fresh bandit-NNN folder inside --out, one past the highest taken: earlier results are never overwritten.
-    If another process takes the number first, makedirs fails and the next number is tried."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"--out {out!r} is a file, not a folder; pass a folder path "
-                         "(each run makes a new bandit-NNN folder inside it)")
-    try:
-        os.makedirs(out, exist_ok=True)
-        taken = [int(d[7:]) for d in os.listdir(out) if d.startswith("bandit-") and d[7:].isdigit()]
-        n = max(taken, default=0) + 1
-        while True:
-            path = os.path.join(out, f"bandit-{n:03d}")
-            try:
-                os.makedirs(path)  # exist_ok=False: never reuse a folder
-                return path
-            except FileExistsError:
-                n += 1
-    except OSError as e:
-        raise UsageError(f"cannot write to --out {out!r} ({e.strerror}); choose a folder you can write to") from None
-
-
 def main(argv=None):
     """Run the four scenarios, draw their figures into a new bandit-NNN folder, print tables (or JSON).
-    Returns the exit status: 0, or 2 with one `error:` line on stderr when --out cannot be used."""
+    Returns the exit status: 0; 2 with one `error:` line on stderr when --out cannot be used; 130 on ctrl-c."""
     args = parse_args(argv)
-    try:
-        folder = new_run_dir(args.out)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return report.cli(lambda: run_scenarios(args))
+
+
+def run_scenarios(args):
+    """the four scenarios, their figures in a new bandit-NNN folder inside args.out, and their tables."""
+    folder = report.new_run_dir(args.out, "bandit")
     t0 = time.time()
     res = {"a": scenario_divergence(folder), "b": scenario_displacement(folder),
            "c": scenario_family(folder), "d": scenario_beta_sweep(folder)}
@@ -578,7 +555,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(res, indent=1))
         print(f"figures in {folder}", file=sys.stderr)  # stdout stays pure JSON
-        return 0
+        return
     print_rows(f"(a) DPO diverges (3 arms, uniform pi_ref, beta={res['a']['beta']}, DPO {res['a']['steps']} steps)",
                res["a"]["rows"])
     print_rows("(b) likelihood displacement (log-linear, phi_w=(1,0) phi_l=(0,1) phi_u=(2,-1))", res["b"]["rows"])
@@ -587,7 +564,6 @@ def main(argv=None):
     print_sweep(res["d"])
     print(f"\ngap: max |pi - closed form| (e-DPO: its gamma -> 0 limit). {res['seconds']} s")
     print(f"figures in {folder}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ for pos in range(ids.shape[1]):
 
 # %%
 torch.manual_seed(0)
-reference = rddpo.build_tiny_gpt2(rddpo.Config(n_layer=2, n_embd=32, n_head=2), tok).eval()  # dropout off
+reference = rddpo.build_tiny_gpt2(tok, n_layer=2, n_embd=32, n_head=2, n_positions=64).eval()  # dropout off
 with torch.no_grad():
     logits = rddpo.forward(reference, ids, attention)  # (2, T, V)
 
