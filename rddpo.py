@@ -547,7 +547,8 @@ def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
               f"{pairs.skipped} skipped (prompt alone too long)")
     pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * n), device)  # (2N,), computed once
     longer_won = np.array([len(chosen[i].split()) > len(rejected[i].split()) for i in pairs.keep])  # (N,)
-    pairs.rm_plain, pairs.rm_family = reward_scores(reference, pairs, cfg, seed, device, longer_won)
+    if {"d-dpo", "e-dpo"} & set(cfg.method_list()):  # reward models only for the methods that distil them
+        pairs.rm_plain, pairs.rm_family = reward_scores(reference, pairs, cfg, seed, device, longer_won)
     info = dict(pairs=n, skipped=pairs.skipped, truncated=pairs.n_truncated, longer_won=float(longer_won.mean()))
     return pairs, ev, info
 

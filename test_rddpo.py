@@ -687,7 +687,7 @@ def test_a_reference_cached_by_another_run_meanwhile_is_used_and_no_temporary_fo
 def test_two_runs_started_at_once_into_the_same_out_both_succeed(tmp_path):
     """two processes, one --out, no cached reference: both pretrain, both finish, in two run folders."""
     args = [sys.executable, os.path.join(HERE, "rddpo.py"), "--quick", "--pretrain-steps", "20", "--methods", "dpo",
-            "--steps", "2", "--rm-steps", "2", "--ensemble", "1", "--n-pairs", "16", "--n-eval", "4",
+            "--steps", "2", "--rm-steps", "2", "--n-pairs", "16", "--n-eval", "4",
             "--batch-size", "4", "--out", str(tmp_path)]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
@@ -742,10 +742,10 @@ def choice_owners(path):
 
 def test_every_choice_in_the_code_is_in_method_md_and_every_link_to_it_resolves():
     """each function, field or constant that the code marks `choice:` is named in docs/METHOD.md's choices
-    section; each mention of METHOD.md in code, tests, notebooks and readme is docs/METHOD.md, its #anchors exist."""
+    section; each mention of the page in code, tests, notebooks and readme says docs/METHOD.md, its #anchors exist."""
     import glob
     import re
-    doc = open(os.path.join(HERE, "docs", "METHOD.md")).read()
+    doc = open(os.path.join(HERE, "docs/METHOD.md")).read()
     choices = doc[doc.index('<a id="choices">'):doc.index('<a id="task">')]
     owners = {(name, next(n for n in groups if n)) for name in ("rddpo.py", "toy_bandit.py")
               for groups in choice_owners(os.path.join(HERE, name))}
