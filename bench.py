@@ -163,7 +163,7 @@ def make_steps(policy, opt, data, losses, device, amp):
                 policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
                 loss = losses[name](policy_logps, rows)
             if name != "bare" and not torch.isfinite(loss):  # as train_policy checks
-                raise rddpo.TrainingDiverged(f"{name}: the loss became {loss.item()}")
+                raise report.TrainingDiverged(f"{name}: the loss became {loss.item()}")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -375,7 +375,7 @@ def run(args):
 
 def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
-    return report.cli(lambda: run(parse_args(argv)), failures=(rddpo.TrainingDiverged,))
+    return report.cli(lambda: run(parse_args(argv)), failures=(report.TrainingDiverged,))
 
 
 if __name__ == "__main__":

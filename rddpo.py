@@ -11,13 +11,13 @@ Companion code for "Robust Preference Optimization through Reward Model Distilla
     python rddpo.py                 # offline: builds and pretrains a small GPT-2, then runs the experiment
     python rddpo.py --model gpt2    # the same on real GPT-2 (needs the Hugging Face hub or a local copy)
 
-The math, and every choice this file makes where the paper is silent, is in docs/METHOD.md; choices
-are marked `choice:` below, with their reason. What does not teach the method (flag checks, run folders, results.json,
-tables, figures) is in report.py.
+The math, and every choice made where the paper is silent (marked `choice:` below), is in docs/METHOD.md.
+What does not teach the method (flags, checks, sampling loops, run folders, tables, figures) is in report.py.
 """
 import copy
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -27,14 +27,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import report
-from report import UsageError, progress, seed_everything
+from report import UsageError, pad, progress, sample, seed_everything
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")
+N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
 
 # -----------------------------------------------------------------------------
 # 1. configuration
 
-QUICK = dict(pretrain_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5)  # --quick
+QUICK = dict(pretrain_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5, eval_points=3)  # --quick
 
 
 @dataclass
@@ -69,6 +70,8 @@ class Config:
     n_head: int = field(default=4, metadata={"help": "tiny model: attention heads"})
     pretrain_steps: int = field(default=600, metadata={"help": "tiny model: pretraining steps (cached in --out)"})
     log_every: int = field(default=25, metadata={"help": "steps between logged training lines"})
+    eval_points: int = field(default=4, metadata={"help": "evaluations along training, evenly spaced, the last at the end"})
+    save_policy: bool = field(default=False, metadata={"help": "write each trained policy as a model folder in its run"})
 
     def method_list(self):
         return [m.strip().lower() for m in self.methods.split(",") if m.strip()]
@@ -124,11 +127,8 @@ def make_review(rng):
 
 def longest_task_tokens(tokenizer):
     """tokens in the longest prompt + review the task can generate, with eos: what --max-length must hold."""
-    def most(words):  # the word of the list with the most tokens
-        return max(words, key=lambda w: len(tokenizer(" " + w, add_special_tokens=False).input_ids))
-    prompt = f"{most(OPENERS)} {most(TITLES + EVAL_TITLES)} :"
-    sentence = f" the {most(NOUNS)} was {most(ADVERBS)} {most(POSITIVE + NEGATIVE + NEUTRAL)} ."
-    return len(tokenizer(prompt + sentence * MAX_SENTENCES, add_special_tokens=False).input_ids) + 1
+    sentence = [["the"], NOUNS, ["was"], ADVERBS, POSITIVE + NEGATIVE + NEUTRAL, ["."]]
+    return report.longest_text_tokens(tokenizer, [OPENERS, TITLES + EVAL_TITLES, [":"]] + sentence * MAX_SENTENCES) + 1
 
 
 def annotate(gold1, gold2, len1, len2, bias, rng):
@@ -140,21 +140,22 @@ def annotate(gold1, gold2, len1, len2, bias, rng):
     return np.where(biased, np.where(len1 == len2, coin, len1 > len2), np.where(gold1 == gold2, coin, gold1 > gold2))
 
 
+def label_pairs(first, second, bias, rng):
+    """the (chosen, rejected) texts of the pairs (first[i], second[i]), as the biased annotator labels them."""
+    wins = annotate(np.array([gold_reward(y) for y in first]), np.array([gold_reward(y) for y in second]),
+                    np.array([len(y.split()) for y in first]), np.array([len(y.split()) for y in second]), bias, rng)
+    pairs = [(a, b) if w else (b, a) for a, b, w in zip(first, second, wins)]
+    return [c for c, _ in pairs], [r for _, r in pairs]
+
+
 # -----------------------------------------------------------------------------
 # 3. models
 
 
 def build_tokenizer():
     """a word-level tokenizer built in code over the task's closed vocabulary (nothing downloaded)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    words = sorted(set(POSITIVE + NEGATIVE + NEUTRAL + NOUNS + ADVERBS + ["the", "was", ".", ":"]
-                       + " ".join(TITLES + EVAL_TITLES + OPENERS).split()))
-    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>"] + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   unk_token="<unk>")
+    return report.word_tokenizer(POSITIVE + NEGATIVE + NEUTRAL + NOUNS + ADVERBS + ["the", "was", ".", ":"]
+                                 + " ".join(TITLES + EVAL_TITLES + OPENERS).split())
 
 
 def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
@@ -164,51 +165,24 @@ def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
                                       n_layer=n_layer, n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
 
 
-def pad(rows, pad_id, side="right", masks=None):
-    """lists of ids -> input_ids (N, T) and attention_mask (N, T) [, and each extra mask (N, T)]."""
-    T = max(map(len, rows))
-    def fill(row, value):
-        return [value] * (T - len(row)) + row if side == "left" else row + [value] * (T - len(row))
-    out = [torch.tensor([fill(r, pad_id) for r in rows]), torch.tensor([fill([1] * len(r), 0) for r in rows])]
-    return tuple(out + [torch.tensor([fill(m, 0) for m in ms]) for ms in (masks or [])])
-
-
-def pretrain(model, tokenizer, steps, device):
-    """next-token training on reviews generated in code, so the reference speaks the task's language."""
-    rng = np.random.default_rng(1234)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in progress(range(steps), "pretrain tiny gpt-2"):
-        texts = [p + make_review(rng) for p in make_prompts(rng, 64, TITLES + EVAL_TITLES)]
-        ids, mask = (x.to(device) for x in pad([tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts],
-                                               tokenizer.eos_token_id))  # (64, T) each
-        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
 def load_reference(cfg, device, check=lambda tokenizer: None):
     """the frozen reference pi_ref and its tokenizer: a model from the hub or a folder, or the tiny gpt-2,
     pretrained once and cached in --out. --max-length, and check(tokenizer), run before any training."""
-    if cfg.model != "tiny":
-        model, tokenizer = report.load_pretrained(cfg.model, cfg.max_length)
-    else:
-        tokenizer = build_tokenizer()
-    if (cfg.model == "tiny" or not cfg.data) and cfg.max_length < longest_task_tokens(tokenizer):  # pretraining too
+    tiny = cfg.model == "tiny"
+    model, tokenizer = (None, build_tokenizer()) if tiny else report.load_pretrained(cfg.model, cfg.max_length)
+    if (tiny or not cfg.data) and cfg.max_length < longest_task_tokens(tokenizer):  # pretraining reads the task too
         raise UsageError(f"--max-length {cfg.max_length} cannot hold the task's longest prompt and review "
                          f"({longest_task_tokens(tokenizer)} tokens); raise it")
     check(tokenizer)
-    if cfg.model != "tiny":
+    if not tiny:
         return model.to(device).eval(), tokenizer
     def build():
         seed_everything(1234)
         model = build_tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_length).to(device)
-        return pretrain(model, tokenizer, cfg.pretrain_steps, device), tokenizer
-    path = os.path.join(cfg.out, f"reference-L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}-T{cfg.max_length}"
-                                 f"-S{cfg.pretrain_steps}")
-    model, tokenizer = report.cached_model(path, build)
+        reviews = lambda rng: [p + make_review(rng) for p in make_prompts(rng, 64, TITLES + EVAL_TITLES)]  # noqa: E731
+        return report.pretrain(model, tokenizer, reviews, cfg.pretrain_steps, device), tokenizer  # speaks the task
+    model, tokenizer = report.cached_model(os.path.join(cfg.out, f"reference-L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}"
+                                                         f"-T{cfg.max_length}-S{cfg.pretrain_steps}"), build)
     return model.to(device).eval(), tokenizer
 
 
@@ -216,29 +190,6 @@ def forward(model, input_ids, attention_mask):
     """logits (B, T, V); positions count real tokens only, so left and right padding agree."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-
-
-@torch.no_grad()
-def sample(model, tokenizer, prompts, max_new_tokens, max_length, device, desc="sample", batch_size=64):
-    """one response per prompt. choice: temperature 1, no top-k or top-p, so these are samples of pi itself."""
-    eos, responses = tokenizer.eos_token_id, []
-    for i in progress(range(0, len(prompts), batch_size), desc):
-        prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[i:i + batch_size]]
-        ids, mask = (x.to(device) for x in pad(prompt_ids, eos, side="left"))  # (B, Tp)
-        done, prompt_len = torch.zeros(len(ids), dtype=torch.bool, device=device), ids.shape[1]  # (B,)
-        for _ in range(min(max_new_tokens, max_length - prompt_len)):
-            logits = forward(model, ids, mask)[:, -1].float()  # (B, V)
-            nxt = torch.multinomial(logits.softmax(-1), 1).squeeze(-1).masked_fill(done, eos)  # (B,)
-            ids = torch.cat([ids, nxt[:, None]], 1)  # (B, t+1)
-            mask = torch.cat([mask, (~done).long()[:, None]], 1)  # (B, t+1)
-            done |= nxt == eos
-            if done.all():
-                break
-        for row, p in zip(ids[:, prompt_len:].tolist(), prompt_ids):
-            new = row[:row.index(eos)] if eos in row else row
-            # the response text is what follows the prompt's own decoding, so prompt + response re-tokenises
-            responses.append(tokenizer.decode(p + new)[len(tokenizer.decode(p)):])
-    return responses
 
 
 # -----------------------------------------------------------------------------
@@ -275,17 +226,20 @@ def encode(tokenizer, prompt, response, max_length):
     # the two apart so that the response mask stays exact
     r = full[len(p):] if full[:len(p)] == p else tokenizer(response, add_special_tokens=False).input_ids
     r = r + [tokenizer.eos_token_id]
-    if len(p) >= max_length:
-        return None
-    return p, r[:max_length - len(p)], len(p) + len(r) > max_length
+    return None if len(p) >= max_length else (p, r[:max_length - len(p)], len(p) + len(r) > max_length)
+
+
+def token_rows(prompt_ids, response_ids, pad_id, side="right", truncated=None):
+    """lists of prompt ids and response ids -> Tokens, the response mask on the response ids only."""
+    ids, mask, resp = pad([p + r for p, r in zip(prompt_ids, response_ids)], pad_id, side,
+                          [[[0] * len(p) + [1] * len(r) for p, r in zip(prompt_ids, response_ids)]])  # (N, T) each
+    return Tokens(ids, mask, resp, torch.tensor(truncated or [False] * len(ids), dtype=torch.bool), side)
 
 
 def tokenize(tokenizer, prompts, responses, max_length, side="right"):
     """(prompt, response) texts -> Tokens; every prompt must fit in max_length."""
-    enc = [encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    ids, mask, resp = pad([p + r for p, r, _ in enc], tokenizer.eos_token_id, side,
-                          [[[0] * len(p) + [1] * len(r) for p, r, _ in enc]])
-    return Tokens(ids, mask, resp, torch.tensor([t for *_, t in enc], dtype=torch.bool), side)
+    p, r, cut = zip(*[encode(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)])
+    return token_rows(p, r, tokenizer.eos_token_id, side, list(cut))
 
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length, side="right"):
@@ -321,6 +275,23 @@ def all_logps(model, tokens, rows, device, batch_size=64):
         ids, mask, resp = batch_tensors(tokens, rows[i:i + batch_size], device)
         out.append(sequence_logps(forward(model, ids, mask), ids, resp).cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, tokens, device, batch_size=16):
+    """KL(pi || pi_ref) of each response, summed over its positions t of KL(pi(. | y<t) || pi_ref(. | y<t)) over the
+    whole vocabulary, and its log-ratio log pi(y) - log pi_ref(y): (N,), (N,). each term is >= 0, and over samples
+    of pi the mean is an unbiased estimate of the KL between whole responses (the chain rule)."""
+    kl, logratio = [], []
+    for i in range(0, len(tokens.input_ids), batch_size):
+        ids, mask, resp = batch_tensors(tokens, np.arange(i, min(i + batch_size, len(tokens.input_ids))), device)
+        lp = forward(policy, ids, mask)[:, :-1].float().log_softmax(-1)  # (b, T-1, V): position t-1 predicts t
+        lq = forward(reference, ids, mask)[:, :-1].float().log_softmax(-1)  # (b, T-1, V)
+        on = resp[:, 1:].bool()  # (b, T-1)
+        kl.append(torch.where(on, (lp.exp() * (lp - lq)).sum(-1), 0.0).sum(-1).cpu())  # (b,)
+        drawn = (lp - lq).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (b, T-1)
+        logratio.append(torch.where(on, drawn, 0.0).sum(-1).cpu())  # (b,)
+    return torch.cat(kl), torch.cat(logratio)
 
 
 # -----------------------------------------------------------------------------
@@ -383,7 +354,8 @@ def bradley_terry_loss(chosen_rewards, rejected_rewards):
 def reward_model_loss(chosen_rewards, rejected_rewards, center=0.01):
     """bradley-terry plus center * mean((r_w + r_l)^2).
     choice: the small centering term pins the free offset of bradley-terry rewards."""
-    return bradley_terry_loss(chosen_rewards, rejected_rewards) + center * ((chosen_rewards + rejected_rewards) ** 2).mean()
+    centering = ((chosen_rewards + rejected_rewards) ** 2).mean()
+    return bradley_terry_loss(chosen_rewards, rejected_rewards) + center * centering
 
 
 def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, device, desc):
@@ -419,25 +391,28 @@ def resample_by_length_share(longer_won, share, rng):
 @torch.no_grad()
 def score(rm, tokens, device, batch_size=64):
     """reward of every tokenised sequence -> (N,) on the cpu."""
-    rows = np.arange(len(tokens.input_ids))
+    rows = np.arange(len(tokens.input_ids))  # (N,)
     return torch.cat([rm(*batch_tensors(tokens, rows[i:i + batch_size], device)[:2]).cpu()
                       for i in range(0, len(rows), batch_size)])
 
 
-def reward_scores(reference, pairs, cfg, seed, device, longer_won):
-    """train the plain reward model and the family, score every pair once, and free the models.
-    returns (2N,) plain rewards and (K, 2N) family rewards. choice: the plain model (d-DPO) sees all pairs as labelled."""
+def reward_scores(reference, pairs, held, cfg, seed, device, longer_won):
+    """train the plain reward model and the family, score every training pair once, and free the models.
+    returns (2N,) plain rewards, (K, 2N) family rewards, and each model's diagnostics on the held-out pairs.
+    choice: the plain model (d-DPO) sees all pairs as labelled."""
     fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device)
-    plain = train_reward_model(reference, pairs, np.arange(len(pairs.keep)), seed=seed, desc="reward model", **fit)
-    plain = score(plain, pairs.tokens, device)
-    family = []
-    for k, share in enumerate(family_shares(cfg.ensemble)):
-        idx = resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))
-        rm = train_reward_model(reference, pairs, idx, seed=seed * 1000 + k + 1, **fit,
-                                desc=f"reward model {k + 1}/{cfg.ensemble} (longer-wins share {share:.2f})")
-        family.append(score(rm, pairs.tokens, device))
+    idx = [np.arange(len(pairs.keep))] + [resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))
+                                          for k, share in enumerate(family_shares(cfg.ensemble))]
+    scores, diagnostics = [], []
+    for k, share in enumerate([None] + family_shares(cfg.ensemble)):
+        rm = train_reward_model(reference, pairs, idx[k], seed=seed if k == 0 else seed * 1000 + k, **fit,
+                                desc="reward model" + (f" {k} (longer-wins share {share:.2f})" if k else ""))
+        scores.append(score(rm, pairs.tokens, device))  # (2N,)
+        diagnostics.append(dict(model=f"member {k}" if k else "plain", share=share, **report.reward_model_stats(
+            score(rm, held.pairs.tokens, device), scores[-1], held.chosen, held.rejected,
+            gold_reward if held.ref_gold is not None else None)))
         del rm
-    return plain, torch.stack(family)  # (2N,), (K, 2N)
+    return scores[0], torch.stack(scores[1:]), diagnostics  # (2N,), (K, 2N), K + 1 dicts
 
 
 # -----------------------------------------------------------------------------
@@ -470,14 +445,20 @@ def distill_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_lo
     return ((rm_chosen_rewards - rm_rejected_rewards - beta * h) ** 2).mean()
 
 
+def distill_member_losses(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+                          reference_rejected_logps, rm_chosen_rewards, rm_rejected_rewards, beta):
+    """the d-DPO loss against each of K reward models: mean_b( (dr_kb - beta * h_b)^2 ), rewards (K, B) -> (K,)"""
+    h = logratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    return ((rm_chosen_rewards - rm_rejected_rewards - beta * h) ** 2).mean(-1)  # (K,)
+
+
 def pessimistic_distill_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
                              reference_rejected_logps, rm_chosen_rewards, rm_rejected_rewards, beta, gamma):
     """e-DPO: min_k mean_b( (dr_kb - beta * h_b)^2 ) + gamma * KL(pi_ref || pi), rewards (K, B).
     choice: the min is over the batch-level losses; a per-pair min would let each pair pick its easiest member."""
-    h = logratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    per_member = ((rm_chosen_rewards - rm_rejected_rewards - beta * h) ** 2).mean(-1)  # (K,)
-    fkl = forward_kl_estimate(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    return per_member.min() + gamma * fkl
+    logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
+    per_member = distill_member_losses(*logps, rm_chosen_rewards, rm_rejected_rewards, beta)  # (K,)
+    return per_member.min() + gamma * forward_kl_estimate(*logps)
 
 
 def pessimistic_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
@@ -493,68 +474,69 @@ def pessimistic_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_c
 
 @dataclass
 class HeldOut:
-    """what every policy is evaluated on."""
+    """what every policy and every reward model is evaluated on: held-out prompts (P) and pairs on them (M)."""
     prompts: list                     # held-out prompts to sample responses for
+    chosen: list                      # the held-out pairs' texts, labelled as the training pairs are
+    rejected: list
+    pairs: Pairs                      # the same pairs, tokenised, with their ref_logps
     ref_gold: np.ndarray = None       # (P,) gold reward of pi_ref's sample per prompt (built-in task)
     ref_length: float = None          # pi_ref's mean response length in words (built-in task)
-    pairs: Pairs = None               # held-out pairs with their ref_logps (your own data)
+    ref_shown: list = None            # pi_ref's responses to the first N_SHOW prompts, as samples.jsonl rows
 
 
 def builtin_task(reference, tokenizer, cfg, bias, seed, device):
-    """pairs sampled from pi_ref and labelled by the biased annotator, and held-out prompts:
-    (prompts, chosen, rejected, eval prompts)."""
-    rng = np.random.default_rng([seed, 1])
+    """pairs sampled from pi_ref and labelled by the biased annotator; held-out prompts with pi_ref's sample for
+    each (the baseline), and pairs of it with a second sample labelled alike. -> (prompts, chosen, rejected, HeldOut)"""
+    rng, gen = np.random.default_rng([seed, 1]), dict(max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length)
     prompts = make_prompts(rng, cfg.n_pairs, TITLES)
     seed_everything(seed)
-    responses = sample(reference, tokenizer, prompts + prompts, cfg.max_new_tokens, cfg.max_length, device,
-                       "sample pairs from pi_ref")
-    y1, y2 = responses[:cfg.n_pairs], responses[cfg.n_pairs:]
-    first_wins = annotate(np.array([gold_reward(y) for y in y1]), np.array([gold_reward(y) for y in y2]),
-                          np.array([len(y.split()) for y in y1]), np.array([len(y.split()) for y in y2]), bias, rng)
-    chosen = [a if w else b for a, b, w in zip(y1, y2, first_wins)]
-    rejected = [b if w else a for a, b, w in zip(y1, y2, first_wins)]
-    return prompts, chosen, rejected, make_prompts(rng, cfg.n_eval, EVAL_TITLES)
+    responses = sample(reference, tokenizer, prompts + prompts, device=device, desc="sample pairs from pi_ref", **gen).texts
+    chosen, rejected = label_pairs(responses[:cfg.n_pairs], responses[cfg.n_pairs:], bias, rng)
+    eval_prompts = make_prompts(rng, cfg.n_eval, EVAL_TITLES)
+    seed_everything(seed + 7)
+    ref = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out", **gen)
+    other = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out pairs", **gen).texts
+    ev = held_out(eval_prompts, *label_pairs(ref.texts, other, bias, np.random.default_rng([seed, 2])), reference,
+                  tokenizer, cfg.max_length, device, ref_gold=np.array([gold_reward(y) for y in ref.texts]),
+                  ref_length=float(np.mean([len(y.split()) for y in ref.texts])),
+                  ref_shown=report.sample_rows(eval_prompts[:N_SHOW], ref, tokenizer.eos_token_id, gold_reward))
+    return prompts, chosen, rejected, ev
 
 
-def split_pairs(pairs, seed):
-    """(train, held-out) lists of (prompt, chosen, rejected). choice: a random tenth, at least one pair, is held out."""
-    order = np.random.default_rng([seed, 1]).permutation(len(pairs))
-    n_held = max(1, len(pairs) // 10)
-    return [pairs[i] for i in order[n_held:]], [pairs[i] for i in order[:n_held]]
+def held_out(prompts, chosen, rejected, reference, tokenizer, max_length, device, **baseline):
+    """HeldOut of held-out pairs (prompts, chosen, rejected), scored by pi_ref once; the pairs' prompts are the ones
+    the policies answer."""
+    pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length)
+    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2M,)
+    return HeldOut(*([x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)), pairs=pairs, **baseline)
 
 
-def user_task(pairs, reference, tokenizer, max_length, seed, device):
+def user_task(pairs, reference, tokenizer, cfg, seed, device):
     """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split."""
-    train, held = split_pairs(pairs, seed)
-    held_pairs = tokenize_pairs(tokenizer, *zip(*held), max_length)
-    held_pairs.ref_logps = all_logps(reference, held_pairs.tokens, np.arange(2 * len(held_pairs.keep)), device)
-    ev = HeldOut([held[i][0] for i in held_pairs.keep], pairs=held_pairs)
-    return [p for p, _, _ in train], [c for _, c, _ in train], [r for _, _, r in train], ev
+    train, held = report.split_pairs(pairs, seed)
+    ev = held_out(*([row[i] for row in held] for i in range(3)), reference, tokenizer, cfg.max_length, device)
+    seed_everything(seed + 7)
+    drawn = sample(reference, tokenizer, ev.prompts[:N_SHOW], cfg.max_new_tokens, cfg.max_length, device, "pi_ref")
+    ev.ref_shown = report.sample_rows(ev.prompts, drawn, tokenizer.eos_token_id)
+    return (*([row[i] for row in train] for i in range(3)), ev)
 
 
 def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
-    """one (bias, seed)'s training pairs with reference log-probs and reward scores, its HeldOut, and what
-    results.json keeps of the data: pairs (N), skipped, truncated, longer_won (the share of pairs)."""
-    if user_pairs is None:
-        prompts, chosen, rejected, eval_prompts = builtin_task(reference, tokenizer, cfg, bias, seed, device)
-        ev = builtin_heldout(reference, tokenizer, eval_prompts, cfg.max_new_tokens, cfg.max_length, seed, device)
-    else:
-        prompts, chosen, rejected, ev = user_task(user_pairs, reference, tokenizer, cfg.max_length, seed, device)
+    """one (bias, seed)'s training pairs with reference log-probs and reward scores, its HeldOut, what results.json
+    keeps of the data (pairs N, skipped, truncated, longer_won, heldout_pairs) and the reward models' diagnostics."""
+    prompts, chosen, rejected, ev = builtin_task(reference, tokenizer, cfg, bias, seed, device) if user_pairs is None \
+        else user_task(user_pairs, reference, tokenizer, cfg, seed, device)
     pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
     n = len(pairs.keep)
-    if pairs.skipped or pairs.n_truncated:
-        print(f"note: {pairs.n_truncated} pairs truncated to --max-length {cfg.max_length}, "
-              f"{pairs.skipped} skipped (prompt alone too long)")
+    report.note_cut(pairs.n_truncated, pairs.skipped, cfg.max_length)
     pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * n), device)  # (2N,), computed once
     longer_won = np.array([len(chosen[i].split()) > len(rejected[i].split()) for i in pairs.keep])  # (N,)
+    diagnostics = []
     if {"d-dpo", "e-dpo"} & set(cfg.method_list()):  # reward models only for the methods that distil them
-        pairs.rm_plain, pairs.rm_family = reward_scores(reference, pairs, cfg, seed, device, longer_won)
-    info = dict(pairs=n, skipped=pairs.skipped, truncated=pairs.n_truncated, longer_won=float(longer_won.mean()))
-    return pairs, ev, info
-
-
-class TrainingDiverged(Exception):
-    """a nan or inf loss: training stops, and what was written so far is kept."""
+        pairs.rm_plain, pairs.rm_family, diagnostics = reward_scores(reference, pairs, ev, cfg, seed, device, longer_won)
+    info = dict(pairs=n, skipped=pairs.skipped, truncated=pairs.n_truncated, longer_won=float(longer_won.mean()),
+                heldout_pairs=len(ev.pairs.keep))
+    return pairs, ev, info, [dict(bias=bias, seed=seed, **d) for d in diagnostics]
 
 
 def policy_loss(method, policy_logps, rows, pairs, beta, gamma):
@@ -562,10 +544,8 @@ def policy_loss(method, policy_logps, rows, pairs, beta, gamma):
     policy_logps (2B,): the batch's chosen rows, then its rejected rows; rows (2B,) index into pairs."""
     pc, pr = policy_logps.chunk(2)  # (B,), (B,)
     rc, rr = pairs.ref_logps[rows].to(pc.device).chunk(2)  # (B,), (B,)
-    if method == "dpo":
-        return dpo_loss(pc, pr, rc, rr, beta)
-    if method == "ipo":
-        return ipo_loss(pc, pr, rc, rr, beta)
+    if method in ("dpo", "ipo"):
+        return (dpo_loss if method == "dpo" else ipo_loss)(pc, pr, rc, rr, beta)
     if method == "d-dpo":
         return distill_loss(pc, pr, rc, rr, *pairs.rm_plain[rows].to(pc.device).chunk(2), beta)
     if method == "e-dpo":
@@ -588,12 +568,16 @@ def batch_metrics(loss, policy_logps, rows, pairs, beta):
             "kl/forward": forward_kl_estimate(pc, pr, rc, rr).item()}
 
 
-def train_policy(reference, pairs, method, cfg, seed, device, log):
-    """train a copy of the reference with `method` for cfg.steps steps; log(step, metrics) every log_every."""
+def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=lambda step, policy: None):
+    """train a copy of the reference with `method` for cfg.steps steps; log(step, metrics) every log_every and
+    checkpoint(step, policy) at cfg.eval_points evenly spaced steps. -> (policy, for e-DPO the share of steps
+    at which each family member was the minimum, else None)"""
     seed_everything(seed)
     policy = without_dropout(copy.deepcopy(reference).to(device).train())
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     n, rng = len(pairs.keep), np.random.default_rng([seed, METHODS.index(method)])
+    at = {round(cfg.steps * i / cfg.eval_points) for i in range(1, cfg.eval_points + 1)}
+    picked = np.zeros(len(pairs.rm_family) if method == "e-dpo" else 0)  # (K,)
     bar = progress(range(1, cfg.steps + 1), f"train {method}")
     for step in bar:
         idx = rng.choice(n, cfg.batch_size, replace=False)  # (B,)
@@ -602,7 +586,11 @@ def train_policy(reference, pairs, method, cfg, seed, device, log):
         policy_logps = sequence_logps(forward(policy, ids, mask), ids, resp)  # (2B,)
         loss = policy_loss(method, policy_logps, rows, pairs, cfg.beta, cfg.gamma)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"{method}: the loss became {loss.item()} at step {step}; try a lower --lr")
+            raise report.TrainingDiverged(f"{method}: the loss became {loss.item()} at step {step}; try a lower --lr")
+        if method == "e-dpo":  # which member the minimum picked at this step
+            rc, rr = pairs.ref_logps[rows].chunk(2)
+            picked[distill_member_losses(*policy_logps.detach().cpu().chunk(2), rc, rr,
+                                         *pairs.rm_family[:, rows].chunk(2, dim=1), cfg.beta).argmin()] += 1
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -610,90 +598,101 @@ def train_policy(reference, pairs, method, cfg, seed, device, log):
             metrics = batch_metrics(loss, policy_logps, rows, pairs, cfg.beta)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}")
             log(step, metrics)
-    return policy.eval()
+        if step in at:  # without dropout, training mode computes what eval mode does
+            checkpoint(step, policy)
+    return policy.eval(), (picked / picked.sum()).tolist() if len(picked) else None
 
 
 # -----------------------------------------------------------------------------
 # 9. evaluation
 
 
-def builtin_heldout(reference, tokenizer, eval_prompts, max_new_tokens, max_length, seed, device):
-    """HeldOut of the built-in task: the prompts, with the gold reward and length of pi_ref's samples."""
-    seed_everything(seed + 7)
-    responses = sample(reference, tokenizer, eval_prompts, max_new_tokens, max_length, device, "pi_ref, held-out")
-    return HeldOut(eval_prompts, np.array([gold_reward(r) for r in responses]),
-                   float(np.mean([len(r.split()) for r in responses])))
-
-
 @torch.no_grad()
-def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_length, device):
-    """a dict of floats: on held-out prompts, the policy's samples' kl (KL(pi || pi_ref) estimated from them) and
-    length (words), and on the built-in task gold_reward, gold_ref, length_ref and win_rate (against pi_ref's
-    samples, ties half); on the training pairs logps_chosen_change, logps_rejected_change, margin_mean and
-    margin_max (beta h); on your own data heldout_accuracy (share of held-out pairs with h > 0)."""
-    responses = sample(policy, tokenizer, ev.prompts, max_new_tokens, max_length, device, "evaluate")
-    samples = tokenize(tokenizer, ev.prompts, responses, max_length)
-    rows = np.arange(len(responses))
-    res = {"kl": (all_logps(policy, samples, rows, device) - all_logps(reference, samples, rows, device)).mean().item(),
-           "length": float(np.mean([len(r.split()) for r in responses]))}
+def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_length, device, n_show=0):
+    """-> (a dict of floats, the first n_show samples as dicts). on held-out prompts, of the policy's samples: kl
+    (KL(pi || pi_ref) per response, nats), kl_per_token, tokens and length (words); on the built-in task also
+    gold_reward, gold_ref, length_ref and win_rate (against pi_ref's samples, ties half). on the training pairs:
+    logps_chosen_change, logps_rejected_change, margin_mean and margin_max (beta h); on the held-out pairs,
+    heldout_accuracy (the share with h > 0)."""
+    drawn = sample(policy, tokenizer, ev.prompts, max_new_tokens, max_length, device, "evaluate")
+    tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # exactly the ids drawn
+    kl, logratio = sequence_kl(policy, reference, tokens, device)  # (P,), (P,)
+    n_tokens = tokens.response_mask.sum(-1).float()  # (P,)
+    res = dict(kl=kl.mean().item(), kl_per_token=(kl.sum() / n_tokens.sum()).item(), tokens=n_tokens.mean().item(),
+               length=float(np.mean([len(t.split()) for t in drawn.texts])))
     pc, pr = all_logps(policy, pairs.tokens, np.arange(2 * len(pairs.keep)), device).chunk(2)
     rc, rr = pairs.ref_logps.chunk(2)
     margins = beta * logratio_margin(pc, pr, rc, rr)  # (N,)
     res.update(logps_chosen_change=(pc - rc).mean().item(), logps_rejected_change=(pr - rr).mean().item(),
                margin_mean=margins.mean().item(), margin_max=margins.max().item())
     if ev.ref_gold is not None:
-        gold = np.array([gold_reward(r) for r in responses])
+        gold = np.array([gold_reward(t) for t in drawn.texts])  # (P,)
         res.update(gold_reward=float(gold.mean()), gold_ref=float(ev.ref_gold.mean()), length_ref=ev.ref_length,
                    win_rate=float(np.mean((gold > ev.ref_gold) + 0.5 * (gold == ev.ref_gold))))
-    if ev.pairs is not None:
-        hc, hr = all_logps(policy, ev.pairs.tokens, np.arange(2 * len(ev.pairs.keep)), device).chunk(2)
-        res["heldout_accuracy"] = (logratio_margin(hc, hr, *ev.pairs.ref_logps.chunk(2)) > 0).float().mean().item()
-    return res
+    hc, hr = all_logps(policy, ev.pairs.tokens, np.arange(2 * len(ev.pairs.keep)), device).chunk(2)
+    res["heldout_accuracy"] = (logratio_margin(hc, hr, *ev.pairs.ref_logps.chunk(2)) > 0).float().mean().item()
+    return res, report.sample_rows(ev.prompts[:n_show], drawn, tokenizer.eos_token_id,
+                                   gold_reward if ev.ref_gold is not None else None, logratio.tolist())
 
 
 # -----------------------------------------------------------------------------
 # 10. main
 
 
-def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log):
-    """one method from the reference on the prepared pairs -> its record: bias, seed, method, time, evaluate()."""
-    t0 = time.time()
-    reference.cpu()  # while a policy trains, only the policy is on the device
-    policy = train_policy(reference, pairs, method, cfg, seed, device,
-                          lambda step, m: log(dict(bias=bias, seed=seed, method=method, step=step, **m)))
-    seconds = time.time() - t0
+def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log, save_dir=None):
+    """one method from the reference on the prepared pairs -> (its record, its samples). the record: bias, seed,
+    method, train_seconds, the last evaluation's numbers, checkpoints (each evaluation, with its step) and for
+    e-DPO member_min_share. every evaluation draws the same random numbers (common random numbers along training)."""
+    checkpoints, shown, t0 = [], [], time.time()
+    def checkpoint(step, policy):
+        reference.to(device)
+        seed_everything(seed * 100 + METHODS.index(method))
+        metrics, shown[:] = evaluate(policy, reference, tokenizer, pairs, ev, cfg.beta, cfg.max_new_tokens,
+                                     cfg.max_length, device, N_SHOW)
+        checkpoints.append(dict(step=step, **metrics))
+        reference.cpu()  # while a policy trains, only the policy is on the device
+    reference.cpu()
+    policy, member_min_share = train_policy(reference, pairs, method, cfg, seed, device, checkpoint=checkpoint,
+                                            log=lambda step, m: log(dict(bias=bias, seed=seed, method=method, step=step, **m)))
     reference.to(device)
-    seed_everything(seed * 100 + METHODS.index(method))
-    return dict(bias=bias, seed=seed, method=method, train_seconds=seconds,
-                **evaluate(policy, reference, tokenizer, pairs, ev, cfg.beta, cfg.max_new_tokens, cfg.max_length, device))
+    for part in (policy, tokenizer) if save_dir else ():  # a model folder that from_pretrained loads
+        part.save_pretrained(os.path.join(save_dir, f"policy-{method}-bias{bias}-seed{seed}"))
+    record = dict(bias=bias, seed=seed, method=method, train_seconds=time.time() - t0, checkpoints=checkpoints,
+                  **{k: v for k, v in checkpoints[-1].items() if k != "step"},
+                  **({"member_min_share": member_min_share} if member_min_share else {}))
+    return record, [dict(bias=bias, seed=seed, policy=method, **row) for row in shown]
 
 
-def run(cfg, given=None):
+def run(cfg, given=None, argv=None):
     """the whole experiment; returns (results, run folder). every check runs before any work."""
+    started = time.time()
     report.check_config(cfg, METHODS, given)
     cfg = dataclasses.replace(cfg, methods=",".join(cfg.method_list()))
     device = report.pick_device(cfg.device)
     user_pairs = report.read_pairs(cfg.data) if cfg.data else None
-    splits = [split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
+    splits = [report.split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
     report.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
     report.check_writable(cfg.out)
     reference, tokenizer = load_reference(cfg, device, check=lambda tok: report.check_splits(  # and whose prompts fit
         splits, lambda p: len(tok(p, add_special_tokens=False).input_ids) < cfg.max_length, cfg.batch_size, cfg.max_length))
-    biases = report.sweep_bias_list(cfg)
-    with report.RunRecord(cfg.out, dataclasses.asdict(cfg), device, (biases[0], cfg.seeds[0])) as record:
+    biases, info = report.sweep_bias_list(cfg), report.run_info(argv, started)
+    with report.RunRecord(cfg.out, dataclasses.asdict(cfg), device, (biases[0], cfg.seeds[0]), info, started) as record:
         for bias in biases:
             for seed in cfg.seeds:  # every method from the same reference, on the same pairs
-                pairs, ev, info = prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs)
+                pairs, ev, data, diagnostics = prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs)
+                record.samples += [dict(bias=bias, seed=seed, policy="pi_ref", **row) for row in ev.ref_shown]
+                record.results["reward_models"] += diagnostics
                 for method in cfg.method_list():  # each record is kept as soon as it is made
-                    record.results["runs"].append(train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg,
-                                                                     bias, seed, device, record.log))
-                record.results["data"].append(dict(bias=bias, seed=seed, **info))
+                    record.add(*train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device,
+                                                   record.log, record.dir if cfg.save_policy else None))
+                record.results["data"].append(dict(bias=bias, seed=seed, **data))
     record.finish(METHODS)
     return record.results, record.dir
 
 
 def main(argv=None):
-    return report.cli(lambda: run(*parse_args(argv)), failures=(TrainingDiverged,))
+    argv = sys.argv[1:] if argv is None else argv
+    return report.cli(lambda: run(*parse_args(argv), argv=argv), failures=(report.TrainingDiverged,))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,17 @@ imports torch and transformers only inside the functions that need them (toy_ban
 """
 import argparse
 import dataclasses
+import datetime
 import json
 import os
+import platform
+import shlex
 import shutil
 import socket
+import subprocess
 import sys
 import time
+from importlib import metadata
 
 import numpy as np
 from tqdm import tqdm
@@ -24,6 +29,10 @@ from tqdm import tqdm
 
 class UsageError(Exception):
     """bad input from the user: reported as one `error:` line and exit status 2."""
+
+
+class TrainingDiverged(Exception):
+    """a nan or inf loss: training stops, and what was written so far is kept (exit status 1)."""
 
 
 class Interrupted(Exception):
@@ -366,19 +375,69 @@ def write_json(path, obj):
     os.replace(tmp, path)  # whole or not at all
 
 
-class RunRecord:
-    """one run's folder: metrics.jsonl (a json line per logged step, echoed as one printed line) and
-    results.json, written when the run ends, whole, however it ends (finished, a diverged loss, ctrl-c):
-      config   the run's settings        device   where it ran        seconds  wall time after loading
-      runs     one record per (bias, seed, method): the keys of rddpo.evaluate, train_seconds
-      data     one entry per (bias, seed): pairs, skipped, truncated, longer_won (rddpo.prepare)
-      summary  mean and sd over seeds per (bias, method) (summarize)
-      curves   the first bias's and seed's logged rows per method, as in metrics.jsonl"""
+def iso_time(t):
+    """a time.time() value as ISO 8601 local time with its offset: 2026-11-30T14:05:09+01:00."""
+    return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
-    def __init__(self, out, config, device, curve_key):
-        self.dir, self.curve_key, self.t0 = new_run_dir(out), curve_key, time.time()
-        self.results = dict(config=config, device=str(device), runs=[], data=[])
-        self.curves, self.fh = {}, open(os.path.join(self.dir, "metrics.jsonl"), "w")
+
+def package_version(name):
+    try:
+        return metadata.version(name)  # read from the installed metadata: torch is not imported for it
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_state(folder):
+    """{git_commit, git_dirty} of the checkout that holds `folder`, both None where it is not a git checkout or
+    git is missing or stuck: a run never fails because of git. dirty: any change git sees, untracked files too."""
+    def git(*args):
+        return subprocess.run(["git", "--no-optional-locks", "-C", folder, *args], capture_output=True, text=True,
+                              timeout=10, check=True).stdout
+    try:
+        return dict(git_commit=git("rev-parse", "HEAD").strip(), git_dirty=bool(git("status", "--porcelain").strip()))
+    except (OSError, subprocess.SubprocessError):
+        return dict(git_commit=None, git_dirty=None)
+
+
+def run_info(argv, started, program="rddpo.py"):
+    """the fixed part of results.json's "run": versions, platform, git commit, the command and `started` (a
+    time.time() value taken before the reference is loaded or pretrained). argv: the arguments after the program,
+    as main(argv) gets them; None: not run from a command line (a notebook, a test), and command is None."""
+    command = None if argv is None else shlex.join(["python", program] + [str(a) for a in argv])
+    return dict(python=platform.python_version(), torch=package_version("torch"),
+                transformers=package_version("transformers"), numpy=np.__version__, platform=platform.platform(),
+                **git_state(os.path.dirname(os.path.abspath(__file__))), command=command, started=iso_time(started))
+
+
+def one_line(error):
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+class RunRecord:
+    """one run's folder: metrics.jsonl (a json line per logged step, echoed as one printed line) and results.json,
+    written at the start with status "running" (a run that dies leaves a record that says so; save() rewrites it
+    at any time) and whole again when the run ends, however it ends: finished, failed (a diverged loss, any error:
+    its one-line text) or interrupted (ctrl-c):
+      run      status, error, versions, platform, git commit, command, started, ended, wall_seconds (run_info;
+               wall time from `started`, which the caller takes before loading the reference)
+      config   the run's settings        device   where it ran        seconds  wall time after loading
+      runs     one record per (bias, seed, method): the keys of rddpo.evaluate, checkpoints, train_seconds
+      data     one entry per (bias, seed): pairs, skipped, truncated, longer_won, heldout_pairs (rddpo.prepare)
+      reward_models  one entry per (bias, seed, reward model), filled by the caller
+      summary  mean and sd over seeds per (bias, method) (summarize)
+      paired   per-seed differences between methods with 95 % t-intervals (paired_comparisons)
+      curves   {bias: {method: logged rows}} for every bias at curve_key's seed, as in metrics.jsonl
+    curve_key: (bias, seed) of the first run; curves are kept for its seed at every bias."""
+
+    def __init__(self, out, config, device, curve_key, info, started):
+        self.dir, self.curve_key, self.started, self.t0 = new_run_dir(out), curve_key, started, time.time()
+        self.path = os.path.join(self.dir, "results.json")
+        self.results = dict(run=dict(status="running", error=None, **info, ended=None, wall_seconds=None),
+                            config=config, device=str(device), runs=[], data=[], reward_models=[])
+        self.curves, self.samples = {}, []
+        self.fh = open(os.path.join(self.dir, "metrics.jsonl"), "w")
+        self.save()
         print(f"writing to {self.dir} (device {device})")
 
     def log(self, row):
@@ -388,33 +447,69 @@ class RunRecord:
                    f"loss {row['loss']:8.4f}  margin {row['rewards/margins']:7.3f}  "
                    f"acc {row['rewards/accuracies']:.2f}  dlogp chosen {row['logps/chosen_change']:7.2f}  "
                    f"rejected {row['logps/rejected_change']:7.2f}")
-        if (row["bias"], row["seed"]) == self.curve_key:
-            self.curves.setdefault(row["method"], []).append(row)
+        if row["seed"] == self.curve_key[1]:  # keyed by str(bias), as results.json keys it anyway
+            self.curves.setdefault(str(row["bias"]), {}).setdefault(row["method"], []).append(row)
+
+    def save(self, status="running", error=None):
+        """results.json, whole, as it stands; ended and wall_seconds once the run has ended."""
+        now, runs = time.time(), self.results["runs"]
+        ended = status != "running"
+        self.results["run"].update(status=status, error=error, ended=iso_time(now) if ended else None,
+                                   wall_seconds=now - self.started if ended else None)
+        self.results.update(summary=summarize(runs) if runs else [], paired=paired_comparisons(runs),
+                            seconds=now - self.t0, curves=self.curves)
+        write_json(self.path, self.results)
+
+    def add(self, record, samples=()):
+        """a finished method run's record and its samples, written at once: finished runs survive even a hard kill."""
+        self.results["runs"].append(record)
+        self.samples += list(samples)
+        write_samples(os.path.join(self.dir, "samples.jsonl"), self.samples)
+        self.save()
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, tb):
         self.fh.close()
-        runs = self.results["runs"]
-        self.results.update(summary=summarize(runs) if runs else [], seconds=time.time() - self.t0, curves=self.curves)
-        path = os.path.join(self.dir, "results.json")
-        write_json(path, self.results)
-        if kind is KeyboardInterrupt:
-            raise Interrupted(f"interrupted: {len(runs)} finished method runs kept in {path}") from None
+        if kind is None:
+            self.save("finished")
+        elif issubclass(kind, KeyboardInterrupt):
+            self.save("interrupted")
+            n = len(self.results["runs"])
+            raise Interrupted(f"interrupted: {n} finished method runs kept in {self.path}") from None
+        else:  # the error goes on up, as it came
+            self.save("failed", one_line(error))
 
     def finish(self, methods):
-        """figures and the printed table of a finished run."""
+        """figures and the printed summary of a finished run, with a few of its samples."""
         plot(self.results, self.dir, self.curves, methods)
-        print_table(self.results["summary"])
-        print(f"done in {time.time() - self.t0:.0f} s; results, metrics and figures in {self.dir}")
+        print_summary(self.results, self.samples)
+        print(f"done in {time.time() - self.started:.0f} s of wall time, loading (or pretraining) the reference "
+              f"included; results, metrics, samples and figures in {self.dir}")
+
+
+def write_samples(path, rows):
+    """samples.jsonl: one json object per line, {bias, seed, prompt, policy (pi_ref or a method), response, tokens,
+    cut_off (hit --max-new-tokens), length (words), gold (None on your own data), logratio (log pi(y|x) -
+    log pi_ref(y|x), nats; 0 for pi_ref)}."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(row) + "\n" for row in rows)
+    os.replace(tmp, path)
+
+
+def read_samples(path):
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 # -----------------------------------------------------------------------------
 # 6. tables
 
-KEYS = ["gold_reward", "win_rate", "length", "kl", "gold_ref", "length_ref", "logps_chosen_change", "logps_rejected_change",
-        "margin_mean", "margin_max", "heldout_accuracy", "train_seconds"]
+KEYS = ["gold_reward", "win_rate", "length", "kl", "kl_per_token", "tokens", "gold_ref", "length_ref",
+        "logps_chosen_change", "logps_rejected_change", "margin_mean", "margin_max", "heldout_accuracy",
+        "train_seconds"]
 COLUMNS = [("gold_reward", "gold"), ("win_rate", "win"), ("length", "len"), ("kl", "KL"),
            ("logps_chosen_change", "dlogp_w"), ("logps_rejected_change", "dlogp_l"), ("margin_max", "margin_max"),
            ("heldout_accuracy", "acc")]
@@ -456,70 +551,533 @@ def markdown_table(summary, digits=3):
     return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header)] + rows)
 
 
+# two-sided 95 % quantiles of student's t for 1..30 degrees of freedom
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+       2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+PAIRED_KEYS = ["win_rate", "gold_reward", "heldout_accuracy", "length", "kl"]
+
+
+def t95(df):
+    # choice: the normal quantile beyond 30 degrees of freedom, so no table of t is needed (at 40, t is 2.02)
+    return T95[df - 1] if df <= len(T95) else 1.96
+
+
+def mean_interval(values):
+    """{mean, low, high}: the mean and its 95 % t-interval, mean ± t(n-1) sd / sqrt(n); both ends None when n = 1."""
+    n, mean = len(values), float(np.mean(values))
+    if n < 2:
+        return dict(mean=mean, low=None, high=None)
+    half = t95(n - 1) * float(np.std(values, ddof=1)) / np.sqrt(n)
+    return dict(mean=mean, low=mean - half, high=mean + half)
+
+
+def paired(records, key, base):
+    """seeds share their data and reward models, so methods are compared within each seed: per (bias, method != base),
+    the differences record[key] - base's record[key] at each seed where both hold the key, their mean and 95 %
+    t-interval (mean_interval). -> [dict(bias, method, base, key, seeds, diffs, mean, low, high)], biases ascending,
+    seeds ascending; a seed without the base is left out, a method with no seed left is left out."""
+    value = {(r["bias"], r["seed"], r["method"]): r[key] for r in records if r.get(key) is not None}
+    out = []
+    for bias in sorted({b for b, _, _ in value}):
+        for method in dict.fromkeys(m for b, _, m in value if b == bias and m != base):
+            seeds = sorted(s for b, s, m in value if (b, m) == (bias, method) and (bias, s, base) in value)
+            diffs = [float(value[bias, s, method] - value[bias, s, base]) for s in seeds]
+            if seeds:
+                out.append(dict(bias=bias, method=method, base=base, key=key, seeds=seeds, diffs=diffs,
+                                **mean_interval(diffs)))
+    return out
+
+
+def paired_comparisons(records):
+    """results.json's "paired": every method against dpo, and e-dpo against d-dpo, on each of PAIRED_KEYS the
+    records hold."""
+    rows = []
+    for key in PAIRED_KEYS:
+        rows += paired(records, key, "dpo") + [p for p in paired(records, key, "d-dpo") if p["method"] == "e-dpo"]
+    return rows
+
+
+def print_paired(rows, n_seeds):
+    """one line per (bias, method, base): mean [low, high] of the per-seed differences; * where 0 is outside."""
+    if n_seeds < 2:
+        print("paired differences between methods need 2+ seeds (e.g. --seeds 0 1 2); this run has one")
+        return
+    held = {p["key"] for p in rows}
+    keys = [k for k in ("win_rate", "heldout_accuracy") if k in held][:1] + [k for k in ("length", "kl") if k in held]
+    if not keys:
+        print("no paired differences: they compare each method with dpo, and e-dpo with d-dpo")
+        return
+    cells = {}
+    for p in sorted(rows, key=lambda p: p["bias"]):  # stable: each bias's rows in the order they came
+        cells.setdefault((p["bias"], p["method"], p["base"]), {})[p["key"]] = p
+    print(f"paired differences, method - base within each seed: mean [95 % t-interval] over {n_seeds} seeds; "
+          "* the interval excludes 0")
+    print(f"{'bias':>5} {'method - base':<15}" + "".join(f"{PAIRED_NAMES[k][0]:>30}" for k in keys))
+    for (bias, method, base), by_key in cells.items():
+        print(f"{bias:>5.2f} {method + ' - ' + base:<15}" +
+              "".join(f"{interval_text(by_key.get(k), PAIRED_NAMES[k][1]):>30}" for k in keys))
+
+
+PAIRED_NAMES = {"win_rate": ("win rate", 3), "heldout_accuracy": ("held-out acc", 3), "length": ("length (words)", 2),
+                "kl": ("KL (nats)", 2)}  # printed columns: name, decimals; win rate, or held-out accuracy without it
+
+
+def interval_text(p, digits=3):
+    if p is None:
+        return "-"
+    if p["low"] is None:
+        return f"{p['mean']:+.{digits}f} [one seed] "
+    star = "*" if p["low"] > 0 or p["high"] < 0 else " "
+    return f"{p['mean']:+.{digits}f} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}]{star}"
+
+
+RM_KEYS = ["share", "accuracy_gold", "accuracy_labels", "length_corr", "reward_diff", "heldout_pairs"]
+
+
+def reward_model_summary(reward_models):
+    """results["reward_models"] averaged over seeds per (bias, model): KEY and KEY_std (None where no seed has
+    the key, e.g. accuracy_gold on your own data), seeds."""
+    groups = {}
+    for r in reward_models:
+        groups.setdefault((r["bias"], r["model"]), []).append(r)
+    out = []
+    for (bias, model), rs in groups.items():
+        row = dict(bias=bias, model=model, seeds=len(rs))
+        for k in RM_KEYS:
+            v = [r[k] for r in rs if r.get(k) is not None]
+            row[k], row[f"{k}_std"] = float(np.mean(v)) if v else None, float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def print_reward_models(reward_models):
+    rows = reward_model_summary(reward_models)
+    def cell(v, spec):
+        return "-" if v is None else format(v, spec)
+    print(f"reward models, mean over {rows[0]['seeds']} seed(s): longer won = share of its training pairs won by the "
+          "longer response;\n  accuracy on held-out pairs; corr(reward, length in words); mean |r_w - r_l| on "
+          "training pairs")
+    print(f"{'bias':>5} {'model':<9} {'longer won':>10} {'acc gold':>9} {'acc labels':>10} {'len corr':>9} "
+          f"{'|r_w-r_l|':>9}")
+    for r in rows:
+        print(f"{r['bias']:>5.2f} {r['model']:<9} {cell(r['share'], '.2f'):>10} {cell(r['accuracy_gold'], '.3f'):>9} "
+              f"{cell(r['accuracy_labels'], '.3f'):>10} {cell(r['length_corr'], '+.2f'):>9} "
+              f"{cell(r['reward_diff'], '.3f'):>9}")
+
+
+def member_min_shares(records):
+    """{bias: mean over seeds of e-dpo's member_min_share}, for the records that hold it."""
+    shares = {}
+    for r in records:
+        if r["method"] == "e-dpo" and r.get("member_min_share"):
+            shares.setdefault(r["bias"], []).append(r["member_min_share"])
+    return {b: np.mean(s, axis=0) for b, s in shares.items()}
+
+
+def shorten(text, width=100):
+    text = " ".join(text.split())  # newlines and runs of spaces become one space
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def print_samples(rows, n_prompts=2):
+    """for the first bias and seed of samples.jsonl's rows, the first n prompts: pi_ref's and each method's response
+    with its gold reward, length in words and log pi(y|x) - log pi_ref(y|x) in nats, cut to about 100 characters.
+    each policy's rows come in the same order of prompts (a prompt may come twice), so the k-th rows go together."""
+    if not rows:
+        return
+    first = [r for r in rows if (r["bias"], r["seed"]) == (rows[0]["bias"], rows[0]["seed"])]
+    by_policy = {}
+    for r in sorted(first, key=lambda r: r["policy"] != "pi_ref"):  # stable: pi_ref, then the methods as they came
+        by_policy.setdefault(r["policy"], []).append(r)
+    print(f"samples, bias {rows[0]['bias']:.2f} seed {rows[0]['seed']}: gold reward, length (words), "
+          "log pi/pi_ref (nats), response ([cut off]: it hit --max-new-tokens)")
+    for k in range(min(n_prompts, max(len(v) for v in by_policy.values()))):
+        shown = [v[k] for v in by_policy.values() if k < len(v)]
+        print(f"  {shorten(shown[0]['prompt'])}")
+        for r in shown:
+            gold = "    -" if r.get("gold") is None else f"{r['gold']:+.2f}"
+            print(f"    {r['policy']:<6} gold {gold} len {r['length']:>3.0f} logratio {r['logratio']:+7.2f}  "
+                  f"{shorten(r['response']) or '(empty)'}" + (" [cut off]" if r.get("cut_off") else ""))
+
+
+def print_summary(results, samples=()):
+    """what a finished run prints: the table of means, then (where the run has them) paired differences, reward
+    model diagnostics, e-dpo's member minimum shares and a few samples. results.json of an older run prints too."""
+    runs = results["runs"]
+    print_table(results["summary"])
+    print_paired(results["paired"] if "paired" in results else paired_comparisons(runs), len({r["seed"] for r in runs}))
+    if results.get("reward_models"):
+        print_reward_models(results["reward_models"])
+    shares = member_min_shares(runs)
+    if shares:
+        print("e-dpo: share of training steps at which each family member gave the minimum (mean over seeds)")
+        for bias, s in shares.items():
+            print(f"{bias:>5.2f} " + "  ".join(f"member {i + 1} {v:.2f}" for i, v in enumerate(s)))
+    print_samples(list(samples))
+
+
 # -----------------------------------------------------------------------------
-# 7. figures
+# 7. figures: each with units, pi_ref's baseline where it has one, and the run's settings in its title
 
 
-def plot(results, run_dir, curves, methods):
-    """curves.png (the first run's training curves), comparison.png (the first bias's results) and, over
-    several biases, sweep.png. `methods` fixes each method's colour."""
+def plot(results, run_dir, curves=None, methods=()):
+    """the figures of a run, in run_dir:
+      curves.png         training curves, one row per bias (at the first seed), logged batch means
+      comparison.png     the first bias: each method's evaluation against pi_ref's
+      gold_vs_kl.png     gold win rate (your own data: held-out accuracy) against KL(pi || pi_ref), through the
+                         checkpoints, one panel per bias
+      reward_models.png  where reward models were trained: accuracy and length correlation, one row per bias
+      sweep.png          over several biases: win rate and length against the bias, and with 2+ seeds each
+                         method's paired win-rate difference from dpo
+    curves: results["curves"] (None: taken from results); `methods` fixes each method's colour."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    plot_curves(curves, os.path.join(run_dir, "curves.png"), plt)
-    plot_comparison(results["summary"], os.path.join(run_dir, "comparison.png"), plt, methods)
-    if len({s["bias"] for s in results["summary"]}) > 1:
-        plot_sweep(results["summary"], os.path.join(run_dir, "sweep.png"), plt, methods)
+    config, runs, summary = results.get("config", {}), results["runs"], results["summary"]
+    title = settings(config)
+    plot_curves(results.get("curves", {}) if curves is None else curves, os.path.join(run_dir, "curves.png"), plt,
+                methods, title, config)
+    plot_comparison(summary, os.path.join(run_dir, "comparison.png"), plt, methods, title, config)
+    if any(k in r for r in runs for k in ("win_rate", "heldout_accuracy")):
+        plot_gold_vs_kl(runs, os.path.join(run_dir, "gold_vs_kl.png"), plt, methods, title, config)
+    if results.get("reward_models"):
+        plot_reward_models(results["reward_models"], os.path.join(run_dir, "reward_models.png"), plt, title, config)
+    if len({s["bias"] for s in summary}) > 1:
+        plot_sweep(summary, os.path.join(run_dir, "sweep.png"), plt, methods,
+                   results["paired"] if "paired" in results else paired_comparisons(runs), title)
     plt.close("all")
 
 
-def plot_curves(curves, path, plt):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for method, rows in curves.items():
-        steps = [r["step"] for r in rows]
-        for ax, key in zip(axes, ["logps/chosen_change", "logps/rejected_change", "rewards/margins"]):
-            ax.plot(steps, [r[key] for r in rows], label=method)
-    for ax, title in zip(axes, ["log pi(chosen) - log pi_ref(chosen)", "log pi(rejected) - log pi_ref(rejected)",
-                                "implicit reward margin (batch mean)"]):
-        ax.set(title=title, xlabel="step")
-        ax.axhline(0, color="grey", lw=0.5)
-    axes[0].legend()
+def settings(config):
+    """the run's settings for a figure's title: model, data, seeds, steps, beta."""
+    c = config or {}
+    parts = [("model", c.get("model")), ("data", os.path.basename(c["data"]) if c.get("data") else None),
+             ("seeds", " ".join(map(str, c["seeds"])) if c.get("seeds") else None),
+             ("steps", c.get("steps")), ("beta", c.get("beta"))]
+    return ", ".join(f"{name} {v}" for name, v in parts if v is not None)
+
+
+def where(bias, config):
+    """a panel's title: the annotator's bias on the built-in task; your own data has none."""
+    return "your data" if (config or {}).get("data") else f"bias {float(bias):.2f}"
+
+
+def colour(method, methods):
+    return f"C{list(methods).index(method) % 10}" if method in methods else "black"
+
+
+CURVES = [("logps/chosen_change", "log pi(chosen) - log pi_ref(chosen)", "nats (batch mean)"),
+          ("logps/rejected_change", "log pi(rejected) - log pi_ref(rejected)", "nats (batch mean)"),
+          ("rewards/margins", "implicit reward margin beta h", "beta x nats (batch mean)")]
+
+
+def plot_curves(curves, path, plt, methods=(), title="", config=None):
+    """curves.png, a grid: one row per bias, panels as in CURVES. curves: {bias: {method: rows}}, or one run's
+    {method: rows} as results.json kept it before every bias had its curves."""
+    import matplotlib.ticker
+    if curves and all(isinstance(v, list) for v in curves.values()):
+        curves = {str(next(iter(curves.values()))[0]["bias"]): curves}
+    fig, axes = plt.subplots(max(1, len(curves)), 3, figsize=(13, 0.6 + 3.2 * max(1, len(curves))), squeeze=False)
+    for row, (bias, by_method) in zip(axes, curves.items()):
+        for method, rows in by_method.items():
+            for ax, (key, _, _) in zip(row, CURVES):
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], label=method, color=colour(method, methods))
+        seed = next(iter(by_method.values()))[0]["seed"]
+        for ax, (_, name, unit) in zip(row, CURVES):
+            ax.set_title(f"{where(bias, config)}, seed {seed}: {name}", fontsize=9)
+            ax.set(xlabel="training step", ylabel=unit)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.axhline(0, color="grey", lw=0.5)
+        row[0].legend(fontsize=8)
+    fig.suptitle(f"training curves, logged batches; {title}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def plot_comparison(summary, path, plt, methods):
+# per key of the comparison: axis label, and pi_ref's level (a key of the summary, a number, or None)
+COMPARE = {"gold_reward": ("gold reward per response", "gold_ref_mean"),
+           "win_rate": ("gold win rate against pi_ref's samples", 0.5),
+           "length": ("response length (words)", "length_ref_mean"),
+           "kl": ("KL(pi || pi_ref) (nats per response)", 0.0),
+           "heldout_accuracy": ("held-out preference accuracy", None)}
+
+
+def plot_comparison(summary, path, plt, methods, title="", config=None):
+    """comparison.png: the first bias's mean (and sd over seeds) per method, pi_ref's level dashed."""
     summary = [s for s in summary if s["bias"] == summary[0]["bias"]]
-    keys = [k for k in ("gold_reward", "win_rate", "length", "kl", "heldout_accuracy") if f"{k}_mean" in summary[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.4))
-    for ax, k in zip(np.atleast_1d(axes), keys):
+    keys = [k for k in COMPARE if f"{k}_mean" in summary[0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 3.6), squeeze=False)
+    for ax, k in zip(axes[0], keys):
         ax.bar([s["method"] for s in summary], [s[f"{k}_mean"] for s in summary],
-               yerr=[s[f"{k}_std"] for s in summary], color=[f"C{methods.index(s['method'])}" for s in summary])
-        ax.set_title(k.replace("_", " "))
+               yerr=[s[f"{k}_std"] for s in summary], color=[colour(s["method"], methods) for s in summary])
+        label, ref = COMPARE[k]
+        level = summary[0].get(ref) if isinstance(ref, str) else ref
+        if k == "heldout_accuracy":
+            ax.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+        elif level is not None:
+            ax.axhline(level, color="black", ls="--", lw=1, label="pi_ref")
+        ax.set_ylabel(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=8, rotation=30)
+        if ax.get_legend_handles_labels()[1]:
+            ax.legend(fontsize=7)
     seeds = summary[0]["seeds"]
-    fig.suptitle(f"bias {summary[0]['bias']}, " + (f"mean and sd over {seeds} seeds" if seeds > 1 else "one seed"))
+    fig.suptitle(f"{where(summary[0]['bias'], config)}: " + (f"mean and sd over {seeds} seeds" if seeds > 1 else
+                 "one seed") + f"; {title}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
-def plot_sweep(summary, path, plt, methods):
-    """the headline figure: gold win rate and length against the annotator's length bias."""
+def checkpoint_means(records, key):
+    """(mean kl, mean key) over the records (seeds) at each checkpoint step, in step order; a record without
+    checkpoints gives its final point."""
+    points = {}
+    for r in records:
+        for c in r.get("checkpoints") or [dict(step=np.inf, kl=r.get("kl"), **{key: r.get(key)})]:
+            if c.get("kl") is not None and c.get(key) is not None:
+                points.setdefault(c["step"], []).append((c["kl"], c[key]))
+    means = [np.mean(points[step], axis=0) for step in sorted(points)]
+    return [m[0] for m in means], [m[1] for m in means]
+
+
+def plot_gold_vs_kl(runs, path, plt, methods, title="", config=None):
+    """gold_vs_kl.png: the trade-off each method makes, one panel per bias. x: KL(pi || pi_ref), nats per response
+    (symlog where it spans orders of magnitude); y: gold win rate against pi_ref's samples (your own data: held-out
+    preference accuracy); a line through the checkpoints (mean over seeds), the final point large."""
+    key = "win_rate" if any("win_rate" in r for r in runs) else "heldout_accuracy"
+    biases = list(dict.fromkeys(r["bias"] for r in runs))
+    ncols = min(3, len(biases))
+    nrows = -(-len(biases) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(6.4, 4.8 * ncols), 0.8 + 3.8 * nrows), squeeze=False)
+    for ax, bias in zip(axes.flat, biases):
+        kls = [0.0]
+        for method in dict.fromkeys(r["method"] for r in runs if r["bias"] == bias):
+            kl, y = checkpoint_means([r for r in runs if (r["bias"], r["method"]) == (bias, method)], key)
+            if kl:
+                ax.plot(kl, y, "-o", ms=3, lw=1.2, color=colour(method, methods), label=method)
+                ax.plot(kl[-1], y[-1], "o", ms=10, mec="black", color=colour(method, methods))
+                kls += kl
+        ax.plot(0, 0.5, "k*", ms=12, zorder=5)
+        ax.annotate("pi_ref" if key == "win_rate" else "pi_ref (chance)", (0, 0.5), xytext=(6, 6),
+                    textcoords="offset points", fontsize=8)
+        ax.axhline(0.5, color="grey", ls="--", lw=1)
+        positive = [k for k in kls if k > 0]
+        symlog = positive and max(positive) / min(positive) >= 100  # choice: linear unless it spans 2+ decades
+        if symlog:
+            linthresh = 10.0 ** np.floor(np.log10(min(positive)))
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_xlim(-0.5 * linthresh if min(kls) >= 0 else None, 2 * max(positive))  # no empty negative half
+        ax.set(title=where(bias, config), ylabel=COMPARE[key][0],
+               xlabel="KL(pi || pi_ref), nats per response" + (" (symlog)" if symlog else ""))
+    for ax in axes.flat[len(biases):]:
+        ax.axis("off")
+    axes[0, 0].legend(fontsize=8, title="large dot: final", title_fontsize=7)
+    fig.suptitle(f"{'gold win rate' if key == 'win_rate' else 'held-out accuracy'} against KL from pi_ref, through "
+                 f"the checkpoints (mean over seeds)\n{title}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_reward_models(reward_models, path, plt, title="", config=None):
+    """reward_models.png, one row per bias: each reward model's accuracy on held-out pairs against gold and against
+    the labels (chance 0.5), and the correlation of its reward with the response's length; sd over seeds."""
+    rows = reward_model_summary(reward_models)
+    biases = list(dict.fromkeys(r["bias"] for r in rows))
+    fig, axes = plt.subplots(len(biases), 2, figsize=(12, 0.6 + 3.4 * len(biases)), squeeze=False)
+    for (ax_acc, ax_corr), bias in zip(axes, biases):
+        models = [r for r in rows if r["bias"] == bias]
+        x = np.arange(len(models))
+        series = [(k, name) for k, name in (("accuracy_gold", "against gold"), ("accuracy_labels", "against labels"))
+                  if any(m[k] is not None for m in models)]  # your own data has no gold
+        width = 0.8 / max(1, len(series))
+        for j, (k, name) in enumerate(series):
+            ax_acc.bar(x + (j - (len(series) - 1) / 2) * width, [np.nan if m[k] is None else m[k] for m in models],
+                       width, yerr=[m[f"{k}_std"] for m in models], label=name)
+        ax_acc.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
+        ax_corr.bar(x, [np.nan if m["length_corr"] is None else m["length_corr"] for m in models],
+                    yerr=[m["length_corr_std"] for m in models], color="C4")
+        ax_corr.axhline(0, color="grey", lw=0.5)
+        labels = [m["model"] + ("" if m["share"] is None else f"\nlonger won {m['share']:.2f}") for m in models]
+        ax_acc.set(ylim=(0, 1), ylabel="accuracy on held-out pairs",
+                   title=f"{where(bias, config)}: reward model accuracy")
+        ax_corr.set(ylim=(-1, 1), ylabel="Pearson corr(reward, length in words)",
+                    title=f"{where(bias, config)}: reward against response length")
+        for ax in (ax_acc, ax_corr):
+            ax.set_xticks(x, labels, fontsize=8)
+        ax_acc.legend(fontsize=7)
+    seeds = rows[0]["seeds"]
+    fig.suptitle(f"reward models, {'mean and sd over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}; {title}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_sweep(summary, path, plt, methods, paired_rows=(), title=""):
+    """the headline figure: gold win rate and length against the annotator's length bias and, with 2+ seeds,
+    each method's win rate minus dpo's within each seed (mean and 95 % t-interval)."""
     keys = [k for k in ("win_rate", "length") if f"{k}_mean" in summary[0]]
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4))
+    diffs = [p for p in paired_rows or () if p["key"] == "win_rate" and p["base"] == "dpo" and p["low"] is not None]
+    fig, axes = plt.subplots(1, len(keys) + bool(diffs), figsize=(5.5 * (len(keys) + bool(diffs)), 4.2), squeeze=False)
+    axes = axes[0]
     for method in dict.fromkeys(s["method"] for s in summary):
         rows = [s for s in summary if s["method"] == method]
-        for ax, k in zip(np.atleast_1d(axes), keys):
+        for ax, k in zip(axes, keys):
             ax.errorbar([s["bias"] for s in rows], [s[f"{k}_mean"] for s in rows], yerr=[s[f"{k}_std"] for s in rows],
-                        label=method, marker="o", capsize=3, color=f"C{methods.index(method)}")
+                        label=method, marker="o", capsize=3, color=colour(method, methods))
     ref = [s for s in summary if s["method"] == summary[0]["method"]]
     labels = {"win_rate": "gold win rate against pi_ref's samples", "length": "mean response length (words)"}
-    for ax, k in zip(np.atleast_1d(axes), keys):
+    for ax, k in zip(axes, keys):
         if k == "win_rate":
             ax.axhline(0.5, color="grey", ls="--", lw=1, label="pi_ref")
         elif "length_ref_mean" in ref[0]:
             ax.plot([s["bias"] for s in ref], [s["length_ref_mean"] for s in ref], "--", color="grey", label="pi_ref")
         ax.set(xlabel="share of labels from the length-biased annotator", ylabel=labels[k])
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.suptitle(f"mean and sd over {summary[0]['seeds']} seeds" if summary[0]["seeds"] > 1 else "one seed")
+    if diffs:
+        plot_paired_differences(axes[-1], diffs, methods)
+    axes[0].legend(fontsize=8)
+    seeds = summary[0]["seeds"]
+    fig.suptitle(("mean and sd over " + f"{seeds} seeds" if seeds > 1 else "one seed") + f"; {title}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def plot_paired_differences(ax, diffs, methods):
+    """win rate minus dpo's within each seed against the bias: mean and 95 % t-interval, methods side by side."""
+    names = list(dict.fromkeys(p["method"] for p in diffs))
+    for i, method in enumerate(names):
+        rows = [p for p in diffs if p["method"] == method]
+        shift = 0.012 * (i - (len(names) - 1) / 2)  # side by side, so the intervals do not hide each other
+        ax.errorbar([p["bias"] + shift for p in rows], [p["mean"] for p in rows], capsize=3, marker="o", ls="none",
+                    yerr=[[p["mean"] - p["low"] for p in rows], [p["high"] - p["mean"] for p in rows]],
+                    color=colour(method, methods), label=method)
+    ax.axhline(0, color="black", lw=1)
+    ax.set(xlabel="share of labels from the length-biased annotator", ylabel="win rate minus dpo's (same seed)",
+           title="paired difference from dpo, 95 % t-interval")
+    ax.legend(fontsize=8)
+
+
+# -----------------------------------------------------------------------------
+# 8. evaluation records: data splits, reward-model diagnostics, sample rows
+
+
+def split_pairs(pairs, seed):
+    """(train, held-out) lists of (prompt, chosen, rejected). choice: a random tenth, at least one pair, is held out."""
+    order = np.random.default_rng([seed, 1]).permutation(len(pairs))
+    n_held = max(1, len(pairs) // 10)
+    return [pairs[i] for i in order[n_held:]], [pairs[i] for i in order[:n_held]]
+
+
+def reward_model_stats(held_rewards, train_rewards, chosen, rejected, gold_reward=None):
+    """a reward model's accuracy on held-out pairs against their labels and (given a gold reward function) against
+    gold, the correlation of its reward with length in words, and its mean |r(y_w) - r(y_l)| on the training
+    pairs. rewards: (2M,) and (2N,) tensors, the chosen rows first; chosen, rejected: the held-out texts."""
+    (r_w, r_l), (t_w, t_l) = held_rewards.numpy().reshape(2, -1), train_rewards.numpy().reshape(2, -1)  # (M,) each
+    r, lengths = np.concatenate([r_w, r_l]), np.array([len(y.split()) for y in list(chosen) + list(rejected)])  # (2M,)
+    out = dict(accuracy_labels=float(np.mean(r_w > r_l)), accuracy_gold=None, heldout_pairs=len(r_w),
+               length_corr=float(np.corrcoef(r, lengths)[0, 1]) if r.std() > 0 and lengths.std() > 0 else None,
+               reward_diff=float(np.abs(t_w - t_l).mean()))
+    if gold_reward is not None:
+        g_w, g_l = np.array([gold_reward(y) for y in chosen]), np.array([gold_reward(y) for y in rejected])  # (M,)
+        if (g_w != g_l).any():  # pairs of equal gold say nothing about gold accuracy
+            out["accuracy_gold"] = float(np.mean(((r_w > r_l) == (g_w > g_l))[g_w != g_l]))
+    return out
+
+
+def sample_rows(prompts, drawn, eos, gold_reward=None, logratio=None):
+    """samples.jsonl rows of the responses drawn (an rddpo.Sampled) for the prompts given; zip stops at the shorter."""
+    return [dict(prompt=p, response=t, tokens=len(ids), cut_off=eos not in ids, length=len(t.split()),
+                 gold=gold_reward(t) if gold_reward else None, logratio=0.0 if logratio is None else logratio[i])
+            for i, (p, t, ids) in enumerate(zip(prompts, drawn.texts, drawn.response_ids))]
+
+
+# -----------------------------------------------------------------------------
+# 9. token ids: padding, a word-level tokenizer, sampling with a key-value cache
+
+
+def pad(rows, pad_id, side="right", masks=None):
+    """lists of ids -> input_ids (N, T) and attention_mask (N, T) [, and each extra mask (N, T)]."""
+    import torch
+    T = max(map(len, rows))
+    def fill(row, value):
+        return [value] * (T - len(row)) + row if side == "left" else row + [value] * (T - len(row))
+    out = [torch.tensor([fill(r, pad_id) for r in rows]), torch.tensor([fill([1] * len(r), 0) for r in rows])]
+    return tuple(out + [torch.tensor([fill(m, 0) for m in ms]) for ms in (masks or [])])
+
+
+def pretrain(model, tokenizer, texts, steps, device, lr=3e-3):
+    """next-token training on texts(rng), a batch of texts per step (rng: a fixed generator), each ending in eos."""
+    import torch
+    rng = np.random.default_rng(1234)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in progress(range(steps), "pretrain"):
+        rows = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts(rng)]
+        ids, mask = (x.to(device) for x in pad(rows, tokenizer.eos_token_id))  # (B, T) each
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def note_cut(truncated, skipped, max_length):
+    if truncated or skipped:
+        print(f"note: {truncated} pairs truncated to --max-length {max_length}, {skipped} skipped (prompt alone too long)")
+
+
+def longest_text_tokens(tokenizer, slots):
+    """tokens in the longest text made by taking, for each slot (a list of words), its word with the most tokens."""
+    def n(text):
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+    return n("".join(" " + max(words, key=lambda w: n(" " + w)) for words in slots).lstrip())
+
+
+def word_tokenizer(words):
+    """a word-level tokenizer over a closed vocabulary, built in code (nothing downloaded); eos pads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>"] + sorted(set(words)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="<unk>")
+
+
+@dataclasses.dataclass
+class Sampled:
+    """responses drawn from a model, as text and as the exact token ids drawn."""
+    texts: list         # the responses decoded, without eos
+    prompt_ids: list    # each prompt's token ids
+    response_ids: list  # each response's token ids, ending in eos unless cut off at max_new_tokens
+
+
+def sample(model, tokenizer, prompts, max_new_tokens, max_length, device, desc="sample", batch_size=64):
+    """one response per prompt, with a key-value cache. choice: temperature 1, no top-k or top-p, so these are
+    samples of pi itself. -> Sampled"""
+    out, eos = Sampled([], [], []), tokenizer.eos_token_id
+    for i in progress(range(0, len(prompts), batch_size), desc):
+        prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[i:i + batch_size]]
+        n_new = min(max_new_tokens, max_length - max(map(len, prompt_ids)))
+        for p, row in zip(prompt_ids, sample_batch(model, prompt_ids, eos, n_new, device)):
+            # the text is what follows the prompt's own decoding, so that prompt + text re-tokenises
+            out.texts.append(tokenizer.decode(p + [t for t in row if t != eos])[len(tokenizer.decode(p)):])
+            out.prompt_ids.append(p)
+            out.response_ids.append(row)
+    return out
+
+
+def sample_batch(model, prompt_ids, eos, n_new, device):
+    """up to n_new tokens for each prompt of a batch (lists of ids): the response ids, each ending in eos unless cut off."""
+    import torch
+    with torch.no_grad():
+        ids, mask = (x.to(device) for x in pad(prompt_ids, eos, side="left"))  # (B, Tp)
+        done, new, cache = torch.zeros(len(ids), dtype=torch.bool, device=device), [], None  # (B,)
+        for _ in range(n_new):
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # (B, t): real tokens only
+            step = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            nxt = torch.multinomial(step.logits[:, -1].float().softmax(-1), 1).squeeze(-1).masked_fill(done, eos)  # (B,)
+            ids, cache, new = nxt[:, None], step.cache, new + [nxt]  # the cache holds what came before
+            mask = torch.cat([mask, (~done).long()[:, None]], 1)  # (B, t+1)
+            done |= nxt == eos
+            if done.all():
+                break
+    return [row[:row.index(eos) + 1] if eos in row else row for row in torch.stack(new, 1).tolist()]

@@ -518,7 +518,7 @@ def test_without_dropout_makes_training_mode_forward_equal_to_eval_mode(tiny, to
 def without_times(obj):
     """drop every field that holds a time, and the output folder."""
     if isinstance(obj, dict):
-        return {k: without_times(v) for k, v in obj.items() if "seconds" not in k and k != "out"}
+        return {k: without_times(v) for k, v in obj.items() if "seconds" not in k and k not in ("out", "run")}
     return [without_times(v) for v in obj] if isinstance(obj, list) else obj
 
 
@@ -647,13 +647,14 @@ def test_a_data_file_that_is_not_json_lines_is_one_error_line(tmp_path, capsys, 
 def test_ctrl_c_keeps_the_finished_runs_and_says_where_in_one_line(tmp_path, monkeypatch, capsys):
     """seed 0 finishes, ctrl-c comes during seed 1: exit 130, one line naming results.json, which holds seed 0."""
     calls = []
-    def fake_train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log):
+    def fake_train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log, save_dir):
         calls.append(seed)
         if seed == 1:
             raise KeyboardInterrupt
-        return dict(bias=bias, seed=seed, method="dpo", kl=0.0, length=1.0, train_seconds=0.0)
+        return dict(bias=bias, seed=seed, method="dpo", kl=0.0, length=1.0, train_seconds=0.0), []
     monkeypatch.setattr(rddpo, "load_reference", lambda cfg, device, check: (None, None))
-    monkeypatch.setattr(rddpo, "prepare", lambda *args: (None, None, dict(pairs=1)))
+    held = rddpo.HeldOut([], [], [], None, ref_shown=[])
+    monkeypatch.setattr(rddpo, "prepare", lambda *args: (None, held, dict(pairs=1), []))
     monkeypatch.setattr(rddpo, "train_and_evaluate", fake_train_and_evaluate)
     assert rddpo.main(["--seeds", "0", "1", "--methods", "dpo", "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
@@ -771,3 +772,81 @@ def test_each_seeds_split_needs_a_batch_of_fitting_training_pairs_and_one_fittin
     with pytest.raises(rddpo.UsageError, match="no held-out prompt fits"):
         rddpo.report.check_splits([ok, ([short] * 3, [long])], fits, batch_size=3, max_length=10)
     rddpo.report.check_splits([([long] * 3, [long])], None, batch_size=3, max_length=10)  # None: all fit
+
+
+# -----------------------------------------------------------------------------
+# exact evaluation: sampling with a cache, the exact tokens, the kl
+
+
+def sample_without_cache(model, tokenizer, prompts, max_new_tokens):
+    """the plain loop: the whole sequence through the model for every new token; response ids as drawn."""
+    eos = tokenizer.eos_token_id
+    ids, mask = rddpo.report.pad([tokenizer(p, add_special_tokens=False).input_ids for p in prompts], eos, side="left")
+    done, start = torch.zeros(len(ids), dtype=torch.bool), ids.shape[1]
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            nxt = torch.multinomial(rddpo.forward(model, ids, mask)[:, -1].float().softmax(-1), 1).squeeze(-1)
+            nxt = nxt.masked_fill(done, eos)
+            ids, mask = torch.cat([ids, nxt[:, None]], 1), torch.cat([mask, (~done).long()[:, None]], 1)
+            done |= nxt == eos
+            if done.all():
+                break
+    return [row[:row.index(eos) + 1] if eos in row else row for row in ids[:, start:].tolist()]
+
+
+def test_sampling_with_a_key_value_cache_draws_what_the_plain_loop_draws(tiny, tokenizer):
+    """same seed, same prompts of different lengths (left padding): the same token ids, cut-off ones without eos."""
+    prompts = PROMPTS + ["a few words about the glass house :"]
+    torch.manual_seed(3)
+    drawn = rddpo.report.sample(tiny, tokenizer, prompts, max_new_tokens=12, max_length=64, device="cpu")
+    torch.manual_seed(3)
+    assert drawn.response_ids == sample_without_cache(tiny, tokenizer, prompts, 12)
+    assert any(tokenizer.eos_token_id not in r for r in drawn.response_ids)  # a random model rarely stops: cut-offs
+
+
+def sharpened(model, factor=8.0):
+    """a copy of the model whose final layer norm is scaled up: sharper next-token distributions, a policy that
+    differs from its reference everywhere (a random model's are nearly uniform)."""
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        policy.transformer.ln_f.weight.mul_(factor)
+    return policy
+
+
+def test_kl_of_sampled_responses_is_never_negative_and_its_mean_is_the_exact_kl(tiny, tokenizer):
+    """responses of at most 2 tokens: the exact KL(pi || pi_ref) over all V + V^2 responses, by enumeration, is
+    KL at the first position plus, for every first token but eos, pi(y1) times KL at the second. the estimate
+    from 3000 samples of pi is within 4 standard errors of it, and no sample's value is below 0 (a log-ratio of
+    re-tokenised text with an eos added, as the code did before, has neither property)."""
+    policy, eos = sharpened(tiny), tokenizer.eos_token_id
+    # and it rarely ends a response: eos 6 nats less likely, so most of its samples are cut off at 2 tokens, where
+    # adding an eos to score them (as the code did before) adds log pi(eos) - log pi_ref(eos) << 0 to the estimate
+    policy.lm_head.register_forward_hook(lambda module, args, logits: logits - 6.0 * (torch.arange(logits.shape[-1]) == eos))
+    prompt = tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
+    V = len(tokenizer)
+    with torch.no_grad():
+        def next_logps(model, seqs):  # (S, V): log-probs of the token after each sequence
+            ids = torch.tensor(seqs)
+            return model(input_ids=ids).logits[:, -1].double().log_softmax(-1)
+        lp1, lq1 = next_logps(policy, [prompt]), next_logps(tiny, [prompt])  # (1, V)
+        second = [prompt + [y] for y in range(V)]
+        lp2, lq2 = next_logps(policy, second), next_logps(tiny, second)  # (V, V)
+    kl1 = (lp1.exp() * (lp1 - lq1)).sum()
+    kl2 = (lp2.exp() * (lp2 - lq2)).sum(-1)  # (V,)
+    exact = (kl1 + (lp1[0].exp() * kl2)[torch.arange(V) != eos].sum()).item()
+    torch.manual_seed(0)
+    drawn = rddpo.report.sample(policy, tokenizer, [PROMPTS[0]] * 3000, max_new_tokens=2, max_length=64, device="cpu")
+    kl, logratio = rddpo.sequence_kl(policy, tiny, rddpo.token_rows(drawn.prompt_ids, drawn.response_ids, eos), "cpu")
+    assert (kl >= 0).all() and exact > 0.5
+    assert abs(kl.mean().item() - exact) < 4 * kl.std().item() / math.sqrt(len(kl)), (kl.mean().item(), exact)
+    assert abs(logratio.mean().item() - exact) < 4 * logratio.std().item() / math.sqrt(len(kl))  # also unbiased
+
+
+def test_token_rows_hold_exactly_the_ids_drawn_and_add_no_eos_to_a_cut_off_response(tokenizer):
+    """a cut-off response [5, 6] keeps its two tokens; an ended one [7, eos] keeps its eos; prompts masked out."""
+    eos = tokenizer.eos_token_id
+    drawn = rddpo.report.Sampled(["", ""], [[1, 2, 3], [4]], [[5, 6], [7, eos]])
+    tokens = rddpo.token_rows(drawn.prompt_ids, drawn.response_ids, eos)
+    assert tokens.input_ids.tolist() == [[1, 2, 3, 5, 6], [4, 7, eos, eos, eos]]
+    assert tokens.response_mask.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]
+    assert tokens.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
