@@ -190,9 +190,11 @@ for k, share in enumerate(shares):
 # (Notebook 2 works each of them out by hand.) The evaluation samples one response per held-out prompt
 # from each policy and reports: the mean gold reward; the **win rate** against $\pi_{\text{ref}}$'s sample
 # for the same prompt (by gold reward, ties count half); the mean length in words; a
-# $\mathrm{KL}(\pi \,\|\, \pi_{\text{ref}})$ estimate from those samples; and, on the training pairs, the
-# change of $\log\pi(y_w)$ and $\log\pi(y_l)$ from the reference and the implicit margins $\beta h$.
-# Training prints one line every `log_every` steps.
+# $\mathrm{KL}(\pi \,\|\, \pi_{\text{ref}})$ estimate from those samples (the exact token ids drawn, so it is
+# never negative); and, on the training pairs, the change of $\log\pi(y_w)$ and $\log\pi(y_l)$ from the
+# reference and the implicit margins $\beta h$. It does so `eval_points` times along training, the last at
+# the end. Training prints one line every `log_every` steps; at the end come the reward models' diagnostics,
+# e-DPO's choice of member, and a few sampled responses.
 
 # %%
 # rddpo.run prints as it trains. Two of its lines change every time this notebook runs, the new run folder's
@@ -211,8 +213,8 @@ runs = {(r["bias"], r["method"]): r for r in results["runs"]}  # one seed: one r
 # %% [markdown]
 # ## 6. The figures
 #
-# `rddpo.run` wrote its figures into the run folder. The training curves and the bar chart are drawn for
-# the first bias of `sweep_biases` (this is why 0.5 comes first).
+# `rddpo.run` wrote its figures into the run folder. The bar chart is drawn for the first bias of
+# `sweep_biases` (this is why 0.5 comes first); the training curves have a row per bias.
 #
 # `curves.png`, the training curves of the logged batches. Left and middle: how far each method has moved
 # $\log\pi(y_w)$ and $\log\pi(y_l)$ of the batch from the reference; right: the implicit margin $\beta h$.
@@ -238,6 +240,14 @@ show("comparison.png")
 
 # %%
 show("sweep.png")
+
+# %% [markdown]
+# `gold_vs_kl.png`: each method's gold win rate against its KL from $\pi_{\text{ref}}$ at each evaluation along
+# training, one panel per bias. A method that over-optimises its training signal climbs, then falls, as its
+# KL grows.
+
+# %%
+show("gold_vs_kl.png")
 
 
 # %% [markdown]
@@ -288,15 +298,15 @@ print(f"DPO's responses: {runs[0.0, 'dpo']['length']:.1f} words with the unbiase
 #   much from moving far from $\pi_{\text{ref}}$ at all.
 # **What a budget this small cannot show.** One seed, two biases, 128 pairs, 30 steps and 64 held-out
 # prompts: a difference of gold reward or win rate of a few hundredths is within the noise (a win rate over
-# 64 prompts has a standard error of about 0.06). The KL estimate from 64 samples is noisy too (it can even
-# come out slightly negative). So this run does **not** show the paper's headline result, that the
+# 64 prompts has a standard error of about 0.06). The KL estimate from 64 samples is noisy too. So this run does **not** show the paper's headline result, that the
 # distilled and pessimistic methods keep a higher gold win rate than DPO as the bias grows; the gold
 # columns above may or may not point that way, and their order should not be read as a result. To look
 # for it, sweep more biases with several seeds and the default budget (512 pairs, 150 steps):
 # `python rddpo.py --sweep --seeds 0 1 2` draws `sweep.png` with the spread over seeds; on a 2-core CPU it
-# took 12 minutes. The README shows its numbers: there e-DPO and p-DPO keep close to the reference's
-# length where DPO's responses grow by half, yet e-DPO's gold win rate is not higher than DPO's; the
-# paper's headline result does not show at this scale.
+# took 11 to 17 minutes. The README shows its numbers, with paired intervals: there e-DPO and p-DPO keep
+# close to the reference's length where DPO's responses grow by half, and e-DPO beats a single distilled
+# reward model at bias 0.5, yet e-DPO's gold win rate is not higher than DPO's; the paper's headline result
+# does not show at this scale.
 #
 # **Things to try** (one field of the config each): `sweep_biases="0.9,0"`; `gamma=0` (p-DPO becomes DPO,
 # and e-DPO loses what pulls it toward the reference); `ensemble=1`; more `steps`, to watch DPO's margins
@@ -349,6 +359,7 @@ assert pdpo["logps_chosen_change"] > 0  # the kl term lifts the training respons
 assert pdpo["kl"] < dpo["kl"] and runs[0.5, "e-dpo"]["kl"] < dpo["kl"]  # the kl term keeps them near pi_ref
 assert dpo["length"] > ref_len + 3 and dpo["length"] > runs[0.0, "dpo"]["length"]  # dpo learnt the length bias
 assert pdpo["length"] < dpo["length"]
-for name in ("curves.png", "comparison.png", "sweep.png", "results.json", "metrics.jsonl"):
+for name in ("curves.png", "comparison.png", "sweep.png", "gold_vs_kl.png", "results.json", "metrics.jsonl",
+             "samples.jsonl"):
     assert os.path.getsize(os.path.join(run_dir, name)) > 0
 print("all claims hold")
