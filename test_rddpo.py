@@ -39,11 +39,23 @@ def tiny(tokenizer):
 # hand-computed values
 
 
-def test_dpo_loss_is_ln2_when_all_logps_are_equal():
-    """h = 0, so -log sigmoid(0) = ln 2 for every beta."""
+def test_dpo_loss_is_ln2_when_all_logps_are_equal_and_moves_with_beta_otherwise():
+    """h = 0, so -log sigmoid(0) = ln 2 for every beta. a second pair with h = 2 makes beta show: at beta 0.5
+    its loss is log(1 + e^-1) = 0.313262, so the batch mean is (ln 2 + 0.313262) / 2 = 0.503262."""
     for beta in (0.1, 1.0, 7.0):
         assert rddpo.dpo_loss(*logps([-3.0, -1.0], [-3.0, -1.0], [-3.0, -1.0], [-3.0, -1.0]), beta).item() \
             == pytest.approx(LN2, abs=1e-12)
+    loss = rddpo.dpo_loss(*logps([-3.0, 0.0], [-3.0, -2.0], [-3.0, 0.0], [-3.0, 0.0]), 0.5)
+    assert loss.item() == pytest.approx((LN2 + math.log1p(math.exp(-1.0))) / 2, abs=1e-12)
+
+
+def test_logratio_margin_hand_value_with_unequal_reference_log_probs():
+    """pc -1, pr -3, rc -2, rr -5: h = (-1 - -2) - (-3 - -5) = 1 - 2 = -1 (the reference's roles swapped would
+    give 5 or -3); DPO at beta 1 on it: log(1 + e^1) = 1.313262."""
+    lp = logps([-1.0], [-3.0], [-2.0], [-5.0])
+    assert rddpo.logratio_margin(*lp).item() == pytest.approx(-1.0)
+    assert rddpo.dpo_loss(*lp, 1.0).item() == pytest.approx(math.log1p(math.e), abs=1e-12)
+    assert rddpo.ipo_loss(*lp, 0.5).item() == pytest.approx((-1.0 - 1.0) ** 2)  # (h - 1/(2 beta))^2
 
 
 def test_dpo_loss_hand_value():
@@ -131,12 +143,34 @@ def all_losses(beta=0.5, gamma=0.3):
     }
 
 
+def hand_gradients(method, pc, pr, rc, rr, beta=0.5, gamma=0.3):
+    """d loss / d log pi(y_w), written out by hand for B pairs (the margin term moves log pi(y_l) the other way):
+    dpo: -beta sigmoid(-beta h) / B; ipo: 2 (h - 1/(2 beta)) / B; d-dpo: -2 beta (dr - beta h) / B; e-dpo: the
+    d-dpo gradient of the member with the smallest batch loss; p-dpo: dpo's. the kl term adds -gamma / (2B) to
+    both (it averages log pi_ref - log pi over the 2B responses)."""
+    h, B = (pc - rc) - (pr - rr), len(pc)
+    rm_c, rm_r = torch.tensor([1.0, -0.5, 0.2]).double(), torch.tensor([0.0, 0.3, 0.9]).double()
+    fam_c = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).double()  # as all_losses() builds them
+    if method == "e-dpo":
+        k = ((fam_c - beta * h) ** 2).mean(-1).argmin()
+        margin = -2 * beta * (fam_c[k] - beta * h) / B
+    else:
+        margin = {"dpo": -beta * torch.sigmoid(-beta * h), "p-dpo": -beta * torch.sigmoid(-beta * h),
+                  "ipo": 2 * (h - 1 / (2 * beta)), "d-dpo": -2 * beta * (rm_c - rm_r - beta * h)}[method] / B
+    kl = -gamma / (2 * B) if method in ("e-dpo", "p-dpo") else 0.0
+    return margin + kl, -margin + kl
+
+
 @pytest.mark.parametrize("method", rddpo.METHODS)
-def test_every_loss_passes_gradcheck(method):
-    """autograd's gradient of each loss agrees with finite differences (float64)."""
+def test_every_loss_has_the_gradient_derived_by_hand(method):
+    """autograd's gradient of each loss in log pi(y_w) and log pi(y_l), at random log-probs, equals the
+    hand-derived expression (hand_gradients); the reference log-probs get none (they are constants)."""
     torch.manual_seed(0)
-    inputs = [torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(4)]
-    assert torch.autograd.gradcheck(all_losses()[method], inputs)
+    pc, pr, rc, rr = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(4))
+    all_losses()[method](pc, pr, rc, rr).backward()
+    want_c, want_r = hand_gradients(method, pc.detach(), pr.detach(), rc.detach(), rr.detach())
+    torch.testing.assert_close(pc.grad, want_c, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pr.grad, want_r, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("method", ["dpo", "p-dpo"])
@@ -199,6 +233,10 @@ def test_adding_a_constant_to_both_logps_of_a_pair_leaves_dpo_ipo_ddpo_unchanged
         f = all_losses()[method] if method != "d-dpo" else \
             (lambda *lp: rddpo.distill_loss(*lp, torch.ones(5).double(), torch.zeros(5).double(), 0.5))
         assert f(pc + c, pr + c, rc, rr).item() == pytest.approx(f(pc, pr, rc, rr).item(), abs=1e-10), method
+    h = (pc - rc) - (pr - rr)  # and the value is the formula's, so the shift test cannot pass by a loss ignoring h
+    dpo_by_hand = torch.log1p(torch.exp(-0.5 * h)).mean().item()  # -log sigmoid(beta h) at beta 0.5
+    assert all_losses()["dpo"](pc + c, pr + c, rc, rr).item() == pytest.approx(dpo_by_hand, abs=1e-10)
+    assert all_losses()["ipo"](pc + c, pr + c, rc, rr).item() == pytest.approx(((h - 1.0) ** 2).mean().item(), abs=1e-10)
 
 
 def test_shifting_every_reward_model_by_a_per_prompt_constant_leaves_distillation_unchanged():
@@ -209,17 +247,33 @@ def test_shifting_every_reward_model_by_a_per_prompt_constant_leaves_distillatio
     c = torch.randn(3, 6, dtype=torch.float64) * 5  # a different constant per member and prompt
     e = rddpo.pessimistic_distill_loss
     assert e(*lp, rc + c, rr + c, 0.5, 0.1).item() == pytest.approx(e(*lp, rc, rr, 0.5, 0.1).item(), abs=1e-10)
+    assert e(*lp, rc + c, rr + c, 0.5, 0.1).item() == pytest.approx(edpo_by_hand(lp, rc, rr, 0.5, 0.1), abs=1e-10)
     d = rddpo.distill_loss
     assert d(*lp, rc[0] + c[0], rr[0] + c[0], 0.5).item() == pytest.approx(d(*lp, rc[0], rr[0], 0.5).item(), abs=1e-10)
 
 
-def test_permuting_the_ensemble_leaves_edpo_unchanged():
+def edpo_by_hand(lp, rm_c, rm_r, beta, gamma):
+    """min over members of the mean squared distillation error, plus gamma times the mean of log pi_ref - log pi."""
+    pc, pr, rc, rr = (x.tolist() for x in lp)
+    h = [(a - c) - (b - d) for a, b, c, d in zip(pc, pr, rc, rr)]
+    member = [sum((w - l - beta * hb) ** 2 for w, l, hb in zip(mc.tolist(), mr.tolist(), h)) / len(h)
+              for mc, mr in zip(rm_c, rm_r)]
+    fkl = (sum(c - a for a, c in zip(pc, rc)) + sum(d - b for b, d in zip(pr, rr))) / (2 * len(h))
+    return min(member) + gamma * fkl
+
+
+def test_permuting_the_ensemble_leaves_edpo_unchanged_and_it_is_the_smallest_members_loss():
+    """five unequal members (their min, max and mean all differ): any order gives the same loss, and it is the
+    smallest member's loss plus gamma * fkl, computed by hand."""
     torch.manual_seed(3)
     lp = [torch.randn(6, dtype=torch.float64) for _ in range(4)]
     rc, rr = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    members = rddpo.distill_member_losses(*lp, rc, rr, 0.5)
+    assert members.min() < members.mean() < members.max()
     perm = torch.tensor([3, 0, 4, 1, 2])
     e = rddpo.pessimistic_distill_loss
     assert e(*lp, rc[perm], rr[perm], 0.5, 0.1).item() == e(*lp, rc, rr, 0.5, 0.1).item()
+    assert e(*lp, rc, rr, 0.5, 0.1).item() == pytest.approx(edpo_by_hand(lp, rc, rr, 0.5, 0.1), abs=1e-12)
 
 
 def test_edpo_with_identical_members_is_ddpo_plus_gamma_fkl():
@@ -867,3 +921,100 @@ def test_token_rows_hold_exactly_the_ids_drawn_and_add_no_eos_to_a_cut_off_respo
     assert tokens.input_ids.tolist() == [[1, 2, 3, 5, 6], [4, 7, eos, eos, eos]]
     assert tokens.response_mask.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]
     assert tokens.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+
+
+# -----------------------------------------------------------------------------
+# the task, training and evaluation against hand computations
+
+
+def test_gold_reward_hand_values():
+    """(positive - negative) / (positive + negative + neutral adjectives): 'great' and 'dull' -> 0; 'great' and
+    the neutral 'quiet' -> 1/2; 'awful' alone -> -1; no adjective -> 0; words are read as split on spaces."""
+    assert rddpo.gold_reward(" the acting was great . the plot was dull .") == 0.0
+    assert rddpo.gold_reward(" the plot was great . the music was quiet .") == 0.5
+    assert rddpo.gold_reward(" the plot was awful .") == -1.0
+    assert rddpo.gold_reward(" the plot was .") == 0.0
+    assert rddpo.gold_reward(" great great boring") == pytest.approx(1 / 3)
+
+
+def test_the_annotator_follows_gold_at_bias_0_length_at_bias_1_and_a_coin_on_ties():
+    """pairs: (gold 1, 3 words) vs (0, 10 words); (0, 10) vs (1, 3); a tie in both. bias 0: gold decides ->
+    first wins, second loses; bias 1: length decides -> the opposite. ties go either way, about half each."""
+    gold1, gold2 = np.array([1.0, 0.0] + [0.5] * 400), np.array([0.0, 1.0] + [0.5] * 400)
+    len1, len2 = np.array([3, 10] + [5] * 400), np.array([10, 3] + [5] * 400)
+    for bias, expect in ((0.0, [True, False]), (1.0, [False, True])):
+        wins = rddpo.annotate(gold1, gold2, len1, len2, bias, np.random.default_rng(0))
+        assert wins[:2].tolist() == expect, bias
+        assert 0.4 < wins[2:].mean() < 0.6
+    wins = rddpo.annotate(np.tile(gold1[:2], 500), np.tile(gold2[:2], 500), np.tile(len1[:2], 500),
+                          np.tile(len2[:2], 500), 0.3, np.random.default_rng(1))  # bias 0.3: the longer (second of pair 1) wins 30 % of the time
+    assert abs((~wins[::2]).mean() - 0.3) < 0.05 and abs(wins[1::2].mean() - 0.3) < 0.05
+
+
+def easy_pairs(tokenizer, n=8):
+    """n pairs whose chosen response differs from the rejected one by its adjective."""
+    prompts = (PROMPTS * n)[:n]
+    chosen, rejected = [" the plot was great ."] * n, [" the plot was awful ."] * n
+    pairs = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, 64)
+    return pairs
+
+
+def test_train_policy_takes_the_documented_adamw_steps_from_the_reference_and_leaves_it_alone(tiny, tokenizer):
+    """three DPO steps of train_policy equal three steps written out here: the same batches (the same generator),
+    the policy's log-probs of the batch's chosen rows and then its rejected rows, dpo_loss against the reference's
+    log-probs, zero_grad, backward, AdamW. the reference's weights do not move, the policy's implicit reward is 0
+    at step 1 (logged before the first update), and the margin on these easy pairs grows."""
+    pairs = easy_pairs(tokenizer)
+    pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
+    before = copy.deepcopy(tiny.state_dict())
+    cfg = rddpo.Config(steps=3, batch_size=4, lr=1e-2, log_every=1, eval_points=1)
+    logged = []
+    policy, shares = rddpo.train_policy(tiny, pairs, "dpo", cfg, seed=0, device="cpu",
+                                        log=lambda step, m: logged.append(m))
+    mine = rddpo.without_dropout(copy.deepcopy(tiny)).train()
+    opt, rng = torch.optim.AdamW(mine.parameters(), lr=1e-2), np.random.default_rng([0, 0])
+    for _ in range(3):
+        idx = rng.choice(8, 4, replace=False)
+        rows = np.concatenate([idx, idx + 8])
+        ids, mask, resp = rddpo.batch_tensors(pairs.tokens, rows, "cpu")
+        lp = rddpo.sequence_logps(rddpo.forward(mine, ids, mask), ids, resp)
+        loss = rddpo.dpo_loss(*lp.chunk(2), *pairs.ref_logps[rows].chunk(2), 0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for (name, a), b in zip(policy.state_dict().items(), mine.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in before.items())
+    assert abs(logged[0]["rewards/margins"]) < 1e-6 and logged[-1]["rewards/margins"] > logged[0]["rewards/margins"]
+    assert shares is None
+
+
+def test_edpo_training_counts_which_member_was_the_minimum(tiny, tokenizer):
+    """member 0 asks for the margin the policy has (dr = 0 at the start: loss 0), members 1 and 2 for large ones:
+    the minimum is member 0 at every step, so its share is 1."""
+    pairs = easy_pairs(tokenizer)
+    pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
+    pairs.rm_family = torch.zeros(3, 16)
+    pairs.rm_family[1, :8], pairs.rm_family[2, :8] = 5.0, -5.0  # (K, 2N): chosen rows first
+    cfg = rddpo.Config(steps=4, batch_size=4, lr=1e-4, log_every=10, eval_points=1)
+    _, shares = rddpo.train_policy(tiny, pairs, "e-dpo", cfg, seed=0, device="cpu", log=lambda *a: None)
+    assert shares == [1.0, 0.0, 0.0]
+
+
+def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_above_zero_for_another_policy(tiny, tokenizer):
+    """the policy is the reference and its samples are drawn with the same seed as pi_ref's: every gold reward ties,
+    so the win rate is exactly 0.5 (ties count half) and the KL exactly 0; a sharpened policy has KL > 0."""
+    prompts = PROMPTS * 6
+    torch.manual_seed(11)
+    ref = rddpo.report.sample(tiny, tokenizer, prompts, 12, 64, "cpu")
+    ev = rddpo.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
+                        "cpu", ref_gold=np.array([rddpo.gold_reward(t) for t in ref.texts]), ref_length=1.0)
+    ev.prompts = prompts
+    pairs = easy_pairs(tokenizer)
+    pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
+    torch.manual_seed(11)
+    same, _ = rddpo.evaluate(copy.deepcopy(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
+    assert same["win_rate"] == 0.5 and same["kl"] == 0.0 and same["margin_max"] == 0.0
+    torch.manual_seed(11)
+    other, _ = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
+    assert other["kl"] > 0.1 and other["kl_per_token"] > 0
