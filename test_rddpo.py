@@ -1018,3 +1018,57 @@ def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_a
     torch.manual_seed(11)
     other, _ = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
     assert other["kl"] > 0.1 and other["kl_per_token"] > 0
+
+
+def test_reward_model_loss_is_bradley_terry_plus_the_centering_term():
+    """r_w = 1, r_l = 0: log(1 + e^-1) + 0.01 * (1 + 0)^2 = 0.323262; r_w = r_l = 2: ln 2 + 0.01 * 16 = 0.853147."""
+    assert rddpo.reward_model_loss(torch.tensor([1.0]), torch.tensor([0.0])).item() == pytest.approx(0.323262, abs=1e-6)
+    assert rddpo.reward_model_loss(torch.tensor([2.0]), torch.tensor([2.0])).item() == pytest.approx(LN2 + 0.16, abs=1e-6)
+
+
+def test_label_pairs_gives_the_annotators_winner_as_chosen():
+    """'great' (5 words, gold 1) against 'awful ... quiet' (10 words, gold -1/2): at bias 0 the first is chosen, at
+    bias 1 the longer second one is."""
+    first, second = [" the plot was great ."], [" the plot was awful . the music was quiet ."]
+    assert rddpo.label_pairs(first, second, 0.0, np.random.default_rng(0)) == (first, second)
+    assert rddpo.label_pairs(first, second, 1.0, np.random.default_rng(0)) == (second, first)
+
+
+def test_split_pairs_holds_out_a_tenth_disjoint_from_training_and_seeded():
+    """20 pairs: 18 to train, 2 held out, none in both, all used; the same seed splits alike, another seed not."""
+    pairs = [(f"p{i}", "c", "r") for i in range(20)]
+    train, held = rddpo.report.split_pairs(pairs, 0)
+    assert len(train) == 18 and len(held) == 2 and not set(train) & set(held) and set(train) | set(held) == set(pairs)
+    assert rddpo.report.split_pairs(pairs, 0) == (train, held)
+    assert [rddpo.report.split_pairs(pairs, s)[1] for s in range(1, 6)] != [held] * 5
+    assert len(rddpo.report.split_pairs(pairs[:5], 0)[1]) == 1  # at least one pair is held out
+
+
+def test_train_policy_calls_the_checkpoint_at_evenly_spaced_steps_the_last_at_the_end(tiny, tokenizer):
+    """steps 6, eval_points 2: steps 3 and 6; eval_points 3: 2, 4, 6."""
+    pairs = easy_pairs(tokenizer)
+    pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
+    for points, want in ((2, [3, 6]), (3, [2, 4, 6])):
+        seen = []
+        cfg = rddpo.Config(steps=6, batch_size=4, eval_points=points, log_every=10)
+        rddpo.train_policy(tiny, pairs, "ipo", cfg, 0, "cpu", log=lambda *a: None,
+                           checkpoint=lambda step, policy: seen.append(step))
+        assert seen == want
+
+
+def test_evaluate_compares_the_policys_gold_with_pi_refs(tiny, tokenizer):
+    """pi_ref's gold set to -1 on every prompt: the win rate is the share of the policy's samples above -1 plus half
+    of those at -1, read off the same samples drawn again with the same seed."""
+    prompts = PROMPTS * 6
+    ev = rddpo.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
+                        "cpu", ref_gold=np.full(len(prompts), -1.0), ref_length=1.0)
+    ev.prompts = prompts
+    pairs = easy_pairs(tokenizer)
+    pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
+    torch.manual_seed(5)
+    res, _ = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
+    torch.manual_seed(5)
+    gold = np.array([rddpo.gold_reward(t) for t in rddpo.report.sample(sharpened(tiny), tokenizer, prompts, 12, 64,
+                                                                          "cpu", "evaluate").texts])
+    assert res["win_rate"] == pytest.approx(np.mean(gold > -1) + 0.5 * np.mean(gold == -1))
+    assert res["gold_reward"] == pytest.approx(gold.mean()) and res["gold_ref"] == -1.0

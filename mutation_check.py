@@ -1,0 +1,297 @@
+"""
+mutation check: the share of realistic one-line bugs that the fast test suite catches.
+
+    python mutation_check.py                    # every mutant, one at a time (tens of minutes on 2 cores)
+    python mutation_check.py --list             # the mutants, without running anything
+    python mutation_check.py --only annotate --only gold_reward --jobs 2
+
+Each mutant below is one exact snippet of rddpo.py, report.py or toy_bandit.py, its replacement and what the bug
+is. The clean suite runs first (a broken suite would "catch" everything). Then, for each mutant, the working tree's
+files (those git tracks, and new ones it does not ignore) are copied into a fresh temporary folder, the mutant is
+applied there, and `python -m pytest -q -x -m "not slow" -p no:cacheprovider` runs in that folder on every test
+file, the mutated module's own first (so -x stops early on a catch); the real files are never touched, so an
+interrupted check leaves no mutant behind. A mutant is caught when pytest fails, or runs past --timeout. It prints
+a line per mutant, the share caught and the survivors, and exits 0 when at least 90 % are caught (1 otherwise, 2
+when a snippet no longer occurs exactly once or the clean suite fails). Not part of CI: each surviving mutant costs
+a whole fast-suite run. Standard library only.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTEST = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider"]
+TARGET = 0.90
+
+Mutant = namedtuple("Mutant", "file old new description")
+R, B = "rddpo.py", "toy_bandit.py"  # where most mutants live
+
+MUTANTS = [
+    # --- the five losses, the member losses and the forward-KL estimate
+    Mutant(R, "return -F.logsigmoid(beta * h).mean()", "return -F.logsigmoid(-beta * h).mean()",
+           "dpo_loss: margin sign flipped"),
+    Mutant(R, "return -F.logsigmoid(beta * h).mean()", "return -F.logsigmoid(h).mean()",
+           "dpo_loss: beta missing"),
+    Mutant(R, "return ((h - 1 / (2 * beta)) ** 2).mean()", "return ((h - 1 / beta) ** 2).mean()",
+           "ipo_loss: target 1/beta instead of 1/(2 beta)"),
+    Mutant(R, "return ((rm_chosen_rewards - rm_rejected_rewards - beta * h) ** 2).mean()",
+           "return ((rm_chosen_rewards - rm_rejected_rewards - h) ** 2).mean()",
+           "distill_loss: beta missing"),
+    Mutant(R, "return ((rm_chosen_rewards - rm_rejected_rewards - beta * h) ** 2).mean()",
+           "return ((rm_rejected_rewards - rm_chosen_rewards - beta * h) ** 2).mean()",
+           "distill_loss: reward difference reversed"),
+    Mutant(R, "return ((rm_chosen_rewards - rm_rejected_rewards - beta * h) ** 2).mean(-1)  # (K,)",
+           "return ((rm_chosen_rewards - rm_rejected_rewards - h) ** 2).mean(-1)  # (K,)",
+           "distill_member_losses: beta missing"),
+    Mutant(R, "return per_member.min() + gamma * forward_kl_estimate(*logps)",
+           "return per_member.max() + gamma * forward_kl_estimate(*logps)",
+           "pessimistic_distill_loss: min -> max"),
+    Mutant(R, "return per_member.min() + gamma * forward_kl_estimate(*logps)",
+           "return per_member.mean() + gamma * forward_kl_estimate(*logps)",
+           "pessimistic_distill_loss: min -> mean"),
+    Mutant(R, "per_member = distill_member_losses(*logps, rm_chosen_rewards, rm_rejected_rewards, beta)  # (K,)",
+           "per_member = ((rm_chosen_rewards - rm_rejected_rewards - beta * logratio_margin(*logps)) ** 2)"
+           ".min(0).values.mean().reshape(1)  # (K,)",
+           "pessimistic_distill_loss: per-pair min instead of the min of batch losses"),
+    Mutant(R, "return per_member.min() + gamma * forward_kl_estimate(*logps)",
+           "return gamma * (per_member.min() + forward_kl_estimate(*logps))",
+           "pessimistic_distill_loss: gamma multiplies the distillation loss too"),
+    Mutant(R, "return per_member.min() + gamma * forward_kl_estimate(*logps)",
+           "return per_member.min() - gamma * forward_kl_estimate(*logps)",
+           "pessimistic_distill_loss: forward-KL penalty subtracted"),
+    Mutant(R, "return dpo_loss(*logps, beta) + gamma * forward_kl_estimate(*logps)",
+           "return dpo_loss(*logps, beta) - gamma * forward_kl_estimate(*logps)",
+           "pessimistic_dpo_loss: forward-KL penalty subtracted"),
+    Mutant(R, "return dpo_loss(*logps, beta) + gamma * forward_kl_estimate(*logps)",
+           "return dpo_loss(*logps, beta) + forward_kl_estimate(*logps)",
+           "pessimistic_dpo_loss: gamma missing"),
+    Mutant(R, "return ((reference_chosen_logps - policy_chosen_logps) + (reference_rejected_logps - policy_rejected_"
+              "logps)).mean() / 2",
+           "return ((policy_chosen_logps - reference_chosen_logps) + (policy_rejected_logps - reference_rejected_"
+           "logps)).mean() / 2",
+           "forward_kl_estimate: sign flipped"),
+    Mutant(R, "return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()",
+           "return -F.logsigmoid(rejected_rewards - chosen_rewards).mean()",
+           "bradley_terry_loss: chosen and rejected swapped"),
+    # --- implicit reward and the log-ratio margin
+    Mutant(R, "(policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)",
+           "(policy_chosen_logps - reference_rejected_logps) - (policy_rejected_logps - reference_chosen_logps)",
+           "logratio_margin: reference log-probs swapped"),
+    Mutant(R, "(policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)",
+           "(policy_rejected_logps - reference_rejected_logps) - (policy_chosen_logps - reference_chosen_logps)",
+           "logratio_margin: sign flipped (rejected minus chosen)"),
+    Mutant(R, "return beta * (policy_logps - reference_logps)", "return beta * (reference_logps - policy_logps)",
+           "implicit_reward: sign flipped"),
+    Mutant(R, "return beta * (policy_logps - reference_logps)", "return policy_logps - reference_logps",
+           "implicit_reward: beta missing"),
+    # --- tokenisation and sequence log-probs
+    Mutant(R, "return torch.where(response_mask[:, 1:].bool(), token_logps, 0.0).sum(-1)",
+           "return torch.where(response_mask[:, :-1].bool(), token_logps, 0.0).sum(-1)",
+           "sequence_logps: response mask off by one"),
+    Mutant(R, "return torch.where(response_mask[:, 1:].bool(), token_logps, 0.0).sum(-1)",
+           "return torch.where(response_mask[:, 1:].bool(), token_logps, 0.0).mean(-1)",
+           "sequence_logps: mean over positions instead of the sum"),
+    Mutant(R, "logps = logits[:, :-1].float().log_softmax(-1)", "logps = logits[:, :-1].log_softmax(-1)",
+           "sequence_logps: float missing (bfloat16 log-probs)"),
+    Mutant(R, "logps = logits[:, :-1].float().log_softmax(-1)", "logps = logits[:, 1:].float().log_softmax(-1)",
+           "sequence_logps: logits not shifted (position t predicts token t)"),
+    Mutant(R, "[[[0] * len(p) + [1] * len(r) for p, r", "[[[0] * (len(p) - 1) + [1] * (len(r) + 1) for p, r",
+           "token_rows: response mask shifted onto the prompt's last token"),
+    Mutant(R, "r = r + [tokenizer.eos_token_id]", "r = r",
+           "encode: eos dropped from the response"),
+    Mutant(R, "r = full[len(p):] if", "r = full[len(p) - 1:] if",
+           "encode: response starts one token early"),
+    # --- reward models and the family
+    Mutant(R, "return (attention_mask * positions).argmax(-1)", "return attention_mask.sum(-1) - 1",
+           "last_token_index: mask length - 1 (wrong under left padding)"),
+    Mutant(R, "hidden[torch.arange(len(last)), last]", "hidden[:, -1]",
+           "RewardModel: reads the last position, padding or not"),
+    Mutant(R, "nn.init.zeros_(self.head.weight)", "nn.init.normal_(self.head.weight)",
+           "RewardModel: head weight not zeroed"),
+    Mutant(R, "self.backbone = copy.deepcopy(lm.base_model)", "self.backbone = lm.base_model",
+           "RewardModel: shares (and trains) the reference's backbone"),
+    Mutant(R, "return bradley_terry_loss(chosen_rewards, rejected_rewards) + center * centering",
+           "return bradley_terry_loss(chosen_rewards, rejected_rewards) - center * centering",
+           "reward_model_loss: centering coefficient sign flipped"),
+    Mutant(R, "r = rm(*batch_tensors(pairs.tokens, np.concatenate([idx, idx + n]), device)[:2])",
+           "r = rm(*batch_tensors(pairs.tokens, np.concatenate([idx, idx]), device)[:2])",
+           "train_reward_model: rejected rows index the chosen ones"),
+    Mutant(R, "[i / (k - 1) for i in range(k)]", "[i / k for i in range(k)]",
+           "family_shares: i/K instead of i/(K-1) (never reaches 1)"),
+    Mutant(R, "n_long = int(round(share * n))", "n_long = int(round((1 - share) * n))",
+           "resample_by_length_share: share inverted"),
+    # --- the task: annotator and gold reward
+    Mutant(R, "np.where(len1 == len2, coin, len1 > len2)", "np.where(len1 == len2, coin, len1 < len2)",
+           "annotate: the biased annotator prefers the shorter response"),
+    Mutant(R, "biased = rng.random(len(gold1)) < bias", "biased = rng.random(len(gold1)) > bias",
+           "annotate: bias probability inverted"),
+    Mutant(R, "np.where(gold1 == gold2, coin, gold1 > gold2)", "np.where(gold1 == gold2, coin, gold1 < gold2)",
+           "annotate: the unbiased annotator prefers the lower gold reward"),
+    Mutant(R, "np.where(gold1 == gold2, coin, gold1 > gold2)", "gold1 >= gold2",
+           "annotate: gold ties always go to the first response"),
+    Mutant(R, "pairs = [(a, b) if w else (b, a)", "pairs = [(b, a) if w else (a, b)",
+           "label_pairs: winner and loser swapped"),
+    Mutant(R, "return (pos - neg) / max(1, pos + neg + neutral)",
+           "return (pos + neutral - neg) / max(1, pos + neg + neutral)",
+           "gold_reward: neutral adjectives counted positive"),
+    Mutant(R, "return (pos - neg) / max(1, pos + neg + neutral)", "return (neg - pos) / max(1, pos + neg + neutral)",
+           "gold_reward: sign flipped"),
+    # --- training the policy
+    Mutant(R, "        opt.zero_grad()\n        loss.backward()\n        opt.step()\n        if step == 1",
+           "        loss.backward()\n        opt.step()\n        if step == 1",
+           "train_policy: no zero_grad (gradients accumulate)"),
+    Mutant(R, "rows = np.concatenate([idx, idx + n])  # (2B,)", "rows = np.concatenate([idx, idx])  # (2B,)",
+           "train_policy: rejected rows index the chosen ones"),
+    Mutant(R, "policy = without_dropout(copy.deepcopy(reference).to(device).train())",
+           "policy = without_dropout(reference.to(device).train())",
+           "train_policy: trains the reference itself"),
+    Mutant(R, "policy = without_dropout(copy.deepcopy(reference).to(device).train())",
+           "policy = without_dropout(type(reference)(reference.config).to(device).train())",
+           "train_policy: starts from a freshly initialised model"),
+    Mutant(R, "for i in range(1, cfg.eval_points + 1)}", "for i in range(1, cfg.eval_points)}",
+           "train_policy: no checkpoint at the last step"),
+    # --- evaluation
+    Mutant(R, "np.mean((gold > ev.ref_gold) + 0.5 * (gold == ev.ref_gold))", "np.mean(gold >= ev.ref_gold)",
+           "evaluate: ties counted as wins"),
+    Mutant(R, "np.mean((gold > ev.ref_gold) + 0.5 * (gold == ev.ref_gold))",
+           "np.mean((gold > gold) + 0.5 * (gold == gold))",
+           "evaluate: win rate of the policy against itself"),
+    Mutant(R, "res = dict(kl=kl.mean().item(),", "res = dict(kl=-kl.mean().item(),",
+           "evaluate: KL sign flipped"),
+    Mutant(R, "kl, logratio = sequence_kl(policy, reference, tokens, device)",
+           "kl, logratio = sequence_kl(reference, policy, tokens, device)",
+           "evaluate: KL(pi_ref || pi) instead of KL(pi || pi_ref)"),
+    Mutant(R, "(lp.exp() * (lp - lq)).sum(-1)", "(lp.exp() * (lq - lp)).sum(-1)",
+           "sequence_kl: log-ratio sign flipped"),
+    Mutant(R, "kl.append(torch.where(on, (lp.exp() * (lp - lq)).sum(-1), 0.0).sum(-1).cpu())",
+           "kl.append((lp.exp() * (lp - lq)).sum(-1).sum(-1).cpu())",
+           "sequence_kl: response mask missing (prompt and padding counted)"),
+    # --- report.py
+    Mutant("report.py", "float(value[bias, s, method] - value[bias, s, base])",
+           "float(value[bias, s, base] - value[bias, s, method])",
+           "report.paired: difference sign flipped (base minus method)"),
+    Mutant("report.py", "return [pairs[i] for i in order[n_held:]]", "return [pairs[i] for i in order[n_held - 1:]]",
+           "report.split_pairs: one held-out pair also in training"),
+    # --- toy_bandit.py: the hand-written gradients
+    Mutant(B, "-beta * sigmoid(-beta * h) / len(h)", "-beta * sigmoid(beta * h) / len(h)",
+           "toy_bandit dpo_loss: gradient uses sigmoid(beta h)"),
+    Mutant(B, "-2 * beta * d / len(h)", "-2 * d / len(h)",
+           "toy_bandit distill_loss: gradient beta missing"),
+    Mutant(B, "np.exp(logp) - ref", "ref - np.exp(logp)",
+           "toy_bandit forward_kl: gradient sign flipped"),
+    Mutant(B, "np.bincount(bandit.winners, dl_dh, n) - np.bincount(bandit.losers, dl_dh, n)",
+           "np.bincount(bandit.losers, dl_dh, n) - np.bincount(bandit.winners, dl_dh, n)",
+           "toy_bandit logratio_margin_grad: winners and losers swapped"),
+    Mutant(B, "k = int(np.argmin([loss for", "k = int(np.argmax([loss for",
+           "toy_bandit pessimistic_distill_loss: argmin -> argmax"),
+    Mutant(B, "grad + m.gamma * g", "grad - m.gamma * g",
+           "toy_bandit policy_loss: forward-KL gradient subtracted"),
+]
+
+
+def stale(mutants):
+    """the mutants whose snippet does not occur exactly once in its file, as printable lines."""
+    out = []
+    for m in mutants:
+        with open(os.path.join(HERE, m.file)) as fh:
+            n = fh.read().count(m.old)
+        if n != 1 or m.old == m.new:
+            out.append(f"{m.file}: {m.description}: snippet found {n} times (need exactly 1): {m.old!r}")
+    return out
+
+
+def working_tree_files():
+    """the paths git tracks (as they are now on disk) and the untracked ones it does not ignore."""
+    names = subprocess.run(["git", "-C", HERE, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    return sorted({n for n in names if n and os.path.isfile(os.path.join(HERE, n))})
+
+
+def ordered_tests(files, mutant):
+    """every test file, the mutated module's own first: the same tests, but -x stops sooner on a catch."""
+    tests = [f for f in files if os.path.basename(f).startswith("test_") and f.endswith(".py")]
+    own = "test_" + mutant.file if mutant else None
+    return sorted(tests, key=lambda f: (f != own, f))
+
+
+def run_suite(files, mutant, timeout):
+    """copy the files into a fresh folder, apply the mutant (None: the clean suite), run the fast suite there.
+    -> (pytest failed or timed out, seconds, what failed first)"""
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="rddpo-mutant-") as tmp:
+        for name in files:
+            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+            shutil.copy2(os.path.join(HERE, name), os.path.join(tmp, name))
+        if mutant:
+            path = os.path.join(tmp, mutant.file)
+            with open(path) as fh:
+                text = fh.read()
+            with open(path, "w") as fh:
+                fh.write(text.replace(mutant.old, mutant.new, 1))
+        env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+        proc = subprocess.Popen(PYTEST + ordered_tests(files, mutant), cwd=tmp, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # its own process group, so a timeout ends its children too
+        try:
+            out = proc.communicate(timeout=timeout)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.communicate()
+            return True, time.time() - t0, f"timeout after {timeout} s"
+    first = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    last = [line for line in out.splitlines() if line.strip()][-1:] or ["no output"]
+    return proc.returncode != 0, time.time() - t0, (first or last)[0].split(" - ")[0][:100]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
+    ap.add_argument("--only", action="append", metavar="SUBSTRING",
+                    help="run the mutants whose description contains SUBSTRING (repeatable: any of them)")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1: pytest uses every core)")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per mutant; a timeout counts as caught")
+    ap.add_argument("--skip-clean", action="store_true", help="do not run the clean suite first")
+    args = ap.parse_args(argv)
+
+    problems = stale(MUTANTS)  # all of them, not only the selected: a refactor that breaks one is seen
+    if problems:
+        print("mutants that no longer match the code (update their snippets):", *problems, sep="\n  ")
+        return 2
+    chosen = [m for m in MUTANTS if not args.only or any(s in m.description for s in args.only)]
+    if args.list or not chosen:
+        for i, m in enumerate(chosen, 1):
+            print(f"{i:3d}  {m.file:13s} {m.description}")
+        print(f"{len(chosen)} of {len(MUTANTS)} mutants")
+        return 0 if chosen else 2
+
+    files = working_tree_files()
+    if not args.skip_clean:
+        failed, secs, what = run_suite(files, None, args.timeout)
+        print(f"clean suite: {'FAILS: ' + what if failed else 'passes'} ({secs:.0f} s)", flush=True)
+        if failed:
+            print("fix the suite first: with a failing suite every mutant would count as caught")
+            return 2
+    caught, survivors = 0, []
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_suite, files, m, args.timeout): m for m in chosen}
+        for done, future in enumerate(as_completed(futures), 1):
+            m, (failed, secs, what) = futures[future], future.result()
+            caught += failed
+            survivors += [] if failed else [m]
+            print(f"[{done:2d}/{len(chosen)}] {'caught  ' if failed else 'SURVIVED'} {secs:5.0f} s  {m.description}"
+                  + (f"  ({what})" if failed else ""), flush=True)
+    share = caught / len(chosen)
+    print(f"\ncaught {caught} of {len(chosen)} mutants: {share:.0%} (target {TARGET:.0%})")
+    for m in survivors:
+        print(f"  survived: {m.file}: {m.description}")
+    return 0 if share >= TARGET else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
