@@ -2,12 +2,15 @@
 report.py: everything around the method that does not teach it.
 
 The command line (flags from a config dataclass, presets, checks made before any work), reading a data
-file, loading a model from the Hugging Face hub or a cache, run folders, results.json, tables and
-figures. rddpo.py, bench.py, toy_bandit.py and the notebooks share it; it imports none of them, and it
-imports torch and transformers only inside the functions that need them (toy_bandit.py uses no torch).
+file, loading a model from the Hugging Face hub or a cache, run folders and records, results.json, paired
+statistics, tables, figures, and the token-level plumbing (padding, a word-level tokenizer, a pretraining
+loop, sampling with a key-value cache). rddpo.py, bench.py, toy_bandit.py and the notebooks share it; it
+imports none of them, and it imports torch and transformers only inside the functions that need them
+(toy_bandit.py uses no torch).
 
   1. the command line     2. checks of the flags       3. a data file of pairs
   4. models from the hub  5. run folders and records   6. tables      7. figures
+  8. evaluation records   9. token ids: padding, tokenizer, pretraining, sampling
 """
 import argparse
 import dataclasses

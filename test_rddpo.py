@@ -395,6 +395,20 @@ def test_reward_model_reads_the_same_token_under_left_and_right_padding(tiny, to
     assert r["left"].std() > 0  # the rows really differ
 
 
+def test_reward_model_reads_the_last_real_token_whatever_the_padding_holds(tiny, tokenizer):
+    """right padding filled with eos (as gpt-2 pads) or with another token id: the same rewards, since the
+    padding is masked out and the head reads the last real token, not the last position."""
+    torch.manual_seed(0)
+    rm = rddpo.RewardModel(tiny).eval()
+    torch.nn.init.normal_(rm.head.weight)
+    p, r, _ = zip(*[rddpo.encode(tokenizer, a, b, 64) for a, b in zip(PROMPTS, RESPONSES)])
+    r_eos, r_unk = (rddpo.token_rows(p, r, pad) for pad in (tokenizer.eos_token_id, tokenizer.unk_token_id))
+    assert (r_eos.attention_mask == 0).any()
+    with torch.no_grad():
+        torch.testing.assert_close(rm(r_unk.input_ids, r_unk.attention_mask), rm(r_eos.input_ids, r_eos.attention_mask),
+                                   atol=1e-5, rtol=0)
+
+
 def test_reward_model_starts_at_zero_and_does_not_change_the_reference(tiny):
     before = [p.clone() for p in tiny.parameters()]
     rm = rddpo.RewardModel(tiny)
@@ -964,14 +978,15 @@ def test_train_policy_takes_the_documented_adamw_steps_from_the_reference_and_le
     the policy's log-probs of the batch's chosen rows and then its rejected rows, dpo_loss against the reference's
     log-probs, zero_grad, backward, AdamW. the reference's weights do not move, the policy's implicit reward is 0
     at step 1 (logged before the first update), and the margin on these easy pairs grows."""
+    reference = sharpened(tiny)  # not what a fresh model built at any seed would be
     pairs = easy_pairs(tokenizer)
-    pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
-    before = copy.deepcopy(tiny.state_dict())
+    pairs.ref_logps = rddpo.all_logps(reference, pairs.tokens, np.arange(16), "cpu")
+    before = copy.deepcopy(reference.state_dict())
     cfg = rddpo.Config(steps=3, batch_size=4, lr=1e-2, log_every=1, eval_points=1)
     logged = []
-    policy, shares = rddpo.train_policy(tiny, pairs, "dpo", cfg, seed=0, device="cpu",
+    policy, shares = rddpo.train_policy(reference, pairs, "dpo", cfg, seed=0, device="cpu",
                                         log=lambda step, m: logged.append(m))
-    mine = rddpo.without_dropout(copy.deepcopy(tiny)).train()
+    mine = rddpo.without_dropout(copy.deepcopy(reference)).train()
     opt, rng = torch.optim.AdamW(mine.parameters(), lr=1e-2), np.random.default_rng([0, 0])
     for _ in range(3):
         idx = rng.choice(8, 4, replace=False)
@@ -984,7 +999,7 @@ def test_train_policy_takes_the_documented_adamw_steps_from_the_reference_and_le
         opt.step()
     for (name, a), b in zip(policy.state_dict().items(), mine.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    assert all(torch.equal(v, tiny.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in before.items())
     assert abs(logged[0]["rewards/margins"]) < 1e-6 and logged[-1]["rewards/margins"] > logged[0]["rewards/margins"]
     assert shares is None
 
@@ -1016,8 +1031,14 @@ def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_a
     same, _ = rddpo.evaluate(copy.deepcopy(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
     assert same["win_rate"] == 0.5 and same["kl"] == 0.0 and same["margin_max"] == 0.0
     torch.manual_seed(11)
-    other, _ = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
+    other, shown = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu", n_show=3)
     assert other["kl"] > 0.1 and other["kl_per_token"] > 0
+    torch.manual_seed(11)  # the same samples again: KL(pi || pi_ref), the policy first (the enumeration test checks it)
+    drawn = rddpo.report.sample(sharpened(tiny), tokenizer, prompts, 12, 64, "cpu")
+    kl, logratio = rddpo.sequence_kl(sharpened(tiny), tiny, rddpo.token_rows(drawn.prompt_ids, drawn.response_ids,
+                                                                              tokenizer.eos_token_id), "cpu")
+    assert other["kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
+    assert [s["logratio"] for s in shown] == pytest.approx(logratio[:3].tolist(), rel=1e-6)
 
 
 def test_reward_model_loss_is_bradley_terry_plus_the_centering_term():
