@@ -287,8 +287,8 @@ def sequence_kl(policy, reference, tokens, device, batch_size=16):
         ids, mask, resp = batch_tensors(tokens, np.arange(i, min(i + batch_size, len(tokens.input_ids))), device)
         lp = forward(policy, ids, mask)[:, :-1].float().log_softmax(-1)  # (b, T-1, V): position t-1 predicts t
         lq = forward(reference, ids, mask)[:, :-1].float().log_softmax(-1)  # (b, T-1, V)
-        on = resp[:, 1:].bool()  # (b, T-1)
-        kl.append(torch.where(on, (lp.exp() * (lp - lq)).sum(-1), 0.0).sum(-1).cpu())  # (b,)
+        on, p = resp[:, 1:].bool(), lp.exp()  # (b, T-1), (b, T-1, V)
+        kl.append(torch.where(on, torch.where(p > 0, p * (lp - lq), 0.0).sum(-1), 0.0).sum(-1).cpu())  # (b,): 0 log 0 = 0
         drawn = (lp - lq).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (b, T-1)
         logratio.append(torch.where(on, drawn, 0.0).sum(-1).cpu())  # (b,)
     return torch.cat(kl), torch.cat(logratio)
@@ -612,12 +612,11 @@ def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_
     """-> (a dict of floats, the first n_show samples as dicts). on held-out prompts, of the policy's samples: kl
     (KL(pi || pi_ref) per response, nats), kl_per_token, tokens and length (words); on the built-in task also
     gold_reward, gold_ref, length_ref and win_rate (against pi_ref's samples, ties half). on the training pairs:
-    logps_chosen_change, logps_rejected_change, margin_mean and margin_max (beta h); on the held-out pairs,
-    heldout_accuracy (the share with h > 0)."""
+    logps_chosen_change, logps_rejected_change, margin_mean and margin_max (beta h); heldout_accuracy: the share
+    of held-out pairs with h > 0, ties (h = 0, as for pi_ref) half."""
     drawn = sample(policy, tokenizer, ev.prompts, max_new_tokens, max_length, device, "evaluate")
     tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # exactly the ids drawn
-    kl, logratio = sequence_kl(policy, reference, tokens, device)  # (P,), (P,)
-    n_tokens = tokens.response_mask.sum(-1).float()  # (P,)
+    (kl, logratio), n_tokens = sequence_kl(policy, reference, tokens, device), tokens.response_mask.sum(-1).float()  # (P,)
     res = dict(kl=kl.mean().item(), kl_per_token=(kl.sum() / n_tokens.sum()).item(), tokens=n_tokens.mean().item(),
                length=float(np.mean([len(t.split()) for t in drawn.texts])))
     pc, pr = all_logps(policy, pairs.tokens, np.arange(2 * len(pairs.keep)), device).chunk(2)
@@ -629,8 +628,9 @@ def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_
         gold = np.array([gold_reward(t) for t in drawn.texts])  # (P,)
         res.update(gold_reward=float(gold.mean()), gold_ref=float(ev.ref_gold.mean()), length_ref=ev.ref_length,
                    win_rate=float(np.mean((gold > ev.ref_gold) + 0.5 * (gold == ev.ref_gold))))
-    hc, hr = all_logps(policy, ev.pairs.tokens, np.arange(2 * len(ev.pairs.keep)), device).chunk(2)
-    res["heldout_accuracy"] = (logratio_margin(hc, hr, *ev.pairs.ref_logps.chunk(2)) > 0).float().mean().item()
+    h = logratio_margin(*all_logps(policy, ev.pairs.tokens, np.arange(2 * len(ev.pairs.keep)), device).chunk(2),
+                        *ev.pairs.ref_logps.chunk(2))  # (M,)
+    res["heldout_accuracy"] = ((h > 0).float() + 0.5 * (h == 0).float()).mean().item()
     return res, report.sample_rows(ev.prompts[:n_show], drawn, tokenizer.eos_token_id,
                                    gold_reward if ev.ref_gold is not None else None, logratio.tolist())
 
@@ -652,8 +652,9 @@ def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed,
         checkpoints.append(dict(step=step, **metrics))
         reference.cpu()  # while a policy trains, only the policy is on the device
     reference.cpu()
+    tag = dict(bias=bias, seed=seed, method=method)  # on every logged row
     policy, member_min_share = train_policy(reference, pairs, method, cfg, seed, device, checkpoint=checkpoint,
-                                            log=lambda step, m: log(dict(bias=bias, seed=seed, method=method, step=step, **m)))
+                                            log=lambda step, m: log(dict(tag, step=step, **m)))
     reference.to(device)
     for part in (policy, tokenizer) if save_dir else ():  # a model folder that from_pretrained loads
         part.save_pretrained(os.path.join(save_dir, f"policy-{method}-bias{bias}-seed{seed}"))

@@ -161,6 +161,7 @@ def check_config(cfg, methods, given=None):
         (cfg.n_pairs >= 1 and cfg.n_eval >= 1, "--n-pairs and --n-eval must be >= 1"),
         (cfg.max_new_tokens >= 1 and cfg.max_length >= 8, "--max-new-tokens must be >= 1 and --max-length >= 8"),
         (cfg.log_every >= 1, "--log-every must be >= 1"),
+        (1 <= cfg.eval_points <= cfg.steps, f"--eval-points must be in [1, --steps] (got {cfg.eval_points})"),
         (cfg.data or cfg.batch_size <= cfg.n_pairs,
          f"--batch-size {cfg.batch_size} is larger than the {cfg.n_pairs} training pairs (--n-pairs); lower it"),
     ]
@@ -561,8 +562,8 @@ PAIRED_KEYS = ["win_rate", "gold_reward", "heldout_accuracy", "length", "kl"]
 
 
 def t95(df):
-    # choice: the normal quantile beyond 30 degrees of freedom, so no table of t is needed (at 40, t is 2.02)
-    return T95[df - 1] if df <= len(T95) else 1.96
+    # choice: beyond the table, the normal quantile with its first correction for df (2.02 at 40, as t is)
+    return T95[df - 1] if df <= len(T95) else 1.96 + (1.96 ** 3 + 1.96) / (4 * df)
 
 
 def mean_interval(values):
@@ -986,7 +987,7 @@ def reward_model_stats(held_rewards, train_rewards, chosen, rejected, gold_rewar
 
 
 def sample_rows(prompts, drawn, eos, gold_reward=None, logratio=None):
-    """samples.jsonl rows of the responses drawn (an rddpo.Sampled) for the prompts given; zip stops at the shorter."""
+    """samples.jsonl rows of the responses drawn (a Sampled) for the prompts given; zip stops at the shorter."""
     return [dict(prompt=p, response=t, tokens=len(ids), cut_off=eos not in ids, length=len(t.split()),
                  gold=gold_reward(t) if gold_reward else None, logratio=0.0 if logratio is None else logratio[i])
             for i, (p, t, ids) in enumerate(zip(prompts, drawn.texts, drawn.response_ids))]

@@ -364,12 +364,17 @@ def test_long_responses_are_truncated_and_too_long_prompts_skipped(tokenizer):
     assert data.tokens.response_mask[0].sum().item() == 4
 
 
-def test_implicit_reward_is_exactly_zero_when_policy_is_the_reference(tiny, tokenizer):
+def test_implicit_reward_is_zero_for_the_reference_and_beta_times_the_log_ratio_for_another_policy(tiny, tokenizer):
+    """a copy of the reference: exactly 0 on every response. a sharpened policy: 0.1 times its log-prob minus the
+    reference's, both from the per-token loop (brute_force_logps), so sign and beta are checked on real sequences."""
     data = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, 64)
-    policy = copy.deepcopy(tiny)
     ref = rddpo.all_logps(tiny, data, np.arange(3), "cpu")
-    pol = rddpo.all_logps(policy, data, np.arange(3), "cpu")
-    assert (rddpo.implicit_reward(pol, ref, 0.1) == 0).all()
+    assert (rddpo.implicit_reward(rddpo.all_logps(copy.deepcopy(tiny), data, np.arange(3), "cpu"), ref, 0.1) == 0).all()
+    policy = sharpened(tiny)
+    got = rddpo.implicit_reward(rddpo.all_logps(policy, data, np.arange(3), "cpu"), ref, 0.1).double()
+    want = 0.1 * (brute_force_logps(policy, tokenizer, PROMPTS, RESPONSES) - brute_force_logps(tiny, tokenizer, PROMPTS, RESPONSES))
+    assert want.abs().min() > 0.01
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 # -----------------------------------------------------------------------------
@@ -561,7 +566,7 @@ def test_quick_run_end_to_end(runs_dir):
     for r in results["runs"]:
         for k in ("gold_reward", "win_rate", "length", "kl", "kl_per_token", "logps_chosen_change", "margin_max"):
             assert math.isfinite(r[k]), (r["method"], k)
-        assert 0 <= r["win_rate"] <= 1 and r["kl"] >= 0 and r["kl_per_token"] * r["tokens"] == pytest.approx(r["kl"], rel=1e-5)
+        assert 0 <= r["win_rate"] <= 1 and r["kl"] >= 0 and r["kl_per_token"] <= r["kl"] and r["tokens"] >= 1
         assert [c["step"] for c in r["checkpoints"]] == [5, 10, 15]
         assert {k: v for k, v in r["checkpoints"][-1].items() if k != "step"}.items() <= r.items()
     share = results["runs"][3]["member_min_share"]
@@ -1030,6 +1035,7 @@ def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_a
     torch.manual_seed(11)
     same, _ = rddpo.evaluate(copy.deepcopy(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
     assert same["win_rate"] == 0.5 and same["kl"] == 0.0 and same["margin_max"] == 0.0
+    assert same["heldout_accuracy"] == 0.5  # h = 0 on every held-out pair: a tie, counted half
     torch.manual_seed(11)
     other, shown = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu", n_show=3)
     assert other["kl"] > 0.1 and other["kl_per_token"] > 0
@@ -1078,11 +1084,11 @@ def test_train_policy_calls_the_checkpoint_at_evenly_spaced_steps_the_last_at_th
 
 
 def test_evaluate_compares_the_policys_gold_with_pi_refs(tiny, tokenizer):
-    """pi_ref's gold set to -1 on every prompt: the win rate is the share of the policy's samples above -1 plus half
-    of those at -1, read off the same samples drawn again with the same seed."""
+    """pi_ref's gold set prompt by prompt to -1, 1, 0, ...: the win rate is the share of prompts where the policy's
+    sample beats pi_ref's on that prompt plus half the ties, read off the same samples drawn again with the same seed."""
     prompts = PROMPTS * 6
     ev = rddpo.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
-                        "cpu", ref_gold=np.full(len(prompts), -1.0), ref_length=1.0)
+                        "cpu", ref_gold=np.resize([-1.0, 1.0, 0.0], len(prompts)), ref_length=1.0)
     ev.prompts = prompts
     pairs = easy_pairs(tokenizer)
     pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
@@ -1091,5 +1097,23 @@ def test_evaluate_compares_the_policys_gold_with_pi_refs(tiny, tokenizer):
     torch.manual_seed(5)
     gold = np.array([rddpo.gold_reward(t) for t in rddpo.report.sample(sharpened(tiny), tokenizer, prompts, 12, 64,
                                                                           "cpu", "evaluate").texts])
-    assert res["win_rate"] == pytest.approx(np.mean(gold > -1) + 0.5 * np.mean(gold == -1))
-    assert res["gold_reward"] == pytest.approx(gold.mean()) and res["gold_ref"] == -1.0
+    ref_gold = ev.ref_gold  # prompt by prompt: -1, 1, 0, -1, ...
+    assert res["win_rate"] == pytest.approx(np.mean(gold > ref_gold) + 0.5 * np.mean(gold == ref_gold))
+    assert res["gold_reward"] == pytest.approx(gold.mean()) and res["gold_ref"] == pytest.approx(ref_gold.mean())
+
+
+def test_reward_model_stats_hand_values():
+    """3 held-out pairs, rewards chosen (2, 0, 1) and rejected (1, 1, 1): right on the labels in pair 1 only (a tie
+    is not a win) -> 1/3. gold (1, -1, 0.5) against (0, 1, 0.5): pair 3 ties in gold and is left out; the model
+    agrees with gold on pair 1 (2 > 1, 1 > 0) and on pair 2 (0 < 1, -1 < 1) -> 2/2 = 1. lengths 1, 2, 3, 4, 5, 6
+    words against rewards (2, 0, 1, 1, 1, 1): their pearson correlation. training rewards (3, 1) against (1, 2):
+    mean |dr| = 1.5."""
+    chosen, rejected = ["a", "a b", "a b c"], ["a b c d", "a b c d e", "a b c d e f"]
+    gold = {"a": 1.0, "a b": -1.0, "a b c": 0.5, "a b c d": 0.0, "a b c d e": 1.0, "a b c d e f": 0.5}
+    out = rddpo.report.reward_model_stats(torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 1.0]), torch.tensor([3.0, 1.0, 1.0, 2.0]),
+                                          chosen, rejected, gold.get)
+    assert out["accuracy_labels"] == pytest.approx(1 / 3) and out["accuracy_gold"] == 1.0
+    r, lengths = np.array([2, 0, 1, 1, 1, 1.0]), np.arange(1, 7)
+    assert out["length_corr"] == pytest.approx(np.corrcoef(r, lengths)[0, 1]) and out["reward_diff"] == 1.5
+    assert out["heldout_pairs"] == 3
+    assert rddpo.report.reward_model_stats(torch.ones(6), torch.ones(4), chosen, rejected)["accuracy_gold"] is None
