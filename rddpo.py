@@ -570,13 +570,13 @@ def batch_metrics(loss, policy_logps, rows, pairs, beta):
 
 def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=lambda step, policy: None):
     """train a copy of the reference with `method` for cfg.steps steps; log(step, metrics) every log_every and
-    checkpoint(step, policy) at cfg.eval_points evenly spaced steps. -> (policy, for e-DPO the share of steps
+    checkpoint(step, policy) at eval_points (at most steps) evenly spaced steps. -> (policy, for e-DPO the share of steps
     at which each family member was the minimum, else None)"""
     seed_everything(seed)
     policy = without_dropout(copy.deepcopy(reference).to(device).train())
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     n, rng = len(pairs.keep), np.random.default_rng([seed, METHODS.index(method)])
-    at = {round(cfg.steps * i / cfg.eval_points) for i in range(1, cfg.eval_points + 1)}
+    at = {round(cfg.steps * i / min(cfg.eval_points, cfg.steps)) for i in range(1, min(cfg.eval_points, cfg.steps) + 1)}
     picked = np.zeros(len(pairs.rm_family) if method == "e-dpo" else 0)  # (K,)
     bar = progress(range(1, cfg.steps + 1), f"train {method}")
     for step in bar:

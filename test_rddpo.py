@@ -695,6 +695,7 @@ def test_a_builtin_task_flag_with_data_is_an_error(tmp_path, capsys, args, says)
     (["--sweep", "--bias", "0.2"], "--bias applies to no run under --sweep"),
     (["--seeds", "1", "2", "1"], "--seeds has a duplicate"),
     (["--seeds", "-1"], "--seeds must be >= 0"),
+    (["--eval-points", "0"], "--eval-points must be >= 1"),
     (["--model", "gpt2", "--n-layer", "4"], "--n-layer applies to the built-in tiny model only"),
     (["--methods", "dpo,ipo", "--gamma", "0.2"], "--gamma applies to e-dpo and p-dpo only"),
     (["--methods", "p-dpo", "--ensemble", "2"], "--ensemble applies to e-dpo only"),
