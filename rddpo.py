@@ -170,9 +170,9 @@ def load_reference(cfg, device, check=lambda tokenizer: None):
     pretrained once and cached in --out. --max-length, and check(tokenizer), run before any training."""
     tiny = cfg.model == "tiny"
     model, tokenizer = (None, build_tokenizer()) if tiny else report.load_pretrained(cfg.model, cfg.max_length)
-    if (tiny or not cfg.data) and cfg.max_length < longest_task_tokens(tokenizer):  # pretraining reads the task too
+    if (tiny or not cfg.data) and cfg.max_length < (need := longest_task_tokens(tokenizer)):  # pretraining reads it too
         raise UsageError(f"--max-length {cfg.max_length} cannot hold the task's longest prompt and review "
-                         f"({longest_task_tokens(tokenizer)} tokens); raise it")
+                         f"({need} tokens); raise it")
     check(tokenizer)
     if not tiny:
         return model.to(device).eval(), tokenizer

@@ -372,11 +372,16 @@ def new_run_dir(out, prefix="run"):
     raise UsageError(f"no free {prefix}-NNN name in --out {out!r}; choose another folder")
 
 
-def write_json(path, obj):
+def write_whole(path, text):
+    """text to path under a temporary name, then renamed: a reader sees the file whole or not at all."""
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)  # whole or not at all
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    write_whole(path, json.dumps(obj, indent=1))
 
 
 def iso_time(t):
@@ -497,10 +502,7 @@ def write_samples(path, rows):
     """samples.jsonl: one json object per line, {bias, seed, prompt, policy (pi_ref or a method), response, tokens,
     cut_off (hit --max-new-tokens), length (words), gold (None on your own data), logratio (log pi(y|x) -
     log pi_ref(y|x), nats; 0 for pi_ref)}."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row) + "\n" for row in rows)
-    os.replace(tmp, path)
+    write_whole(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def read_samples(path):
