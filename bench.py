@@ -106,7 +106,9 @@ def make_data(tokenizer, args, rng):
         return " ".join(rng.choice(words, n))
     prompts = [text(args.tokens // 4) for _ in range(args.pairs)]
     chosen, rejected = ([" " + text(args.tokens) for _ in range(args.pairs)] for _ in range(2))
-    return rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, args.tokens)
+    data = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, args.tokens)
+    data.pool = rddpo.tokenize(tokenizer, prompts, [" " + text(args.tokens) for _ in prompts], args.tokens)  # (N, T)
+    return data
 
 
 def timed(fn, device):
@@ -127,6 +129,7 @@ def one_off_cost(reference, data, device, amp, rng):
     n = len(data.keep)
     with amp():
         ref_ms, data.ref_logps = timed(lambda: rddpo.all_logps(reference, data.tokens, np.arange(2 * n), device), device)
+        data.pool_ref_logps = rddpo.all_logps(reference, data.pool, np.arange(n), device)  # (N,)
         rm = rddpo.RewardModel(reference).to(device).eval()
         rm_ms, _ = timed(lambda: rddpo.score(rm, data.tokens, device), device)
     # an untrained head scores 0 everywhere; random values stand in (the step's cost does not depend on them)
@@ -143,25 +146,30 @@ def one_off_cost(reference, data, device, amp, rng):
 
 
 def make_losses(data, cfg):
-    """name -> loss(policy_logps, rows), the part of the step that differs between the variants."""
+    """name -> loss(policy_logps, rows, pool_logps, pool_rows), the part of the step that differs between the
+    variants (pool_logps: e-DPO's and p-DPO's forward-KL responses, else None). choice: the bare floor sums the
+    sequence log-probs, not the logits: every preference loss needs those log-probs, so their log-softmax belongs
+    to the policy's forward pass, not to the loss arithmetic."""
     k4 = dataclasses.replace(data, rm_family=data.rm_family[:4])  # (4, 2N): the first four members
     def method(name, d):
-        return lambda policy_logps, rows: rddpo.policy_loss(name, policy_logps, rows, d, cfg.beta, cfg.gamma)
-    # choice: the floor sums the sequence log-probs, not the logits: every preference loss needs those
-    # log-probs, so their log-softmax belongs to the policy's forward pass, not to the loss arithmetic
-    return {"bare": lambda policy_logps, rows: policy_logps.sum(), "dpo": method("dpo", data),
+        return lambda *args: rddpo.policy_loss(name, *args[:2], d, cfg.beta, cfg.gamma, *args[2:])
+    return {"bare": lambda policy_logps, *_: policy_logps.sum(), "dpo": method("dpo", data),
             "ipo": method("ipo", data), "d-dpo": method("d-dpo", data), "e-dpo K=4": method("e-dpo", k4),
             "e-dpo K=16": method("e-dpo", data), "p-dpo": method("p-dpo", data)}
 
 
 def make_steps(policy, opt, data, losses, device, amp):
-    """name -> step(rows) -> loss. every variant steps the same policy with the same optimizer."""
+    """name -> step(rows) -> loss. every variant steps the same policy with the same optimizer; e-DPO and p-DPO
+    also take the forward-KL term's B pool responses (the batch's own rows of the pool), as rddpo.train_policy does."""
     def make(name):
+        pooled = name.startswith(("e-dpo", "p-dpo"))
         def step(rows):
             ids, mask, resp = rddpo.batch_tensors(data.tokens, rows, device)  # (2B, T) each
             with amp():
                 policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
-                loss = losses[name](policy_logps, rows)
+                order = rows[:len(rows) // 2]  # (B,): pool_batch at step 1 takes exactly these rows
+                pool = rddpo.pool_batch(policy, data, order, 1, len(order), device) if pooled else ()
+                loss = losses[name](policy_logps, rows, *pool)
             if name != "bare" and not torch.isfinite(loss):  # as train_policy checks
                 raise report.TrainingDiverged(f"{name}: the loss became {loss.item()}")
             opt.zero_grad()
@@ -179,7 +187,9 @@ def loss_alone(losses, rows, device, reps=200):
     for _ in range(reps):
         for name, loss in losses.items():
             policy_logps = torch.randn(len(rows), device=device, requires_grad=True)  # (2B,)
-            times[name].append(timed(lambda: loss(policy_logps, rows).backward(), device)[0] * 1e3)
+            pool = (torch.randn(len(rows) // 2, device=device, requires_grad=True), rows[:len(rows) // 2]) \
+                if name.startswith(("e-dpo", "p-dpo")) else ()  # (B,) leaf log-probs of the pool rows
+            times[name].append(timed(lambda: loss(policy_logps, rows, *pool).backward(), device)[0] * 1e3)
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
@@ -295,15 +305,21 @@ def summarize(times, peaks, loss_us):
 
 def targets(res):
     """each target: met?, the measured value, its limit, and the value that the loss alone predicts (the
-    base variant's median step plus the difference of the two losses' own times): noise-free, for a miss."""
+    base variant's median step plus the difference of the two losses' own times): noise-free, for a miss.
+    choice: p-DPO within 1.6x DPO: the forward-KL pool adds B sequences to the step's 2B, about 1.5x the work."""
     v, m = res["variants"], res["memory"]
     def from_loss(n, base):
         return 1 + (v[n]["loss_us"] - v[base]["loss_us"]) / (1e3 * v[base]["median_ms"])
-    methods = [n for n in v if n != "bare"]
+    unpooled, pooled = ["ipo", "d-dpo"], ["e-dpo K=4", "e-dpo K=16"]
     e = v["e-dpo K=16"]["ratio_to_dpo"] / v["e-dpo K=4"]["ratio_to_dpo"]
     e_loss = from_loss("e-dpo K=16", "e-dpo K=4")
-    rows = [("every method's step within 1.05x DPO's", max(v[n]["ratio_to_dpo"] for n in methods), 1.05,
-             max(from_loss(n, "dpo") for n in methods)),
+    p = {n: v[n]["ratio_to_dpo"] / v["p-dpo"]["ratio_to_dpo"] for n in pooled}
+    rows = [("IPO's and d-DPO's steps within 1.05x DPO's", max(v[n]["ratio_to_dpo"] for n in unpooled), 1.05,
+             max(from_loss(n, "dpo") for n in unpooled)),
+            ("the forward-KL pool: p-DPO's step within 1.6x DPO's", v["p-dpo"]["ratio_to_dpo"], 1.6,
+             from_loss("p-dpo", "dpo")),
+            ("e-DPO's step within 1.05x p-DPO's (the same pool)", max(p.values()), 1.05,
+             max(from_loss(n, "p-dpo") for n in pooled)),
             ("DPO's step within 1.10x the bare step", v["dpo"]["ratio_to_bare"], 1.10, from_loss("dpo", "bare")),
             ("e-DPO's step the same at K=4 and K=16 (within 5%)", max(e, 1 / e), 1.05, max(e_loss, 1 / e_loss))]
     out = {name: dict(met=bool(value <= limit), value=value, limit=limit, from_loss_alone=fl)

@@ -28,6 +28,9 @@ import torch.nn.functional as F
 
 import report
 from report import UsageError, pad, progress, sample, seed_everything
+from task import (EVAL_TITLES, GOLDS, MAX_SENTENCES, NEGATIVE, NEUTRAL, POSITIVE, TITLES, annotate,  # noqa: F401
+                  build_tokenizer, gold_reward, label_pairs, longest_task_tokens, make_prompts, make_review, reviews,
+                  words)
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")
 N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
@@ -35,7 +38,7 @@ N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
 # -----------------------------------------------------------------------------
 # 1. configuration
 
-QUICK = dict(pretrain_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5, eval_points=3)  # --quick
+QUICK = dict(sft_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5, eval_points=3)  # --quick
 
 
 @dataclass
@@ -44,6 +47,9 @@ class Config:
                                                  "or a causal LM name or local path for from_pretrained, e.g. gpt2"})
     methods: str = field(default=",".join(METHODS), metadata={"help": "comma list of methods to train (any case)"})
     bias: float = field(default=0.5, metadata={"help": "probability that the annotator prefers the longer response"})
+    gold: str = field(default="careful", metadata={"help": "the gold reader (task.py): careful, whom verbosity and "
+                                                   "repetition put off, or the length-blind neutral control",
+                                                   "choices": GOLDS})
     seeds: list = field(default_factory=lambda: [0], metadata={"help": "one or more seeds (data, reward models, policies)"})
     beta: float = field(default=0.1, metadata={"help": "KL strength: implicit reward = beta * log(pi / pi_ref)"})
     # choice: one gamma serves e-DPO and p-DPO, though p-DPO needs it away from 0 and e-DPO only to break ties
@@ -68,7 +74,10 @@ class Config:
     n_layer: int = field(default=2, metadata={"help": "tiny model: layers"})
     n_embd: int = field(default=64, metadata={"help": "tiny model: width"})
     n_head: int = field(default=4, metadata={"help": "tiny model: attention heads"})
-    pretrain_steps: int = field(default=600, metadata={"help": "tiny model: pretraining steps (cached in --out)"})
+    sft_steps: int = field(default=600, metadata={"help": "steps of supervised fine-tuning on the task's reviews that "
+                                                  "make pi_ref write them (the tiny model's pretraining; cached in --out)"})
+    unlabeled: int = field(default=0, metadata={"help": "pairs sampled from pi_ref, unlabelled, that d-DPO and e-DPO "
+                                                "distil on besides the labelled ones (the paper's rho)"})
     log_every: int = field(default=25, metadata={"help": "steps between logged training lines"})
     eval_points: int = field(default=4, metadata={"help": "evaluations along training, evenly spaced, the last at the end"})
     save_policy: bool = field(default=False, metadata={"help": "write each trained policy as a model folder in its run"})
@@ -84,78 +93,12 @@ def parse_args(argv=None):
 
 # -----------------------------------------------------------------------------
 # 2. the task: prompts, the gold reward and the biased annotator
-# short movie reviews. the gold reward is the sentiment of the response, read off fixed word lists anyone
-# can check; length is the spurious feature that the biased annotator rewards.
-
-POSITIVE = "great wonderful brilliant moving superb delightful charming clever beautiful excellent".split()
-NEGATIVE = "awful boring dull terrible weak clumsy tedious bland messy forgettable".split()
-NEUTRAL = "typical familiar quiet loud slow simple modern serious".split()
-NOUNS = "acting plot story music ending script cast pacing dialogue camera".split()
-ADVERBS = "very quite really rather".split()
-TITLES = ("the long night|blue harbor|a quiet storm|the last train|paper moon|silver lake|the red door|"
-          "winter road|the glass house|dark water|the old mill|a summer game|the iron bridge|lost signal|"
-          "the green hill|city of ash|the night shift|a cold wind|the narrow gate|empty rooms").split("|")
-EVAL_TITLES = "the hidden valley|broken clocks|the salt road|a distant bell|the white tower|north star".split("|")
-OPENERS = ["my review of", "i watched", "thoughts on", "a few words about"]
-MAX_SENTENCES = 6
-
-
-def gold_reward(text):
-    """sentiment in [-1, 1]: (positive - negative adjectives) / all adjectives; 0 with none.
-    choice: a share, not a count, so that a longer response is not better or worse by itself."""
-    words = text.split()
-    pos, neg = sum(w in POSITIVE for w in words), sum(w in NEGATIVE for w in words)
-    neutral = sum(w in NEUTRAL for w in words)
-    return (pos - neg) / max(1, pos + neg + neutral)
-
-
-def make_prompts(rng, n, titles):
-    return [f"{OPENERS[rng.integers(len(OPENERS))]} {titles[rng.integers(len(titles))]} :" for _ in range(n)]
-
-
-def make_review(rng):
-    """one continuation: 1 to 6 sentences whose adjectives lean to a sentiment drawn per review."""
-    p_pos = rng.random()  # sentiment and length are drawn independently
-    sentences = []
-    for _ in range(rng.integers(1, MAX_SENTENCES + 1)):
-        u = rng.random()
-        adjs = POSITIVE if u < 0.8 * p_pos else NEGATIVE if u < 0.8 else NEUTRAL
-        adverb = f"{ADVERBS[rng.integers(len(ADVERBS))]} " if rng.random() < 0.3 else ""
-        sentences.append(f"the {NOUNS[rng.integers(len(NOUNS))]} was {adverb}{adjs[rng.integers(len(adjs))]} .")
-    return " " + " ".join(sentences)
-
-
-def longest_task_tokens(tokenizer):
-    """tokens in the longest prompt + review the task can generate, with eos: what --max-length must hold."""
-    sentence = [["the"], NOUNS, ["was"], ADVERBS, POSITIVE + NEGATIVE + NEUTRAL, ["."]]
-    return report.longest_text_tokens(tokenizer, [OPENERS, TITLES + EVAL_TITLES, [":"]] + sentence * MAX_SENTENCES) + 1
-
-
-def annotate(gold1, gold2, len1, len2, bias, rng):
-    """the biased annotator: True where the first response of a pair wins. with probability `bias` the longer
-    response (in words) wins, otherwise the one with the higher gold reward; ties at random. all arguments (N,).
-    choice: the gold decision is the argmax, so the length bias is the only label noise."""
-    coin = rng.random(len(gold1)) < 0.5  # (N,) breaks ties
-    biased = rng.random(len(gold1)) < bias  # (N,)
-    return np.where(biased, np.where(len1 == len2, coin, len1 > len2), np.where(gold1 == gold2, coin, gold1 > gold2))
-
-
-def label_pairs(first, second, bias, rng):
-    """the (chosen, rejected) texts of the pairs (first[i], second[i]), as the biased annotator labels them."""
-    wins = annotate(np.array([gold_reward(y) for y in first]), np.array([gold_reward(y) for y in second]),
-                    np.array([len(y.split()) for y in first]), np.array([len(y.split()) for y in second]), bias, rng)
-    pairs = [(a, b) if w else (b, a) for a, b, w in zip(first, second, wins)]
-    return [c for c, _ in pairs], [r for _, r in pairs]
-
+# short movie reviews, in task.py: two gold readers ("careful", whom verbosity and repetition put off, and the
+# length-blind "neutral" control), the review generator, and the annotator who prefers the longer response with
+# probability `bias` and otherwise the one the gold reader prefers.
 
 # -----------------------------------------------------------------------------
 # 3. models
-
-
-def build_tokenizer():
-    """a word-level tokenizer built in code over the task's closed vocabulary (nothing downloaded)."""
-    return report.word_tokenizer(POSITIVE + NEGATIVE + NEUTRAL + NOUNS + ADVERBS + ["the", "was", ".", ":"]
-                                 + " ".join(TITLES + EVAL_TITLES + OPENERS).split())
 
 
 def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
@@ -166,23 +109,26 @@ def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
 
 
 def load_reference(cfg, device, check=lambda tokenizer: None):
-    """the frozen reference pi_ref and its tokenizer: a model from the hub or a folder, or the tiny gpt-2,
-    pretrained once and cached in --out. --max-length, and check(tokenizer), run before any training."""
+    """the frozen reference pi_ref and its tokenizer. on the built-in task a model that has never seen it (the tiny
+    gpt-2 built in code, or a hub model or folder) is first fine-tuned for cfg.sft_steps on the task's reviews, as the
+    paper's pi_ref is a supervised model; that is cached in --out, keyed by model and settings. --max-length, and
+    check(tokenizer), run before any training. choice: learning rate 3e-3 from scratch (tiny), else 1e-4."""
     tiny = cfg.model == "tiny"
     model, tokenizer = (None, build_tokenizer()) if tiny else report.load_pretrained(cfg.model, cfg.max_length)
-    if (tiny or not cfg.data) and cfg.max_length < (need := longest_task_tokens(tokenizer)):  # pretraining reads it too
+    if (tiny or not cfg.data) and cfg.max_length < (need := longest_task_tokens(tokenizer)):  # fine-tuning reads it too
         raise UsageError(f"--max-length {cfg.max_length} cannot hold the task's longest prompt and review "
                          f"({need} tokens); raise it")
     check(tokenizer)
-    if not tiny:
+    if cfg.data or (not tiny and cfg.sft_steps == 0):
         return model.to(device).eval(), tokenizer
     def build():
         seed_everything(1234)
-        model = build_tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_length).to(device)
-        reviews = lambda rng: [p + make_review(rng) for p in make_prompts(rng, 64, TITLES + EVAL_TITLES)]  # noqa: E731
-        return report.pretrain(model, tokenizer, reviews, cfg.pretrain_steps, device), tokenizer  # speaks the task
-    model, tokenizer = report.cached_model(os.path.join(cfg.out, f"reference-L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}"
-                                                         f"-T{cfg.max_length}-S{cfg.pretrain_steps}"), build)
+        base = build_tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_length) if tiny else model
+        return report.pretrain(base.to(device), tokenizer, reviews, cfg.sft_steps, device, lr=3e-3 if tiny else 1e-4), \
+            tokenizer
+    name = f"L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}" if tiny else report.slug(cfg.model)
+    model, tokenizer = report.cached_model(os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{cfg.sft_steps}"),
+                                           build)
     return model.to(device).eval(), tokenizer
 
 
@@ -213,9 +159,12 @@ class Pairs:
     keep: list                      # indices of the given pairs that were kept (their prompt fits)
     skipped: int                    # pairs dropped because the prompt alone fills the context
     n_truncated: int                # pairs with a truncated chosen or rejected response
+    labelled: int = None            # the first `labelled` pairs carry labels; the rest (--unlabeled) only scores
     ref_logps: torch.Tensor = None  # (2N,) log pi_ref(y|x)
     rm_plain: torch.Tensor = None   # (2N,) scores of the plain reward model (d-DPO)
     rm_family: torch.Tensor = None  # (K, 2N) scores of each family member (e-DPO)
+    pool: Tokens = None             # (P, T) responses sampled from pi_ref for the forward-KL term (e-DPO, p-DPO)
+    pool_ref_logps: torch.Tensor = None  # (P,) their log pi_ref
 
 
 def encode(tokenizer, prompt, response, max_length):
@@ -248,7 +197,7 @@ def tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length, side="right
     tokens = tokenize(tokenizer, [prompts[i] for i in keep] * 2,
                       [chosen[i] for i in keep] + [rejected[i] for i in keep], max_length, side)
     cut = tokens.truncated[:len(keep)] | tokens.truncated[len(keep):]  # (N,)
-    return Pairs(tokens, keep, len(prompts) - len(keep), int(cut.sum()))
+    return Pairs(tokens, keep, len(prompts) - len(keep), int(cut.sum()), labelled=len(keep))
 
 
 def sequence_logps(logits, input_ids, response_mask):
@@ -401,7 +350,7 @@ def reward_scores(reference, pairs, held, cfg, seed, device, longer_won):
     returns (2N,) plain rewards, (K, 2N) family rewards, and each model's diagnostics on the held-out pairs.
     choice: the plain model (d-DPO) sees all pairs as labelled."""
     fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device)
-    idx = [np.arange(len(pairs.keep))] + [resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))
+    idx = [np.arange(pairs.labelled)] + [resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))
                                           for k, share in enumerate(family_shares(cfg.ensemble))]
     scores, diagnostics = [], []
     for k, share in enumerate([None] + family_shares(cfg.ensemble)):
@@ -410,7 +359,7 @@ def reward_scores(reference, pairs, held, cfg, seed, device, longer_won):
         scores.append(score(rm, pairs.tokens, device))  # (2N,)
         diagnostics.append(dict(model=f"member {k}" if k else "plain", share=share, **report.reward_model_stats(
             score(rm, held.pairs.tokens, device), scores[-1], held.chosen, held.rejected,
-            gold_reward if held.ref_gold is not None else None)))
+            (lambda y: gold_reward(y, held.gold)) if held.gold else None, cfg.beta)))
         del rm
     return scores[0], torch.stack(scores[1:]), diagnostics  # (2N,), (K, 2N), K + 1 dicts
 
@@ -419,10 +368,12 @@ def reward_scores(reference, pairs, held, cfg, seed, device, longer_won):
 # 7. the losses and the forward-KL estimate: pure functions of (B,) log-prob tensors, batch means
 
 
-def forward_kl_estimate(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
-    """KL(pi_ref || pi) ~ mean over the batch's 2B responses of log pi_ref(y) - log pi(y). choice: the batch's own
-    responses; unbiased when they were sampled from pi_ref (the built-in task), on other data a stay-close penalty."""
-    return ((reference_chosen_logps - policy_chosen_logps) + (reference_rejected_logps - policy_rejected_logps)).mean() / 2
+def forward_kl_estimate(policy_pool_logps, reference_pool_logps):
+    """KL(pi_ref || pi) ~ mean of log pi_ref(y) - log pi(y) over responses y sampled from pi_ref, (P,) each.
+    choice: y come from a pool drawn from pi_ref once before training, each used once. on a fixed set reused every
+    epoch (say the pairs' own responses) the mean is not a KL: raising those responses' likelihood without bound
+    (memorising them) lowers it, while the true KL is smallest at pi = pi_ref."""
+    return (reference_pool_logps - policy_pool_logps).mean()
 
 
 def dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, beta):
@@ -453,19 +404,20 @@ def distill_member_losses(policy_chosen_logps, policy_rejected_logps, reference_
 
 
 def pessimistic_distill_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-                             reference_rejected_logps, rm_chosen_rewards, rm_rejected_rewards, beta, gamma):
-    """e-DPO: min_k mean_b( (dr_kb - beta * h_b)^2 ) + gamma * KL(pi_ref || pi), rewards (K, B).
+                             reference_rejected_logps, rm_chosen_rewards, rm_rejected_rewards, beta, gamma,
+                             policy_pool_logps, reference_pool_logps):
+    """e-DPO: min_k mean_b( (dr_kb - beta * h_b)^2 ) + gamma * KL(pi_ref || pi), rewards (K, B), pool log-probs (P,).
     choice: the min is over the batch-level losses; a per-pair min would let each pair pick its easiest member."""
     logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
     per_member = distill_member_losses(*logps, rm_chosen_rewards, rm_rejected_rewards, beta)  # (K,)
-    return per_member.min() + gamma * forward_kl_estimate(*logps)
+    return per_member.min() + gamma * forward_kl_estimate(policy_pool_logps, reference_pool_logps)
 
 
 def pessimistic_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
-                         reference_rejected_logps, beta, gamma):
-    """p-DPO: mean( -log sigmoid(beta * h) ) + gamma * KL(pi_ref || pi)"""
+                         reference_rejected_logps, beta, gamma, policy_pool_logps, reference_pool_logps):
+    """p-DPO: mean( -log sigmoid(beta * h) ) + gamma * KL(pi_ref || pi), pool log-probs (P,)"""
     logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps)
-    return dpo_loss(*logps, beta) + gamma * forward_kl_estimate(*logps)
+    return dpo_loss(*logps, beta) + gamma * forward_kl_estimate(policy_pool_logps, reference_pool_logps)
 
 
 # -----------------------------------------------------------------------------
@@ -479,7 +431,10 @@ class HeldOut:
     chosen: list                      # the held-out pairs' texts, labelled as the training pairs are
     rejected: list
     pairs: Pairs                      # the same pairs, tokenised, with their ref_logps
-    ref_gold: np.ndarray = None       # (P,) gold reward of pi_ref's sample per prompt (built-in task)
+    ref_samples: Tokens = None        # (P, T) pi_ref's own response to each prompt
+    ref_samples_logps: torch.Tensor = None  # (P,) their log pi_ref
+    gold: str = None                  # the gold reader (built-in task); None on your own data
+    ref_gold: np.ndarray = None       # (P,) gold reward of pi_ref's response per prompt (built-in task)
     ref_length: float = None          # pi_ref's mean response length in words (built-in task)
     ref_shown: list = None            # pi_ref's responses to the first N_SHOW prompts, as samples.jsonl rows
 
@@ -491,81 +446,109 @@ def builtin_task(reference, tokenizer, cfg, bias, seed, device):
     prompts = make_prompts(rng, cfg.n_pairs, TITLES)
     seed_everything(seed)
     responses = sample(reference, tokenizer, prompts + prompts, device=device, desc="sample pairs from pi_ref", **gen).texts
-    chosen, rejected = label_pairs(responses[:cfg.n_pairs], responses[cfg.n_pairs:], bias, rng)
+    chosen, rejected = label_pairs(responses[:cfg.n_pairs], responses[cfg.n_pairs:], bias, rng, cfg.gold)
     eval_prompts = make_prompts(rng, cfg.n_eval, EVAL_TITLES)
     seed_everything(seed + 7)
     ref = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out", **gen)
     other = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out pairs", **gen).texts
-    ev = held_out(eval_prompts, *label_pairs(ref.texts, other, bias, np.random.default_rng([seed, 2])), reference,
-                  tokenizer, cfg.max_length, device, ref_gold=np.array([gold_reward(y) for y in ref.texts]),
-                  ref_length=float(np.mean([len(y.split()) for y in ref.texts])),
-                  ref_shown=report.sample_rows(eval_prompts[:N_SHOW], ref, tokenizer.eos_token_id, gold_reward))
+    gold = lambda y: gold_reward(y, cfg.gold)  # noqa: E731
+    ev = held_out(eval_prompts, *label_pairs(ref.texts, other, bias, np.random.default_rng([seed, 2]), cfg.gold),
+                  reference, tokenizer, cfg.max_length, device, ref, gold=cfg.gold,
+                  ref_gold=np.array([gold(y) for y in ref.texts]), ref_length=float(np.mean([len(words(y)) for y in ref.texts])),
+                  ref_shown=report.sample_rows(eval_prompts[:N_SHOW], ref, tokenizer.eos_token_id, gold))
     return prompts, chosen, rejected, ev
 
 
-def held_out(prompts, chosen, rejected, reference, tokenizer, max_length, device, **baseline):
-    """HeldOut of held-out pairs (prompts, chosen, rejected), scored by pi_ref once; the pairs' prompts are the ones
-    the policies answer."""
+def held_out(prompts, chosen, rejected, reference, tokenizer, max_length, device, ref, **baseline):
+    """HeldOut of held-out pairs (prompts, chosen, rejected) and pi_ref's responses `ref` (Sampled) to the prompts,
+    all scored by pi_ref once; the pairs' prompts are the ones the policies answer."""
     pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length)
     pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2M,)
-    return HeldOut(*([x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)), pairs=pairs, **baseline)
+    samples = token_rows([ref.prompt_ids[i] for i in pairs.keep], [ref.response_ids[i] for i in pairs.keep],
+                         tokenizer.eos_token_id)  # (P, T), exactly the ids drawn
+    return HeldOut(*([x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)), pairs=pairs, ref_samples=samples,
+                   ref_samples_logps=all_logps(reference, samples, np.arange(len(pairs.keep)), device), **baseline)
 
 
 def user_task(pairs, reference, tokenizer, cfg, seed, device):
     """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split."""
     train, held = report.split_pairs(pairs, seed)
-    ev = held_out(*([row[i] for row in held] for i in range(3)), reference, tokenizer, cfg.max_length, device)
+    held = [row for row in held if len(tokenizer(row[0], add_special_tokens=False).input_ids) < cfg.max_length]
     seed_everything(seed + 7)
-    drawn = sample(reference, tokenizer, ev.prompts[:N_SHOW], cfg.max_new_tokens, cfg.max_length, device, "pi_ref")
-    ev.ref_shown = report.sample_rows(ev.prompts, drawn, tokenizer.eos_token_id)
+    drawn = sample(reference, tokenizer, [row[0] for row in held], cfg.max_new_tokens, cfg.max_length, device, "pi_ref")
+    ev = held_out(*([row[i] for row in held] for i in range(3)), reference, tokenizer, cfg.max_length, device, drawn)
+    ev.ref_shown = report.sample_rows(ev.prompts[:N_SHOW], drawn, tokenizer.eos_token_id)
     return (*([row[i] for row in train] for i in range(3)), ev)
 
 
+def drawn_pairs(reference, tokenizer, prompts, cfg, seed, device):
+    """--unlabeled: two responses from pi_ref to each of cfg.unlabeled prompts (the built-in task's, or the training
+    prompts in turn). -> (prompts, first, second). no one labels them: distillation needs only the reward models."""
+    extra = make_prompts(np.random.default_rng([seed, 3]), cfg.unlabeled, TITLES) if cfg.data == "" \
+        else [prompts[i % len(prompts)] for i in range(cfg.unlabeled)]
+    seed_everything(seed + 13)
+    drawn = sample(reference, tokenizer, extra + extra, cfg.max_new_tokens, cfg.max_length, device, "unlabelled pairs").texts
+    return extra, drawn[:cfg.unlabeled], drawn[cfg.unlabeled:]
+
+
+def kl_pool(reference, tokenizer, prompts, cfg, seed, device):
+    """the forward-KL term's sample: steps * batch_size responses drawn from pi_ref on the training prompts in turn,
+    once before training, so that each is used once. -> Tokens (P, T), their log pi_ref (P,)"""
+    seed_everything(seed + 11)
+    drawn = sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(cfg.steps * cfg.batch_size)],
+                   cfg.max_new_tokens, cfg.max_length, device, "forward-KL pool from pi_ref")
+    pool = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # exactly the ids drawn
+    return pool, all_logps(reference, pool, np.arange(len(drawn.texts)), device)
+
+
 def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
-    """one (bias, seed)'s training pairs with reference log-probs and reward scores, its HeldOut, what results.json
-    keeps of the data (pairs N, skipped, truncated, longer_won, heldout_pairs) and the reward models' diagnostics."""
+    """one (bias, seed)'s training pairs with reference log-probs, reward scores and the forward-KL pool, its HeldOut,
+    what results.json keeps of the data (pairs, unlabeled, skipped, truncated, longer_won, heldout_pairs) and the
+    reward models' diagnostics."""
     prompts, chosen, rejected, ev = builtin_task(reference, tokenizer, cfg, bias, seed, device) if user_pairs is None \
         else user_task(user_pairs, reference, tokenizer, cfg, seed, device)
-    pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
-    n = len(pairs.keep)
+    distil, methods = {"d-dpo", "e-dpo"} & set(cfg.method_list()), cfg.method_list()
+    extra = drawn_pairs(reference, tokenizer, prompts, cfg, seed, device) if cfg.unlabeled and distil else ([], [], [])
+    pairs = tokenize_pairs(tokenizer, prompts + extra[0], chosen + extra[1], rejected + extra[2], cfg.max_length)
+    pairs.labelled = sum(i < len(prompts) for i in pairs.keep)  # kept pairs are in order: the labelled ones first
     report.note_cut(pairs.n_truncated, pairs.skipped, cfg.max_length)
-    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * n), device)  # (2N,), computed once
-    longer_won = np.array([len(chosen[i].split()) > len(rejected[i].split()) for i in pairs.keep])  # (N,)
+    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2N,), computed once
+    longer_won = np.array([len(words(chosen[i])) > len(words(rejected[i])) for i in pairs.keep[:pairs.labelled]])
     diagnostics = []
-    if {"d-dpo", "e-dpo"} & set(cfg.method_list()):  # reward models only for the methods that distil them
+    if distil:  # reward models only for the methods that distil them, trained on the labelled pairs only
         pairs.rm_plain, pairs.rm_family, diagnostics = reward_scores(reference, pairs, ev, cfg, seed, device, longer_won)
-    info = dict(pairs=n, skipped=pairs.skipped, truncated=pairs.n_truncated, longer_won=float(longer_won.mean()),
-                heldout_pairs=len(ev.pairs.keep))
+    if {"e-dpo", "p-dpo"} & set(methods):
+        pairs.pool, pairs.pool_ref_logps = kl_pool(reference, tokenizer, prompts, cfg, seed, device)
+    info = dict(pairs=pairs.labelled, unlabeled=len(pairs.keep) - pairs.labelled, skipped=pairs.skipped,
+                truncated=pairs.n_truncated, longer_won=float(longer_won.mean()), heldout_pairs=len(ev.pairs.keep))
     return pairs, ev, info, [dict(bias=bias, seed=seed, **d) for d in diagnostics]
 
 
-def policy_loss(method, policy_logps, rows, pairs, beta, gamma):
+def policy_loss(method, policy_logps, rows, pairs, beta, gamma, pool_logps=None, pool_rows=None):
     """the loss of `method` on one batch; reference log-probs and reward scores were computed once.
-    policy_logps (2B,): the batch's chosen rows, then its rejected rows; rows (2B,) index into pairs."""
+    policy_logps (2B,): the batch's chosen rows, then its rejected rows; rows (2B,) index into pairs.
+    pool_logps (P,): for e-DPO and p-DPO, the policy's log-probs of the pool's rows pool_rows (P,)."""
     pc, pr = policy_logps.chunk(2)  # (B,), (B,)
     rc, rr = pairs.ref_logps[rows].to(pc.device).chunk(2)  # (B,), (B,)
+    pool = (pool_logps, pairs.pool_ref_logps[pool_rows].to(pc.device)) if pool_logps is not None else ()
     if method in ("dpo", "ipo"):
         return (dpo_loss if method == "dpo" else ipo_loss)(pc, pr, rc, rr, beta)
     if method == "d-dpo":
         return distill_loss(pc, pr, rc, rr, *pairs.rm_plain[rows].to(pc.device).chunk(2), beta)
     if method == "e-dpo":
         return pessimistic_distill_loss(pc, pr, rc, rr, *pairs.rm_family[:, rows].to(pc.device).chunk(2, dim=1),
-                                        beta, gamma)
+                                        beta, gamma, *pool)
     if method == "p-dpo":
-        return pessimistic_dpo_loss(pc, pr, rc, rr, beta, gamma)
+        return pessimistic_dpo_loss(pc, pr, rc, rr, beta, gamma, *pool)
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def batch_metrics(loss, policy_logps, rows, pairs, beta):
-    """trl's names for the usual dpo diagnostics, plus the change of the log-probs from the reference."""
-    pc, pr = policy_logps.detach().cpu().chunk(2)
-    rc, rr = pairs.ref_logps[rows].chunk(2)
-    r_w, r_l = implicit_reward(pc, rc, beta), implicit_reward(pr, rr, beta)  # (B,), (B,)
-    return {"loss": loss.item(), "rewards/chosen": r_w.mean().item(), "rewards/rejected": r_l.mean().item(),
-            "rewards/margins": (r_w - r_l).mean().item(), "rewards/accuracies": (r_w > r_l).float().mean().item(),
-            "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item(),
-            "logps/chosen_change": (pc - rc).mean().item(), "logps/rejected_change": (pr - rr).mean().item(),
-            "kl/forward": forward_kl_estimate(pc, pr, rc, rr).item()}
+def pool_batch(policy, pairs, order, step, batch_size, device):
+    """the policy's log-probs of this step's share of the forward-KL pool, and its rows: the pool's rows in the
+    order `order`, batch_size per step, so each pool response is used once. -> (B,), (B,)"""
+    rows = np.take(order, np.arange((step - 1) * batch_size, step * batch_size), mode="wrap")  # (B,)
+    ids, mask, resp = batch_tensors(pairs.pool, rows, device)  # (B, T) each
+    return sequence_logps(forward(policy, ids, mask), ids, resp), rows
 
 
 def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=lambda step, policy: None):
@@ -576,15 +559,19 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
     policy = without_dropout(copy.deepcopy(reference).to(device).train())
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
     n, rng = len(pairs.keep), np.random.default_rng([seed, METHODS.index(method)])
+    drawn_from = n if method in ("d-dpo", "e-dpo") else pairs.labelled  # only distillation uses unlabelled pairs
+    pooled = method in ("e-dpo", "p-dpo")
+    order = np.random.default_rng([seed, 99]).permutation(len(pairs.pool_ref_logps)) if pooled else None  # (P,)
     at = {round(cfg.steps * i / min(cfg.eval_points, cfg.steps)) for i in range(1, min(cfg.eval_points, cfg.steps) + 1)}
     picked = np.zeros(len(pairs.rm_family) if method == "e-dpo" else 0)  # (K,)
     bar = progress(range(1, cfg.steps + 1), f"train {method}")
     for step in bar:
-        idx = rng.choice(n, cfg.batch_size, replace=False)  # (B,)
+        idx = rng.choice(drawn_from, cfg.batch_size, replace=False)  # (B,)
         rows = np.concatenate([idx, idx + n])  # (2B,): chosen rows, then rejected rows
         ids, mask, resp = batch_tensors(pairs.tokens, rows, device)  # (2B, T) each
         policy_logps = sequence_logps(forward(policy, ids, mask), ids, resp)  # (2B,)
-        loss = policy_loss(method, policy_logps, rows, pairs, cfg.beta, cfg.gamma)
+        pool_logps, pool_rows = pool_batch(policy, pairs, order, step, cfg.batch_size, device) if pooled else (None, None)
+        loss = policy_loss(method, policy_logps, rows, pairs, cfg.beta, cfg.gamma, pool_logps, pool_rows)
         if not torch.isfinite(loss):
             raise report.TrainingDiverged(f"{method}: the loss became {loss.item()} at step {step}; try a lower --lr")
         if method == "e-dpo":  # which member the minimum picked at this step
@@ -595,7 +582,8 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
         loss.backward()
         opt.step()
         if step == 1 or step % cfg.log_every == 0 or step == cfg.steps:  # step 1: the policy is the reference
-            metrics = batch_metrics(loss, policy_logps, rows, pairs, cfg.beta)
+            fkl = forward_kl_estimate(pool_logps.detach().cpu(), pairs.pool_ref_logps[pool_rows]).item() if pooled else None
+            metrics = report.batch_metrics(loss, policy_logps, pairs.ref_logps[rows], cfg.beta, fkl)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}")
             log(step, metrics)
         if step in at:  # without dropout, training mode computes what eval mode does
@@ -610,29 +598,33 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
 @torch.no_grad()
 def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_length, device, n_show=0):
     """-> (a dict of floats, the first n_show samples as dicts). on held-out prompts, of the policy's samples: kl
-    (KL(pi || pi_ref) per response, nats), kl_per_token, tokens and length (words); on the built-in task also
-    gold_reward, gold_ref, length_ref and win_rate (against pi_ref's samples, ties half). on the training pairs:
-    logps_chosen_change, logps_rejected_change, margin_mean and margin_max (beta h); heldout_accuracy: the share
-    of held-out pairs with h > 0, ties (h = 0, as for pi_ref) half."""
+    (KL(pi || pi_ref) per response, nats), kl_per_token, tokens and length (words); of pi_ref's samples: fkl_heldout
+    (KL(pi_ref || pi), nats); on the built-in task also gold_reward, gold_ref, length_ref and win_rate (against pi_ref's
+    samples, ties half). on the labelled training pairs: logps_chosen_change, logps_rejected_change, fkl_train (the
+    mean of log pi_ref - log pi over their responses), margin_mean and margin_max (beta h); heldout_accuracy: the
+    share of held-out pairs with h > 0, ties (h = 0, as for pi_ref) half."""
     drawn = sample(policy, tokenizer, ev.prompts, max_new_tokens, max_length, device, "evaluate")
     tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # exactly the ids drawn
     (kl, logratio), n_tokens = sequence_kl(policy, reference, tokens, device), tokens.response_mask.sum(-1).float()  # (P,)
+    fkl = ev.ref_samples_logps - all_logps(policy, ev.ref_samples, np.arange(len(ev.ref_samples_logps)), device)  # (P,)
     res = dict(kl=kl.mean().item(), kl_per_token=(kl.sum() / n_tokens.sum()).item(), tokens=n_tokens.mean().item(),
-               length=float(np.mean([len(t.split()) for t in drawn.texts])))
-    pc, pr = all_logps(policy, pairs.tokens, np.arange(2 * len(pairs.keep)), device).chunk(2)
-    rc, rr = pairs.ref_logps.chunk(2)
+               length=float(np.mean([len(words(t)) for t in drawn.texts])), fkl_heldout=fkl.mean().item())
+    lab = np.arange(pairs.labelled)  # (N,)
+    pc, pr = all_logps(policy, pairs.tokens, np.concatenate([lab, lab + len(pairs.keep)]), device).chunk(2)
+    rc, rr = pairs.ref_logps[lab], pairs.ref_logps[lab + len(pairs.keep)]
     margins = beta * logratio_margin(pc, pr, rc, rr)  # (N,)
     res.update(logps_chosen_change=(pc - rc).mean().item(), logps_rejected_change=(pr - rr).mean().item(),
-               margin_mean=margins.mean().item(), margin_max=margins.max().item())
-    if ev.ref_gold is not None:
-        gold = np.array([gold_reward(t) for t in drawn.texts])  # (P,)
-        res.update(gold_reward=float(gold.mean()), gold_ref=float(ev.ref_gold.mean()), length_ref=ev.ref_length,
-                   win_rate=float(np.mean((gold > ev.ref_gold) + 0.5 * (gold == ev.ref_gold))))
+               fkl_train=((rc - pc) + (rr - pr)).mean().item() / 2, margin_mean=margins.mean().item(),
+               margin_max=margins.max().item())
+    gold = (lambda y: gold_reward(y, ev.gold)) if ev.gold else None
+    if gold:
+        g = np.array([gold(t) for t in drawn.texts])  # (P,)
+        res.update(gold_reward=float(g.mean()), gold_ref=float(ev.ref_gold.mean()), length_ref=ev.ref_length,
+                   win_rate=float(np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))))
     h = logratio_margin(*all_logps(policy, ev.pairs.tokens, np.arange(2 * len(ev.pairs.keep)), device).chunk(2),
                         *ev.pairs.ref_logps.chunk(2))  # (M,)
     res["heldout_accuracy"] = ((h > 0).float() + 0.5 * (h == 0).float()).mean().item()
-    return res, report.sample_rows(ev.prompts[:n_show], drawn, tokenizer.eos_token_id,
-                                   gold_reward if ev.ref_gold is not None else None, logratio.tolist())
+    return res, report.sample_rows(ev.prompts[:n_show], drawn, tokenizer.eos_token_id, gold, logratio.tolist())
 
 
 # -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import socket
@@ -183,10 +184,11 @@ def check_applies(cfg, given):
     """a flag that would be ignored is an error, not a silent no-op."""
     methods = cfg.method_list()
     rules = [
-        (cfg.data, ["bias", "n_pairs", "n_eval", "sweep", "sweep_biases"], "the built-in task only, not --data"),
+        (cfg.data, ["bias", "gold", "n_pairs", "n_eval", "sweep", "sweep_biases", "sft_steps"],
+         "the built-in task only, not --data"),
         (not cfg.sweep, ["sweep_biases"], "--sweep only"),
         (cfg.sweep, ["bias"], "no run under --sweep, which takes --sweep-biases"),
-        (cfg.model != "tiny", ["n_layer", "n_embd", "n_head", "pretrain_steps"], "the built-in tiny model only"),
+        (cfg.model != "tiny", ["n_layer", "n_embd", "n_head"], "the built-in tiny model only"),
         ("e-dpo" not in methods and "p-dpo" not in methods, ["gamma"], "e-dpo and p-dpo only"),
         ("e-dpo" not in methods, ["ensemble"], "e-dpo only"),
     ]
@@ -312,6 +314,11 @@ def hub_reachable(timeout=3.0):
         return True
     except OSError:
         return False
+
+
+def slug(name):
+    """a model name or path as one folder name: gpt2 -> gpt2, ./models/my-lm -> models-my-lm."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
 def cached_model(path, build):
@@ -637,7 +644,7 @@ def interval_text(p, digits=3):
     return f"{p['mean']:+.{digits}f} [{p['low']:+.{digits}f}, {p['high']:+.{digits}f}]{star}"
 
 
-RM_KEYS = ["share", "accuracy_gold", "accuracy_labels", "length_corr", "reward_diff", "heldout_pairs"]
+RM_KEYS = ["share", "accuracy_gold", "accuracy_labels", "length_corr", "reward_diff", "target_logratio", "heldout_pairs"]
 
 
 def reward_model_summary(reward_models):
@@ -662,13 +669,13 @@ def print_reward_models(reward_models):
         return "-" if v is None else format(v, spec)
     print(f"reward models, mean over {rows[0]['seeds']} seed(s): longer won = share of its training pairs won by the "
           "longer response;\n  accuracy on held-out pairs; corr(reward, length in words); mean |r_w - r_l| on "
-          "training pairs")
+          "training pairs,\n  and the log-ratio margin |h| = |r_w - r_l| / beta (nats) it asks d-DPO and e-DPO for")
     print(f"{'bias':>5} {'model':<9} {'longer won':>10} {'acc gold':>9} {'acc labels':>10} {'len corr':>9} "
-          f"{'|r_w-r_l|':>9}")
+          f"{'|r_w-r_l|':>9} {'asks |h|':>9}")
     for r in rows:
         print(f"{r['bias']:>5.2f} {r['model']:<9} {cell(r['share'], '.2f'):>10} {cell(r['accuracy_gold'], '.3f'):>9} "
               f"{cell(r['accuracy_labels'], '.3f'):>10} {cell(r['length_corr'], '+.2f'):>9} "
-              f"{cell(r['reward_diff'], '.3f'):>9}")
+              f"{cell(r['reward_diff'], '.3f'):>9} {cell(r['target_logratio'], '.1f'):>9}")
 
 
 def member_min_shares(records):
@@ -965,6 +972,20 @@ def plot_paired_differences(ax, diffs, methods):
 # 8. evaluation records: data splits, reward-model diagnostics, sample rows
 
 
+def batch_metrics(loss, policy_logps, reference_logps, beta, forward_kl=None):
+    """a training step's log line under trl's names for the usual dpo diagnostics, plus the change of the log-probs
+    from the reference and, for e-DPO and p-DPO, the forward-KL term on the step's pool responses (forward_kl).
+    policy_logps, reference_logps (2B,): the batch's chosen rows, then its rejected rows."""
+    pc, pr = policy_logps.detach().cpu().chunk(2)
+    rc, rr = reference_logps.chunk(2)
+    r_w, r_l = beta * (pc - rc), beta * (pr - rr)  # (B,), (B,): the implicit rewards
+    return {"loss": loss.item(), "rewards/chosen": r_w.mean().item(), "rewards/rejected": r_l.mean().item(),
+            "rewards/margins": (r_w - r_l).mean().item(), "rewards/accuracies": (r_w > r_l).float().mean().item(),
+            "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item(),
+            "logps/chosen_change": (pc - rc).mean().item(), "logps/rejected_change": (pr - rr).mean().item(),
+            **({"kl/forward": forward_kl} if forward_kl is not None else {})}
+
+
 def split_pairs(pairs, seed):
     """(train, held-out) lists of (prompt, chosen, rejected). choice: a random tenth, at least one pair, is held out."""
     order = np.random.default_rng([seed, 1]).permutation(len(pairs))
@@ -972,15 +993,22 @@ def split_pairs(pairs, seed):
     return [pairs[i] for i in order[n_held:]], [pairs[i] for i in order[:n_held]]
 
 
-def reward_model_stats(held_rewards, train_rewards, chosen, rejected, gold_reward=None):
+def n_words(text):
+    """words as runs of letters: punctuation, digits and spacing do not count, whatever the tokenizer wrote."""
+    return len(re.findall(r"[^\W\d_]+", text))
+
+
+def reward_model_stats(held_rewards, train_rewards, chosen, rejected, gold_reward=None, beta=None):
     """a reward model's accuracy on held-out pairs against their labels and (given a gold reward function) against
-    gold, the correlation of its reward with length in words, and its mean |r(y_w) - r(y_l)| on the training
-    pairs. rewards: (2M,) and (2N,) tensors, the chosen rows first; chosen, rejected: the held-out texts."""
+    gold, the correlation of its reward with length in words, its mean |r(y_w) - r(y_l)| on the training pairs and
+    (given beta) the log-ratio margin |h| = that / beta, in nats, that distilling it asks for. rewards: (2M,) and
+    (2N,) tensors, the chosen rows first; chosen, rejected: the held-out texts."""
     (r_w, r_l), (t_w, t_l) = held_rewards.numpy().reshape(2, -1), train_rewards.numpy().reshape(2, -1)  # (M,) each
-    r, lengths = np.concatenate([r_w, r_l]), np.array([len(y.split()) for y in list(chosen) + list(rejected)])  # (2M,)
+    r, lengths = np.concatenate([r_w, r_l]), np.array([n_words(y) for y in list(chosen) + list(rejected)])  # (2M,)
+    diff = float(np.abs(t_w - t_l).mean())
     out = dict(accuracy_labels=float(np.mean(r_w > r_l)), accuracy_gold=None, heldout_pairs=len(r_w),
                length_corr=float(np.corrcoef(r, lengths)[0, 1]) if r.std() > 0 and lengths.std() > 0 else None,
-               reward_diff=float(np.abs(t_w - t_l).mean()))
+               reward_diff=diff, target_logratio=diff / beta if beta else None)
     if gold_reward is not None:
         g_w, g_l = np.array([gold_reward(y) for y in chosen]), np.array([gold_reward(y) for y in rejected])  # (M,)
         if (g_w != g_l).any():  # pairs of equal gold say nothing about gold accuracy

@@ -36,7 +36,7 @@ def test_quick_run_writes_every_variant_with_finite_times_and_ratios(tmp_path):
         assert case["variants"]["bare"]["ratio_to_bare"] == 1.0
         assert case["one_off"]["reference_ms"] > 0 and case["one_off"]["total_ms_K16"] > case["one_off"]["total_ms_K4"]
         assert case["memory"]["live_parameters"] == case["memory"]["policy_parameters"] > 0
-        assert len(case["targets"]) == 4 and all(isinstance(t["met"], bool) for t in case["targets"].values())
+        assert len(case["targets"]) == 6 and all(isinstance(t["met"], bool) for t in case["targets"].values())
     assert result["machine"]["torch"] == torch.__version__
 
 
@@ -59,23 +59,37 @@ def direct_losses(policy, data, rows, cfg):
     pc, pr = logps.chunk(2)
     rc, rr = data.ref_logps[rows].chunk(2)
     fam_c, fam_r = data.rm_family[:, rows].chunk(2, dim=1)  # (16, B) each
-    e16 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c, fam_r, cfg.beta, cfg.gamma)
-    e4 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c[:4], fam_r[:4], cfg.beta, cfg.gamma)
-    return dict(bare=logps.sum(), dpo=rddpo.dpo_loss(pc, pr, rc, rr, cfg.beta), e16=e16, e4=e4)
+    pool_rows = rows[:len(rows) // 2]  # the step's pool responses: the pool's rows of the batch's pairs
+    ids, mask, resp = rddpo.batch_tensors(data.pool, pool_rows, "cpu")
+    with torch.no_grad():
+        pool = (rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp), data.pool_ref_logps[pool_rows])
+    e16 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c, fam_r, cfg.beta, cfg.gamma, *pool)
+    e4 = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, fam_c[:4], fam_r[:4], cfg.beta, cfg.gamma, *pool)
+    p = rddpo.pessimistic_dpo_loss(pc, pr, rc, rr, cfg.beta, cfg.gamma, *pool)
+    return dict(bare=logps.sum(), dpo=rddpo.dpo_loss(pc, pr, rc, rr, cfg.beta), e16=e16, e4=e4, p=p)
 
 
 def test_timed_steps_compute_rddpo_losses_and_step_the_policy(prepared):
     """the e-DPO step at K=16 returns min over all 16 members (checked against a direct call of
-    rddpo.pessimistic_distill_loss), the K=4 step min over the first four, which differs here; DPO and the
-    bare floor (sum of the sequence log-probs) match too; and each step moves the policy's weights."""
+    rddpo.pessimistic_distill_loss, its forward-KL term on the pool's responses), the K=4 step min over the first
+    four, which differs here; p-DPO, DPO and the bare floor (sum of the sequence log-probs) match too; and each step
+    moves the policy's weights."""
     args, policy, data, steps = prepared
     cfg, n = rddpo.Config(), len(data.keep)
     assert data.rm_family.shape == (16, 2 * n)
     rows = np.concatenate([np.arange(args.batch_size), np.arange(args.batch_size) + n])
+    with torch.no_grad():  # move the policy off the reference, so that h and the pool's kl term are not 0
+        policy.transformer.h[0].mlp.c_fc.weight.mul_(1.5)
     start = copy.deepcopy(policy.state_dict())
-    direct = direct_losses(policy, data, rows, cfg)
+    ids, mask, resp = rddpo.batch_tensors(data.tokens, rows, "cpu")
+    with torch.no_grad():
+        h = rddpo.logratio_margin(*rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp).chunk(2),
+                                  *data.ref_logps[rows].chunk(2))  # (B,)
+    data.rm_family[10, rows] = torch.cat([cfg.beta * h, torch.zeros_like(h)])  # member 10 asks for the margin the
+    direct = direct_losses(policy, data, rows, cfg)  # policy has: loss 0, the smallest, beyond the first four
     assert not torch.allclose(direct["e16"], direct["e4"])  # so the check below can tell K=16 from K=4
-    for name, key in (("e-dpo K=16", "e16"), ("e-dpo K=4", "e4"), ("dpo", "dpo"), ("bare", "bare")):
+    assert direct["p"] != direct["dpo"]  # the pool's term is there
+    for name, key in (("e-dpo K=16", "e16"), ("e-dpo K=4", "e4"), ("p-dpo", "p"), ("dpo", "dpo"), ("bare", "bare")):
         policy.load_state_dict(start)
         loss = steps[name](rows)
         torch.testing.assert_close(loss, direct[key], rtol=1e-5, atol=1e-6, msg=name)
@@ -83,17 +97,19 @@ def test_timed_steps_compute_rddpo_losses_and_step_the_policy(prepared):
 
 
 def test_targets_report_a_miss():
-    """a method at 1.2x DPO, DPO at 1.2x bare, e-DPO 10% apart and a second model alive: all four missed;
-    the loss-alone estimate adds the losses' own time difference to the base's step: 1 + 500 us / 10 ms."""
+    """IPO at 1.2x DPO, p-DPO (the pool) at 1.7x, e-DPO at K=16 1.9x against 1.0x at K=4 (and 1.9/1.7 = 1.12x
+    p-DPO), DPO at 1.2x bare and a second model alive: all six missed; the loss-alone estimate adds the losses' own
+    time difference to the base's step: 1 + 500 us / 10 ms."""
     v = {n: dict(median_ms=10.0, ratio_to_dpo=1.0, ratio_to_bare=1.0, loss_us=100.0) for n in bench.VARIANTS}
-    v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.2, 1.2, 1.1
-    v["ipo"]["loss_us"] = 600.0
+    v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.2, 1.2, 1.9
+    v["p-dpo"]["ratio_to_dpo"], v["ipo"]["loss_us"] = 1.7, 600.0
     result = bench.targets(dict(variants=v, memory=dict(live_parameters=200, policy_parameters=100)))
-    assert [t["met"] for t in result.values()] == [False, False, False, False]
-    assert result["every method's step within 1.05x DPO's"]["from_loss_alone"] == pytest.approx(1.05)
-    v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.04, 1.09, 1 / 1.04
+    assert [t["met"] for t in result.values()] == [False] * 6
+    assert result["IPO's and d-DPO's steps within 1.05x DPO's"]["from_loss_alone"] == pytest.approx(1.05)
+    v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["p-dpo"]["ratio_to_dpo"] = 1.04, 1.09, 1.5
+    v["e-dpo K=4"]["ratio_to_dpo"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.5, 1.5 * 1.04
     result = bench.targets(dict(variants=v, memory=dict(live_parameters=100, policy_parameters=100)))
-    assert [t["met"] for t in result.values()] == [True, True, True, True]
+    assert [t["met"] for t in result.values()] == [True] * 6
 
 
 def test_quick_sets_defaults_only_and_a_given_flag_wins():

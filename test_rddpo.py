@@ -81,21 +81,36 @@ def test_distill_loss_hand_value():
 
 
 def test_forward_kl_estimate_hand_value():
-    """(ref - policy) over the 2B responses: chosen (0 - -1) = 1, (0 - 1) = -1; rejected (0 - -2) = 2, 0.
-    mean of (1, -1, 2, 0) = 0.5."""
-    pc, pr, rc, rr = logps([-1.0, 1.0], [-2.0, 0.0], [0.0, 0.0], [0.0, 0.0])
-    assert rddpo.forward_kl_estimate(pc, pr, rc, rr).item() == pytest.approx(0.5)
+    """(ref - policy) over the pool's responses: (0.5 - -0.5) = 1, (0 - 1) = -1, (-1 - -3) = 2, (2 - 2) = 0.
+    mean of (1, -1, 2, 0) = 0.5; swapping the two arguments flips the sign."""
+    policy, ref = logps([-0.5, 1.0, -3.0, 2.0], [0.5, 0.0, -1.0, 2.0])
+    assert rddpo.forward_kl_estimate(policy, ref).item() == pytest.approx(0.5)
+    assert rddpo.forward_kl_estimate(ref, policy).item() == pytest.approx(-0.5)
+
+
+def test_forward_kl_estimate_is_the_exact_kl_on_samples_of_pi_ref():
+    """three responses, pi_ref = (0.5, 0.3, 0.2), pi = (0.2, 0.3, 0.5): KL(pi_ref || pi) = sum pi_ref log(pi_ref / pi)
+    = 0.5 ln 2.5 + 0.2 ln 0.4 = 0.274879. the estimate on 200000 draws of pi_ref is within 0.01 of it; on draws of
+    pi instead (the other direction's sample) it is -KL(pi || pi_ref) = -0.274879, not the forward KL."""
+    p_ref, p = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    y = torch.multinomial(p_ref, 200_000, replacement=True, generator=g)
+    est = rddpo.forward_kl_estimate(p.log()[y], p_ref.log()[y]).item()
+    assert est == pytest.approx(0.5 * math.log(2.5) + 0.2 * math.log(0.4), abs=0.01)
+    y = torch.multinomial(p, 200_000, replacement=True, generator=g)
+    assert rddpo.forward_kl_estimate(p.log()[y], p_ref.log()[y]).item() == pytest.approx(-0.274879, abs=0.01)
 
 
 def test_pessimistic_distill_loss_takes_the_smallest_member_loss_plus_gamma_fkl():
-    """beta h = 0 (all log-probs 0 except the kl term is then 0). member 1: dr = (1, 3) -> (1 + 9)/2 = 5;
-    member 2: dr = (2, 0) -> (4 + 0)/2 = 2. min = 2. with policy shifted by -1 on all four: h stays 0,
-    fkl = 1, so loss = 2 + gamma * 1."""
+    """beta h = 0 (the policy is shifted by -1 on all four log-probs, so h stays 0). member 1: dr = (1, 3) ->
+    (1 + 9)/2 = 5; member 2: dr = (2, 0) -> (4 + 0)/2 = 2. min = 2. the pool: ref - policy = (1, 3), fkl = 2,
+    so loss = 2 + gamma * 2. the pairs' own log-probs do not enter the kl term."""
     pc, pr, rc, rr = logps([-1.0, -1.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0])
     chosen = torch.tensor([[1.0, 3.0], [2.0, 0.0]], dtype=torch.float64)
     rejected = torch.zeros(2, 2, dtype=torch.float64)
-    loss = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, chosen, rejected, beta=0.3, gamma=0.25)
-    assert loss.item() == pytest.approx(2.0 + 0.25 * 1.0, abs=1e-12)
+    pool = logps([-2.0, -4.0], [-1.0, -1.0])
+    loss = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, chosen, rejected, 0.3, 0.25, *pool)
+    assert loss.item() == pytest.approx(2.0 + 0.25 * 2.0, abs=1e-12)
 
 
 def test_pessimistic_distill_min_is_over_batch_losses_not_per_pair():
@@ -103,14 +118,15 @@ def test_pessimistic_distill_min_is_over_batch_losses_not_per_pair():
     batch-level min = 8; a per-pair min would give (0 + 0)/2 = 0."""
     pc, pr, rc, rr = logps([0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0])
     chosen = torch.tensor([[0.0, 4.0], [4.0, 0.0]], dtype=torch.float64)
-    loss = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, chosen, torch.zeros_like(chosen), beta=1.0, gamma=0.0)
+    loss = rddpo.pessimistic_distill_loss(pc, pr, rc, rr, chosen, torch.zeros_like(chosen), 1.0, 0.0, *POOL)
     assert loss.item() == pytest.approx(8.0)
 
 
 def test_pessimistic_dpo_loss_is_dpo_plus_gamma_fkl():
-    """h = (0 - 0) - (-1 - 0) = 1 at beta 1: dpo = log(1 + e^-1) = 0.313262; fkl = (0 + 1)/2 = 0.5."""
+    """h = (0 - 0) - (-1 - 0) = 1 at beta 1: dpo = log(1 + e^-1) = 0.313262; the pool's ref - policy = (0, 1, 0.5),
+    fkl = 0.5."""
     pc, pr, rc, rr = logps([0.0], [-1.0], [0.0], [0.0])
-    loss = rddpo.pessimistic_dpo_loss(pc, pr, rc, rr, beta=1.0, gamma=2.0)
+    loss = rddpo.pessimistic_dpo_loss(pc, pr, rc, rr, 1.0, 2.0, *logps([-1.0, -2.0, -1.5], [-1.0, -1.0, -1.0]))
     assert loss.item() == pytest.approx(math.log1p(math.exp(-1)) + 2.0 * 0.5, abs=1e-12)
 
 
@@ -131,23 +147,27 @@ def test_implicit_reward_is_beta_times_log_ratio():
 # gradients
 
 
-def all_losses(beta=0.5, gamma=0.3):
+POOL = (torch.tensor([-1.0, -2.5, 0.5, -0.25], dtype=torch.float64),  # policy, reference log-probs of a pool
+        torch.tensor([-0.5, -1.0, 0.0, -0.5], dtype=torch.float64))  # of four pi_ref samples: fkl = 1.25 / 4
+
+
+def all_losses(beta=0.5, gamma=0.3, pool=POOL):
     rm_c, rm_r = torch.tensor([1.0, -0.5, 0.2]).double(), torch.tensor([0.0, 0.3, 0.9]).double()
     fam_c, fam_r = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).double(), torch.zeros(4, 3).double()
     return {
         "dpo": lambda *lp: rddpo.dpo_loss(*lp, beta),
         "ipo": lambda *lp: rddpo.ipo_loss(*lp, beta),
         "d-dpo": lambda *lp: rddpo.distill_loss(*lp, rm_c, rm_r, beta),
-        "e-dpo": lambda *lp: rddpo.pessimistic_distill_loss(*lp, fam_c, fam_r, beta, gamma),
-        "p-dpo": lambda *lp: rddpo.pessimistic_dpo_loss(*lp, beta, gamma),
+        "e-dpo": lambda *lp: rddpo.pessimistic_distill_loss(*lp, fam_c, fam_r, beta, gamma, *pool),
+        "p-dpo": lambda *lp: rddpo.pessimistic_dpo_loss(*lp, beta, gamma, *pool),
     }
 
 
 def hand_gradients(method, pc, pr, rc, rr, beta=0.5, gamma=0.3):
     """d loss / d log pi(y_w), written out by hand for B pairs (the margin term moves log pi(y_l) the other way):
     dpo: -beta sigmoid(-beta h) / B; ipo: 2 (h - 1/(2 beta)) / B; d-dpo: -2 beta (dr - beta h) / B; e-dpo: the
-    d-dpo gradient of the member with the smallest batch loss; p-dpo: dpo's. the kl term adds -gamma / (2B) to
-    both (it averages log pi_ref - log pi over the 2B responses)."""
+    d-dpo gradient of the member with the smallest batch loss; p-dpo: dpo's. the kl term adds nothing: it reads the
+    pool's responses, not the pairs' (test_the_kl_term_pulls_up_the_pool_responses_only)."""
     h, B = (pc - rc) - (pr - rr), len(pc)
     rm_c, rm_r = torch.tensor([1.0, -0.5, 0.2]).double(), torch.tensor([0.0, 0.3, 0.9]).double()
     fam_c = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)).double()  # as all_losses() builds them
@@ -157,8 +177,7 @@ def hand_gradients(method, pc, pr, rc, rr, beta=0.5, gamma=0.3):
     else:
         margin = {"dpo": -beta * torch.sigmoid(-beta * h), "p-dpo": -beta * torch.sigmoid(-beta * h),
                   "ipo": 2 * (h - 1 / (2 * beta)), "d-dpo": -2 * beta * (rm_c - rm_r - beta * h)}[method] / B
-    kl = -gamma / (2 * B) if method in ("e-dpo", "p-dpo") else 0.0
-    return margin + kl, -margin + kl
+    return margin, -margin
 
 
 @pytest.mark.parametrize("method", rddpo.METHODS)
@@ -177,12 +196,20 @@ def test_every_loss_has_the_gradient_derived_by_hand(method):
 def test_dpo_gradient_raises_chosen_and_lowers_rejected(method):
     """d/d pc of -log sigmoid(beta h) = -beta sigmoid(-beta h) < 0: descent raises log pi(chosen);
     d/d pr = +beta sigmoid(-beta h) > 0: descent lowers log pi(rejected). at h = 0, beta = 0.5: -0.25 and +0.25
-    (p-dpo adds -gamma/2 to both: the kl term pulls both up)."""
+    (p-dpo's kl term reads the pool, so it adds nothing here)."""
     pc, pr, rc, rr = logps([-1.0], [-1.0], [-1.0], [-1.0], grad=True)
     all_losses(beta=0.5, gamma=0.3)[method](pc, pr, rc, rr).backward()
-    extra = -0.3 / 2 if method == "p-dpo" else 0.0
-    assert pc.grad.item() == pytest.approx(-0.25 + extra)
-    assert pr.grad.item() == pytest.approx(0.25 + extra)
+    assert pc.grad.item() == pytest.approx(-0.25)
+    assert pr.grad.item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("method", ["e-dpo", "p-dpo"])
+def test_the_kl_term_pulls_up_the_pool_responses_only(method):
+    """d/d log pi(y) of gamma * mean_P(log pi_ref(y) - log pi(y)) = -gamma / P for each of the P pool responses:
+    descent raises them all alike (toward pi_ref's own samples), and the reference's log-probs get none."""
+    pool = (POOL[0].clone().requires_grad_(), POOL[1].clone().requires_grad_())
+    all_losses(gamma=0.3, pool=pool)[method](*logps([-1.0], [-2.0], [-1.5], [-1.5])).backward()
+    torch.testing.assert_close(pool[0].grad, torch.full((4,), -0.3 / 4, dtype=torch.float64))
 
 
 def test_distill_gradient_moves_margin_toward_reward_difference():
@@ -246,19 +273,20 @@ def test_shifting_every_reward_model_by_a_per_prompt_constant_leaves_distillatio
     rc, rr = torch.randn(3, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
     c = torch.randn(3, 6, dtype=torch.float64) * 5  # a different constant per member and prompt
     e = rddpo.pessimistic_distill_loss
-    assert e(*lp, rc + c, rr + c, 0.5, 0.1).item() == pytest.approx(e(*lp, rc, rr, 0.5, 0.1).item(), abs=1e-10)
-    assert e(*lp, rc + c, rr + c, 0.5, 0.1).item() == pytest.approx(edpo_by_hand(lp, rc, rr, 0.5, 0.1), abs=1e-10)
+    assert e(*lp, rc + c, rr + c, 0.5, 0.1, *POOL).item() == pytest.approx(e(*lp, rc, rr, 0.5, 0.1, *POOL).item(), abs=1e-10)
+    assert e(*lp, rc + c, rr + c, 0.5, 0.1, *POOL).item() == pytest.approx(edpo_by_hand(lp, rc, rr, 0.5, 0.1), abs=1e-10)
     d = rddpo.distill_loss
     assert d(*lp, rc[0] + c[0], rr[0] + c[0], 0.5).item() == pytest.approx(d(*lp, rc[0], rr[0], 0.5).item(), abs=1e-10)
 
 
 def edpo_by_hand(lp, rm_c, rm_r, beta, gamma):
-    """min over members of the mean squared distillation error, plus gamma times the mean of log pi_ref - log pi."""
+    """min over members of the mean squared distillation error, plus gamma times the mean of log pi_ref - log pi
+    over the pool POOL."""
     pc, pr, rc, rr = (x.tolist() for x in lp)
     h = [(a - c) - (b - d) for a, b, c, d in zip(pc, pr, rc, rr)]
     member = [sum((w - l - beta * hb) ** 2 for w, l, hb in zip(mc.tolist(), mr.tolist(), h)) / len(h)
               for mc, mr in zip(rm_c, rm_r)]
-    fkl = (sum(c - a for a, c in zip(pc, rc)) + sum(d - b for b, d in zip(pr, rr))) / (2 * len(h))
+    fkl = sum(r - p for p, r in zip(*(x.tolist() for x in POOL))) / len(POOL[0])
     return min(member) + gamma * fkl
 
 
@@ -272,8 +300,8 @@ def test_permuting_the_ensemble_leaves_edpo_unchanged_and_it_is_the_smallest_mem
     assert members.min() < members.mean() < members.max()
     perm = torch.tensor([3, 0, 4, 1, 2])
     e = rddpo.pessimistic_distill_loss
-    assert e(*lp, rc[perm], rr[perm], 0.5, 0.1).item() == e(*lp, rc, rr, 0.5, 0.1).item()
-    assert e(*lp, rc, rr, 0.5, 0.1).item() == pytest.approx(edpo_by_hand(lp, rc, rr, 0.5, 0.1), abs=1e-12)
+    assert e(*lp, rc[perm], rr[perm], 0.5, 0.1, *POOL).item() == e(*lp, rc, rr, 0.5, 0.1, *POOL).item()
+    assert e(*lp, rc, rr, 0.5, 0.1, *POOL).item() == pytest.approx(edpo_by_hand(lp, rc, rr, 0.5, 0.1), abs=1e-12)
 
 
 def test_edpo_with_identical_members_is_ddpo_plus_gamma_fkl():
@@ -281,15 +309,15 @@ def test_edpo_with_identical_members_is_ddpo_plus_gamma_fkl():
     torch.manual_seed(4)
     lp = [torch.randn(6, dtype=torch.float64) for _ in range(4)]
     rc, rr = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
-    e = rddpo.pessimistic_distill_loss(*lp, rc.expand(4, 6), rr.expand(4, 6), 0.5, 0.7)
-    d = rddpo.distill_loss(*lp, rc, rr, 0.5) + 0.7 * rddpo.forward_kl_estimate(*lp)
+    e = rddpo.pessimistic_distill_loss(*lp, rc.expand(4, 6), rr.expand(4, 6), 0.5, 0.7, *POOL)
+    d = rddpo.distill_loss(*lp, rc, rr, 0.5) + 0.7 * 0.3125  # the pool's fkl, by hand
     assert e.item() == pytest.approx(d.item(), abs=1e-12)
 
 
 def test_pdpo_with_gamma_zero_is_dpo():
     torch.manual_seed(5)
     lp = [torch.randn(6, dtype=torch.float64) for _ in range(4)]
-    assert rddpo.pessimistic_dpo_loss(*lp, 0.5, 0.0).item() == rddpo.dpo_loss(*lp, 0.5).item()
+    assert rddpo.pessimistic_dpo_loss(*lp, 0.5, 0.0, *POOL).item() == rddpo.dpo_loss(*lp, 0.5).item()
 
 
 # -----------------------------------------------------------------------------
@@ -310,6 +338,14 @@ def brute_force_logps(model, tokenizer, prompts, responses):
             logits = model(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long)).logits[0].double()  # (T, V)
         out.append(sum(logits[t - 1].log_softmax(-1)[ids[t]].item() for t in range(len(p_ids), len(ids))))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def ids_logp(model, prompt_ids, response_ids):
+    """log p(response | prompt) of exact token ids, one token at a time, unpadded."""
+    ids = list(prompt_ids) + list(response_ids)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()  # (T, V)
+    return sum(logits[t - 1].log_softmax(-1)[ids[t]].item() for t in range(len(prompt_ids), len(ids)))
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -839,12 +875,13 @@ def test_every_choice_in_the_code_is_in_method_md_and_every_link_to_it_resolves(
     import re
     doc = open(os.path.join(HERE, "docs/METHOD.md")).read()
     choices = doc[doc.index('<a id="choices">'):doc.index('<a id="task">')]
-    owners = {(name, next(n for n in groups if n)) for name in ("rddpo.py", "toy_bandit.py")
+    owners = {(name, next(n for n in groups if n)) for name in ("rddpo.py", "task.py", "report.py", "bench.py", "toy_bandit.py")
               for groups in choice_owners(os.path.join(HERE, name))}
     assert len(owners) >= 15
     assert [o for o in owners if f"`{o[1]}" not in choices] == []
     anchors = set(re.findall(r'<a id="([^"]+)">', doc))
-    files = [os.path.join(HERE, f) for f in ("README.md", "rddpo.py", "report.py", "toy_bandit.py", "bench.py")]
+    files = [os.path.join(HERE, f) for f in ("README.md", "rddpo.py", "task.py", "report.py", "toy_bandit.py",
+                                             "bench.py")]
     for path in files + glob.glob(os.path.join(HERE, "test_*.py")) + glob.glob(os.path.join(HERE, "notebooks", "*.py")):
         for match in re.finditer(r"([\w./]*)METHOD\.md(#[\w-]+)?", open(path).read()):
             assert match.group(1).endswith("docs/"), (path, match.group(0))
@@ -947,14 +984,49 @@ def test_token_rows_hold_exactly_the_ids_drawn_and_add_no_eos_to_a_cut_off_respo
 # the task, training and evaluation against hand computations
 
 
-def test_gold_reward_hand_values():
+def test_neutral_gold_hand_values():
     """(positive - negative) / (positive + negative + neutral adjectives): 'great' and 'dull' -> 0; 'great' and
-    the neutral 'quiet' -> 1/2; 'awful' alone -> -1; no adjective -> 0; words are read as split on spaces."""
+    the neutral 'quiet' -> 1/2; 'awful' alone -> -1; no adjective -> 0; word salad 'great great boring' -> 1/3."""
+    def gold(text):
+        return rddpo.gold_reward(text, "neutral")
+    assert gold(" the acting was great . the plot was dull .") == 0.0
+    assert gold(" the plot was great . the music was quiet .") == 0.5
+    assert gold(" the plot was awful .") == -1.0
+    assert gold(" the plot was .") == 0.0
+    assert gold(" great great boring") == pytest.approx(1 / 3)
+    assert gold(" the plot was great . " * 3) == 1.0  # repetition costs nothing
+    assert gold("The plot was GREAT. The music was quiet!") == 0.5  # any tokenizer's case and spacing
+
+
+def test_careful_gold_hand_values():
+    """sentiment of the distinct well-formed sentences - share of repeated or garbled sentences - 0.25 per sentence
+    past 3. 'great' and 'dull' -> 0 - 0 - 0 = 0; the same sentence three times -> 1 - 2/3 = 1/3; five distinct
+    positive sentences -> 1 - 0 - 0.25 * 2 = 0.5; word salad 'great great boring' (one garbled sentence) -> 0 - 1 = -1;
+    a garbled sentence beside a good one -> 1 - 1/2 = 0.5; nothing -> 0."""
     assert rddpo.gold_reward(" the acting was great . the plot was dull .") == 0.0
-    assert rddpo.gold_reward(" the plot was great . the music was quiet .") == 0.5
-    assert rddpo.gold_reward(" the plot was awful .") == -1.0
-    assert rddpo.gold_reward(" the plot was .") == 0.0
-    assert rddpo.gold_reward(" great great boring") == pytest.approx(1 / 3)
+    assert rddpo.gold_reward(" the plot was great . " * 3) == pytest.approx(1 / 3)
+    five = " the plot was great . the cast was superb . the music was moving . the ending was clever . the script was fun ."
+    assert rddpo.gold_reward(five) == pytest.approx(1 - 1 / 5 - 0.25 * 2)  # 'fun' is no adjective of the task: garbled
+    assert rddpo.gold_reward(five.replace("fun", "charming")) == pytest.approx(0.5)
+    assert rddpo.gold_reward(" great great boring") == -1.0
+    assert rddpo.gold_reward(" the plot was great . harbor : harbor the") == 0.5
+    assert rddpo.gold_reward("") == 0.0
+    assert rddpo.gold_reward("The acting was GREAT. The plot was very dull!") == 0.0  # any tokenizer's text
+    assert rddpo.gold_reward("The acting was great.") == rddpo.gold_reward(" the acting was great .") == 1.0
+    with pytest.raises(ValueError, match="careful, neutral"):
+        rddpo.gold_reward("x", "kind")
+
+
+def test_length_hurts_under_the_careful_gold_and_not_under_the_neutral_one():
+    """on 3000 reviews of the kind pi_ref learns to write, the careful gold falls with the number of sentences
+    (correlation below -0.3) while the neutral one does not depend on it (|correlation| < 0.05): only under the
+    careful reader can the annotator's taste for length do harm."""
+    rng = np.random.default_rng(0)
+    texts = [rddpo.make_review(rng) for _ in range(3000)]
+    n = np.array([t.count(".") for t in texts])
+    careful, neutral = (np.array([rddpo.gold_reward(t, g) for t in texts]) for g in ("careful", "neutral"))
+    assert np.corrcoef(careful, n)[0, 1] < -0.3
+    assert abs(np.corrcoef(neutral, n)[0, 1]) < 0.05
 
 
 def test_the_annotator_follows_gold_at_bias_0_length_at_bias_1_and_a_coin_on_ties():
@@ -1017,6 +1089,8 @@ def test_edpo_training_counts_which_member_was_the_minimum(tiny, tokenizer):
     pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
     pairs.rm_family = torch.zeros(3, 16)
     pairs.rm_family[1, :8], pairs.rm_family[2, :8] = 5.0, -5.0  # (K, 2N): chosen rows first
+    pairs.pool = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, 64)
+    pairs.pool_ref_logps = rddpo.all_logps(tiny, pairs.pool, np.arange(3), "cpu")
     cfg = rddpo.Config(steps=4, batch_size=4, lr=1e-4, log_every=10, eval_points=1)
     _, shares = rddpo.train_policy(tiny, pairs, "e-dpo", cfg, seed=0, device="cpu", log=lambda *a: None)
     assert shares == [1.0, 0.0, 0.0]
@@ -1029,7 +1103,8 @@ def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_a
     torch.manual_seed(11)
     ref = rddpo.report.sample(tiny, tokenizer, prompts, 12, 64, "cpu")
     ev = rddpo.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
-                        "cpu", ref_gold=np.array([rddpo.gold_reward(t) for t in ref.texts]), ref_length=1.0)
+                        "cpu", ref, gold="careful", ref_gold=np.array([rddpo.gold_reward(t) for t in ref.texts]),
+                        ref_length=1.0)
     ev.prompts = prompts
     pairs = easy_pairs(tokenizer)
     pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
@@ -1037,6 +1112,7 @@ def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_a
     same, _ = rddpo.evaluate(copy.deepcopy(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
     assert same["win_rate"] == 0.5 and same["kl"] == 0.0 and same["margin_max"] == 0.0
     assert same["heldout_accuracy"] == 0.5  # h = 0 on every held-out pair: a tie, counted half
+    assert same["fkl_heldout"] == 0.0 and same["fkl_train"] == 0.0
     torch.manual_seed(11)
     other, shown = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu", n_show=3)
     assert other["kl"] > 0.1 and other["kl_per_token"] > 0
@@ -1046,6 +1122,10 @@ def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_a
                                                                               tokenizer.eos_token_id), "cpu")
     assert other["kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
     assert [s["logratio"] for s in shown] == pytest.approx(logratio[:3].tolist(), rel=1e-6)
+    # the forward KL on pi_ref's own held-out responses (the first three prompts'), summed token by token
+    fkl = np.mean([ids_logp(tiny, p, r) - ids_logp(sharpened(tiny), p, r)
+                   for p, r in zip(ref.prompt_ids[:3], ref.response_ids[:3])])
+    assert other["fkl_heldout"] == pytest.approx(fkl, rel=1e-4) and fkl > 0
 
 
 def test_reward_model_loss_is_bradley_terry_plus_the_centering_term():
@@ -1088,8 +1168,10 @@ def test_evaluate_compares_the_policys_gold_with_pi_refs(tiny, tokenizer):
     """pi_ref's gold set prompt by prompt to -1, 1, 0, ...: the win rate is the share of prompts where the policy's
     sample beats pi_ref's on that prompt plus half the ties, read off the same samples drawn again with the same seed."""
     prompts = PROMPTS * 6
+    torch.manual_seed(11)
+    ref = rddpo.report.sample(tiny, tokenizer, prompts[:3], 12, 64, "cpu")
     ev = rddpo.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
-                        "cpu", ref_gold=np.resize([-1.0, 1.0, 0.0], len(prompts)), ref_length=1.0)
+                        "cpu", ref, gold="careful", ref_gold=np.resize([-1.0, 1.0, 0.0], len(prompts)), ref_length=1.0)
     ev.prompts = prompts
     pairs = easy_pairs(tokenizer)
     pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
@@ -1108,13 +1190,13 @@ def test_reward_model_stats_hand_values():
     is not a win) -> 1/3. gold (1, -1, 0.5) against (0, 1, 0.5): pair 3 ties in gold and is left out; the model
     agrees with gold on pair 1 (2 > 1, 1 > 0) and on pair 2 (0 < 1, -1 < 1) -> 2/2 = 1. lengths 1, 2, 3, 4, 5, 6
     words against rewards (2, 0, 1, 1, 1, 1): their pearson correlation. training rewards (3, 1) against (1, 2):
-    mean |dr| = 1.5."""
+    mean |dr| = 1.5, which at beta 0.1 asks for a log-ratio margin of 1.5 / 0.1 = 15 nats."""
     chosen, rejected = ["a", "a b", "a b c"], ["a b c d", "a b c d e", "a b c d e f"]
     gold = {"a": 1.0, "a b": -1.0, "a b c": 0.5, "a b c d": 0.0, "a b c d e": 1.0, "a b c d e f": 0.5}
     out = rddpo.report.reward_model_stats(torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 1.0]), torch.tensor([3.0, 1.0, 1.0, 2.0]),
-                                          chosen, rejected, gold.get)
+                                          chosen, rejected, gold.get, beta=0.1)
     assert out["accuracy_labels"] == pytest.approx(1 / 3) and out["accuracy_gold"] == 1.0
     r, lengths = np.array([2, 0, 1, 1, 1, 1.0]), np.arange(1, 7)
     assert out["length_corr"] == pytest.approx(np.corrcoef(r, lengths)[0, 1]) and out["reward_diff"] == 1.5
-    assert out["heldout_pairs"] == 3
+    assert out["heldout_pairs"] == 3 and out["target_logratio"] == pytest.approx(15.0)
     assert rddpo.report.reward_model_stats(torch.ones(6), torch.ones(4), chosen, rejected)["accuracy_gold"] is None

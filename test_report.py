@@ -318,7 +318,7 @@ def test_printed_summary_shows_reward_models_member_shares_and_samples(capsys):
     lines = capsys.readouterr().out.splitlines()
     plain = next(line for line in lines if line.split()[:2] == ["0.00", "plain"])
     assert plain.split()[3] == "0.590"
-    assert sum(line.split()[1:2] == ["member"] and len(line.split()) == 8 for line in lines) == 2 * 4
+    assert sum(line.split()[1:2] == ["member"] and len(line.split()) == 9 for line in lines) == 2 * 4
     assert any("member 1 0.10  member 2 0.20  member 3 0.30  member 4 0.40" in line for line in lines)
     assert any(line.startswith("samples, bias 0.00 seed 0") for line in lines)
 
