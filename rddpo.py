@@ -34,6 +34,7 @@ from task import (EVAL_TITLES, GOLDS, MAX_SENTENCES, NEGATIVE, NEUTRAL, POSITIVE
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")
 N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
+DTYPES = ("float32", "bfloat16")
 
 # -----------------------------------------------------------------------------
 # 1. configuration
@@ -64,6 +65,8 @@ class Config:
     n_eval: int = field(default=128, metadata={"help": "held-out prompts for evaluation"})
     max_length: int = field(default=64, metadata={"help": "tokens per prompt+response; longer responses are truncated"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest sampled response"})
+    dtype: str = field(default="float32", metadata={"help": "bfloat16 runs the forward passes under autocast (weights "
+                                                    "and optimizer stay float32): faster on a gpu", "choices": DTYPES})
     device: str = field(default="auto", metadata={"help": "auto takes cuda, then mps, then cpu", "choices": report.DEVICES})
     out: str = field(default="runs", metadata={"help": "output folder: each run writes a new run-NNN folder inside"})
     data: str = field(default="", metadata={"help": "your own pairs: JSON lines with prompt, chosen, rejected"})
@@ -649,7 +652,7 @@ def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed,
                                             log=lambda step, m: log(dict(tag, step=step, **m)))
     reference.to(device)
     for part in (policy, tokenizer) if save_dir else ():  # a model folder that from_pretrained loads
-        part.save_pretrained(os.path.join(save_dir, f"policy-{method}-bias{bias}-seed{seed}"))
+        part.save_pretrained(os.path.join(save_dir, f"policy-{method}{'' if bias is None else f'-bias{bias}'}-seed{seed}"))
     record = dict(bias=bias, seed=seed, method=method, train_seconds=time.time() - t0, checkpoints=checkpoints,
                   **{k: v for k, v in checkpoints[-1].items() if k != "step"},
                   **({"member_min_share": member_min_share} if member_min_share else {}))
@@ -662,14 +665,15 @@ def run(cfg, given=None, argv=None):
     report.check_config(cfg, METHODS, given)
     cfg = dataclasses.replace(cfg, methods=",".join(cfg.method_list()))
     device = report.pick_device(cfg.device)
+    amp = report.precision(device, cfg.dtype)
     user_pairs = report.read_pairs(cfg.data) if cfg.data else None
     splits = [report.split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
     report.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
     report.check_writable(cfg.out)
-    reference, tokenizer = load_reference(cfg, device, check=lambda tok: report.check_splits(  # and whose prompts fit
-        splits, lambda p: len(tok(p, add_special_tokens=False).input_ids) < cfg.max_length, cfg.batch_size, cfg.max_length))
-    biases, info = report.sweep_bias_list(cfg), report.run_info(argv, started)
-    with report.RunRecord(cfg.out, dataclasses.asdict(cfg), device, (biases[0], cfg.seeds[0]), info, started) as record:
+    reference, tokenizer = load_reference(cfg, device, check=lambda tok: report.check_data(user_pairs, splits, tok, cfg))
+    biases, info = [None] if cfg.data else report.sweep_bias_list(cfg), report.run_info(argv, started)  # no annotator
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if not (cfg.data and k in report.TASK_ONLY)}
+    with report.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started) as record, amp:
         for bias in biases:
             for seed in cfg.seeds:  # every method from the same reference, on the same pairs
                 pairs, ev, data, diagnostics = prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs)

@@ -11,6 +11,7 @@ imports none of them, and it imports torch and transformers only inside the func
   1. the command line     2. checks of the flags       3. a data file of pairs
   4. models from the hub  5. run folders and records   6. tables      7. figures
   8. evaluation records   9. token ids: padding, tokenizer, pretraining, sampling
+ 10. two runs compared, seed by seed:  python report.py compare RUN_A RUN_B
 """
 import argparse
 import dataclasses
@@ -137,6 +138,15 @@ def pick_device(name):
     return torch.device(name)
 
 
+def precision(device, dtype):
+    """--dtype: bfloat16 runs the models' forward passes under autocast (weights, optimizer state and the sequence
+    log-probs stay float32); float32 changes nothing. -> a context manager"""
+    import torch
+    if dtype == "bfloat16" and device.type == "mps":
+        raise UsageError("--dtype bfloat16 runs on cuda or cpu; use --dtype float32 on mps")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+
 def check_seeds(seeds):
     if len(set(seeds)) != len(seeds):
         raise UsageError(f"--seeds has a duplicate ({' '.join(map(str, seeds))}); give each seed once")
@@ -163,6 +173,7 @@ def check_config(cfg, methods, given=None):
         (cfg.max_new_tokens >= 1 and cfg.max_length >= 8, "--max-new-tokens must be >= 1 and --max-length >= 8"),
         (cfg.log_every >= 1, "--log-every must be >= 1"),
         (cfg.eval_points >= 1, f"--eval-points must be >= 1 (got {cfg.eval_points})"),
+        (cfg.unlabeled >= 0 and cfg.sft_steps >= 0, "--unlabeled and --sft-steps must be >= 0"),
         (cfg.data or cfg.batch_size <= cfg.n_pairs,
          f"--batch-size {cfg.batch_size} is larger than the {cfg.n_pairs} training pairs (--n-pairs); lower it"),
     ]
@@ -180,17 +191,20 @@ def check_config(cfg, methods, given=None):
         check_applies(cfg, given)
 
 
+TASK_ONLY = ["bias", "gold", "n_pairs", "n_eval", "sweep", "sweep_biases"]  # the built-in task's flags
+
+
 def check_applies(cfg, given):
     """a flag that would be ignored is an error, not a silent no-op."""
     methods = cfg.method_list()
     rules = [
-        (cfg.data, ["bias", "gold", "n_pairs", "n_eval", "sweep", "sweep_biases", "sft_steps"],
-         "the built-in task only, not --data"),
+        (cfg.data, TASK_ONLY + ["sft_steps"], "the built-in task only, not --data"),
         (not cfg.sweep, ["sweep_biases"], "--sweep only"),
         (cfg.sweep, ["bias"], "no run under --sweep, which takes --sweep-biases"),
         (cfg.model != "tiny", ["n_layer", "n_embd", "n_head"], "the built-in tiny model only"),
         ("e-dpo" not in methods and "p-dpo" not in methods, ["gamma"], "e-dpo and p-dpo only"),
         ("e-dpo" not in methods, ["ensemble"], "e-dpo only"),
+        ("d-dpo" not in methods and "e-dpo" not in methods, ["unlabeled"], "d-dpo and e-dpo only"),
     ]
     for when, names, applies_to in rules:
         if when and [n for n in names if n in given]:
@@ -212,6 +226,24 @@ def check_splits(splits, fits, batch_size, max_length):
                              f"in --max-length {max_length}; lower --batch-size or bring more pairs")
         if not any(fits(row[0]) for row in held):
             raise UsageError(f"no held-out prompt fits in --max-length {max_length}; raise it or shorten the prompts")
+
+
+def check_data(pairs, splits, tokenizer, cfg):
+    """your pairs against the model's tokenizer, before any training: every seed's split has a batch of pairs whose
+    prompt fits in --max-length, and no word is unknown to the tokenizer (the built-in tiny model knows only the
+    task's words: anything else would silently become <unk>)."""
+    if not pairs:
+        return
+    unk = tokenizer.unk_token_id
+    if unk is not None:
+        ids = [i for row in pairs for text in row for i in tokenizer(text, add_special_tokens=False).input_ids]
+        if unk in ids:
+            who = "the built-in tiny model, which knows only the task's words" if cfg.model == "tiny" \
+                else f"the tokenizer of --model {cfg.model}"
+            raise UsageError(f"{ids.count(unk) / len(ids):.1%} of the tokens of --data {cfg.data} are unknown to {who}; "
+                             "pass --model with a real causal LM (a folder, e.g. from convert_gguf.py, or gpt2)")
+    check_splits(splits, lambda p: len(tokenizer(p, add_special_tokens=False).input_ids) < cfg.max_length,
+                 cfg.batch_size, cfg.max_length)
 
 
 def sweep_bias_list(cfg):
@@ -459,7 +491,7 @@ class RunRecord:
     def log(self, row):
         self.fh.write(json.dumps(row) + "\n")
         self.fh.flush()
-        tqdm.write(f"bias {row['bias']:.2f} seed {row['seed']} {row['method']:<5} step {row['step']:>4}  "
+        tqdm.write(f"{bias_text(row['bias'], 'bias ')}seed {row['seed']} {row['method']:<5} step {row['step']:>4}  "
                    f"loss {row['loss']:8.4f}  margin {row['rewards/margins']:7.3f}  "
                    f"acc {row['rewards/accuracies']:.2f}  dlogp chosen {row['logps/chosen_change']:7.2f}  "
                    f"rejected {row['logps/rejected_change']:7.2f}")
@@ -528,6 +560,11 @@ COLUMNS = [("gold_reward", "gold"), ("win_rate", "win"), ("length", "len"), ("kl
            ("heldout_accuracy", "acc")]
 
 
+def bias_text(bias, prefix="", width=0):
+    """the annotator's bias as printed (built-in task), or nothing at all on your own data (bias None)."""
+    return "" if bias is None else f"{prefix}{bias:>{width}.2f} "
+
+
 def summarize(records):
     """mean and sample standard deviation over seeds, per (bias, method): KEY_mean, KEY_std, seeds."""
     groups = {}
@@ -546,10 +583,12 @@ def table_rows(summary, digits=3):
     rows = []
     for s in summary:
         if "gold_ref_mean" in s and s["method"] == summary[0]["method"]:
-            rows.append([f"{s['bias']:.2f}", "pi_ref", f"{s['gold_ref_mean']:.{digits}f}", f"{0.5:.{digits}f}",
+            rows.append([bias_text(s["bias"]).strip(), "pi_ref", f"{s['gold_ref_mean']:.{digits}f}", f"{0.5:.{digits}f}",
                          f"{s['length_ref_mean']:.{digits}f}"] + [""] * (len(cols) - 3))
-        rows.append([f"{s['bias']:.2f}", s["method"]] + [f"{s[k + '_mean']:.{digits}f}" + (
+        rows.append([bias_text(s["bias"]).strip(), s["method"]] + [f"{s[k + '_mean']:.{digits}f}" + (
             f" ±{s[k + '_std']:.{digits}f}" if s["seeds"] > 1 else "") for k, _ in cols])
+    if all(s["bias"] is None for s in summary):  # your own data: no annotator, no bias column
+        return ["method"] + [name for _, name in cols], [row[1:] for row in rows]
     return ["bias", "method"] + [name for _, name in cols], rows
 
 
@@ -621,13 +660,13 @@ def print_paired(rows, n_seeds):
         print("no paired differences: they compare each method with dpo, and e-dpo with d-dpo")
         return
     cells = {}
-    for p in sorted(rows, key=lambda p: p["bias"]):  # stable: each bias's rows in the order they came
+    for p in sorted(rows, key=lambda p: p["bias"] or 0):  # stable: each bias's rows in the order they came
         cells.setdefault((p["bias"], p["method"], p["base"]), {})[p["key"]] = p
     print(f"paired differences, method - base within each seed: mean [95 % t-interval] over {n_seeds} seeds; "
           "* the interval excludes 0")
-    print(f"{'bias':>5} {'method - base':<15}" + "".join(f"{PAIRED_NAMES[k][0]:>30}" for k in keys))
+    print(" bias " * any(p["bias"] is not None for p in rows) + f"{'method - base':<15}" + "".join(f"{PAIRED_NAMES[k][0]:>30}" for k in keys))
     for (bias, method, base), by_key in cells.items():
-        print(f"{bias:>5.2f} {method + ' - ' + base:<15}" +
+        print(f"{bias_text(bias, width=5)}{method + ' - ' + base:<15}" +
               "".join(f"{interval_text(by_key.get(k), PAIRED_NAMES[k][1]):>30}" for k in keys))
 
 
@@ -670,11 +709,13 @@ def print_reward_models(reward_models):
     print(f"reward models, mean over {rows[0]['seeds']} seed(s): longer won = share of its training pairs won by the "
           "longer response;\n  accuracy on held-out pairs; corr(reward, length in words); mean |r_w - r_l| on "
           "training pairs,\n  and the log-ratio margin |h| = |r_w - r_l| / beta (nats) it asks d-DPO and e-DPO for")
-    print(f"{'bias':>5} {'model':<9} {'longer won':>10} {'acc gold':>9} {'acc labels':>10} {'len corr':>9} "
-          f"{'|r_w-r_l|':>9} {'asks |h|':>9}")
+    gold = any(r["accuracy_gold"] is not None for r in rows)  # the built-in task's gold; none on your own data
+    print((" bias " if rows[0]["bias"] is not None else "") + f"{'model':<9} {'longer won':>10} "
+          + (f"{'acc gold':>9} " if gold else "") + f"{'acc labels':>10} {'len corr':>9} {'|r_w-r_l|':>9} {'asks |h|':>9}")
     for r in rows:
-        print(f"{r['bias']:>5.2f} {r['model']:<9} {cell(r['share'], '.2f'):>10} {cell(r['accuracy_gold'], '.3f'):>9} "
-              f"{cell(r['accuracy_labels'], '.3f'):>10} {cell(r['length_corr'], '+.2f'):>9} "
+        print(f"{bias_text(r['bias'], width=5)}{r['model']:<9} {cell(r['share'], '.2f'):>10} "
+              + (f"{cell(r['accuracy_gold'], '.3f'):>9} " if gold else "")
+              + f"{cell(r['accuracy_labels'], '.3f'):>10} {cell(r['length_corr'], '+.2f'):>9} "
               f"{cell(r['reward_diff'], '.3f'):>9} {cell(r['target_logratio'], '.1f'):>9}")
 
 
@@ -702,14 +743,15 @@ def print_samples(rows, n_prompts=2):
     by_policy = {}
     for r in sorted(first, key=lambda r: r["policy"] != "pi_ref"):  # stable: pi_ref, then the methods as they came
         by_policy.setdefault(r["policy"], []).append(r)
-    print(f"samples, bias {rows[0]['bias']:.2f} seed {rows[0]['seed']}: gold reward, length (words), "
-          "log pi/pi_ref (nats), response ([cut off]: it hit --max-new-tokens)")
+    gold = any(r.get("gold") is not None for r in first)
+    print(f"samples, {bias_text(rows[0]['bias'], 'bias ')}seed {rows[0]['seed']}: " + "gold reward, " * gold
+          + "length (words), log pi/pi_ref (nats), response ([cut off]: it hit --max-new-tokens)")
     for k in range(min(n_prompts, max(len(v) for v in by_policy.values()))):
         shown = [v[k] for v in by_policy.values() if k < len(v)]
         print(f"  {shorten(shown[0]['prompt'])}")
         for r in shown:
-            gold = "    -" if r.get("gold") is None else f"{r['gold']:+.2f}"
-            print(f"    {r['policy']:<6} gold {gold} len {r['length']:>3.0f} logratio {r['logratio']:+7.2f}  "
+            score = f"gold {r['gold']:+.2f} " if gold else ""
+            print(f"    {r['policy']:<6} {score}len {r['length']:>3.0f} logratio {r['logratio']:+7.2f}  "
                   f"{shorten(r['response']) or '(empty)'}" + (" [cut off]" if r.get("cut_off") else ""))
 
 
@@ -717,6 +759,10 @@ def print_summary(results, samples=()):
     """what a finished run prints: the table of means, then (where the run has them) paired differences, reward
     model diagnostics, e-dpo's member minimum shares and a few samples. results.json of an older run prints too."""
     runs = results["runs"]
+    held = [d["heldout_pairs"] for d in results.get("data", []) if d.get("bias") is None and "heldout_pairs" in d]
+    if held:  # your own data: the held-out accuracy (acc) rests on these pairs alone
+        print(f"acc: the share of held-out pairs whose implicit margin is positive, on {min(held)}"
+              + (f" to {max(held)}" if max(held) > min(held) else "") + " held-out pairs per seed (a tenth of your pairs)")
     print_table(results["summary"])
     print_paired(results["paired"] if "paired" in results else paired_comparisons(runs), len({r["seed"] for r in runs}))
     if results.get("reward_models"):
@@ -725,7 +771,7 @@ def print_summary(results, samples=()):
     if shares:
         print("e-dpo: share of training steps at which each family member gave the minimum (mean over seeds)")
         for bias, s in shares.items():
-            print(f"{bias:>5.2f} " + "  ".join(f"member {i + 1} {v:.2f}" for i, v in enumerate(s)))
+            print(bias_text(bias, width=5) + "  ".join(f"member {i + 1} {v:.2f}" for i, v in enumerate(s)))
     print_samples(list(samples))
 
 
@@ -762,9 +808,10 @@ def plot(results, run_dir, curves=None, methods=()):
 
 
 def settings(config):
-    """the run's settings for a figure's title: model, data, seeds, steps, beta."""
+    """the run's settings for a figure's title: model, data or the gold reader, seeds, steps, beta."""
     c = config or {}
     parts = [("model", c.get("model")), ("data", os.path.basename(c["data"]) if c.get("data") else None),
+             ("gold", None if c.get("data") else c.get("gold")),
              ("seeds", " ".join(map(str, c["seeds"])) if c.get("seeds") else None),
              ("steps", c.get("steps")), ("beta", c.get("beta"))]
     return ", ".join(f"{name} {v}" for name, v in parts if v is not None)
@@ -1115,3 +1162,52 @@ def sample_batch(model, prompt_ids, eos, n_new, device):
             if done.all():
                 break
     return [row[:row.index(eos) + 1] if eos in row else row for row in torch.stack(new, 1).tolist()]
+
+
+# -----------------------------------------------------------------------------
+# 10. two runs compared: python report.py compare RUN_A RUN_B
+
+
+def read_results(path):
+    """results.json of a run folder (or the file itself), or a UsageError that says what is wrong."""
+    path = os.path.join(path, "results.json") if os.path.isdir(path) else path
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {e}; give a run folder or its results.json") from None
+
+
+def compare_runs(a, b, keys=("win_rate", "gold_reward", "length", "kl", "logps_chosen_change")):
+    """per (bias, method) that both runs trained: run b minus run a on each key, seed by seed (the seeds both ran),
+    with its mean and 95 % interval. -> [dict(bias, method, key, seeds, diffs, mean, low, high)]"""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in b["runs"]):
+        records = [dict(r, method=side) for side, res in (("a", a), ("b", b)) for r in res["runs"] if r["method"] == method]
+        out += [dict(p, method=method) for key in keys for p in paired(records, key, "a")]
+    return out
+
+
+def print_comparison(rows, names):
+    print(f"{names[1]} minus {names[0]}, seed by seed: mean [95 % t-interval]; * the interval excludes 0")
+    for p in sorted(rows, key=lambda p: (p["bias"], p["method"])):
+        print(f"bias {p['bias']:.2f} {p['method']:<6} {p['key']:<20} {interval_text(p, 3)}  "
+              f"(seeds {' '.join(map(str, p['seeds']))})")
+
+
+def main(argv=None):
+    p = ArgumentParser(description="compare two runs of rddpo.py that share seeds (the same pairs and reward "
+                                   "models per seed): python report.py compare RUN_A RUN_B")
+    p.add_argument("command", choices=["compare"])
+    p.add_argument("runs", nargs=2, help="two run folders (or their results.json): A, then B")
+    args = p.parse_args(argv)
+    def compare():
+        rows = compare_runs(*(read_results(path) for path in args.runs))
+        if not rows:
+            raise UsageError("the two runs share no (bias, method, seed); compare runs made with the same seeds")
+        print_comparison(rows, args.runs)
+    return cli(compare)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,6 +1,7 @@
 """tests for rddpo.py. each test name states the property; the docstring shows the hand computation.
 run with `pytest` (everything, a few minutes) or `pytest -m "not slow"` (seconds)."""
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -528,6 +529,10 @@ def test_unreachable_hub_is_one_clear_line_within_seconds(tmp_path):
     (["--steps", "many"], "invalid int value"),
     (["--model", "./no/such/model"], "no such folder"),
     (["--sweep", "--sweep-biases", "0,2"], "--sweep-biases"),
+    (["--gold", "kind"], "--gold: invalid choice"),
+    (["--unlabeled", "-1"], "--unlabeled and --sft-steps must be >= 0"),
+    (["--sft-steps", "-1"], "--unlabeled and --sft-steps must be >= 0"),
+    (["--unlabeled", "8", "--methods", "dpo,p-dpo"], "--unlabeled applies to d-dpo and e-dpo only"),
 ])
 def test_bad_flag_is_one_error_line_and_exit_2(tmp_path, args, says):
     r = cli(*args, "--out", str(tmp_path / "out"))
@@ -629,6 +634,21 @@ def test_quick_run_end_to_end(runs_dir):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
 
 
+def test_bfloat16_runs_the_forward_passes_in_bfloat16_and_keeps_log_probs_and_weights_float32(runs_dir, monkeypatch):
+    """--dtype bfloat16: the policy's logits come out in bfloat16 (autocast), its sequence log-probs and its weights
+    stay float32, and the run's numbers are finite."""
+    seen = []
+    real = rddpo.sequence_logps
+    def spy(logits, input_ids, response_mask):
+        seen.append(logits.dtype)
+        out = real(logits, input_ids, response_mask)
+        assert out.dtype == torch.float32
+        return out
+    monkeypatch.setattr(rddpo, "sequence_logps", spy)
+    results, _ = rddpo.run(quick(runs_dir, methods="dpo", steps=2, dtype="bfloat16"))
+    assert torch.bfloat16 in seen and all(math.isfinite(results["runs"][0][k]) for k in ("kl", "win_rate", "margin_max"))
+
+
 def test_without_dropout_makes_training_mode_forward_equal_to_eval_mode(tiny, tokenizer):
     """gpt-2's dropout is 0.1 by default; a policy copied from the reference and switched off dropout gives
     the reference's logits in training mode, so its implicit reward starts at exactly 0."""
@@ -682,9 +702,14 @@ def test_own_data_file_runs_and_reports_truncation(runs_dir, tmp_path, capsys):
     rows[3]["chosen"] = " the plot was great ." * 20
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results, _ = rddpo.run(quick(runs_dir, data=str(path), methods="dpo,e-dpo", batch_size=4))
-    assert "1 pairs truncated" in capsys.readouterr().out
+    results, run_dir = rddpo.run(quick(runs_dir, data=str(path), methods="dpo,e-dpo", batch_size=4, seeds=[0, 1]))
+    out = capsys.readouterr().out
+    assert "1 pairs truncated" in out
     assert all("heldout_accuracy" in r and "gold_reward" not in r for r in results["runs"])
+    # nothing of the built-in task (its annotator's bias, its gold reader) in what a run on your own data says
+    saved = "".join(open(os.path.join(run_dir, f)).read() for f in ("results.json", "metrics.jsonl", "samples.jsonl"))
+    for text in (out, saved):
+        assert "bias" not in text.replace('"bias": null', "").lower() and "gold" not in text.lower()
 
 
 # -----------------------------------------------------------------------------
@@ -711,10 +736,23 @@ def test_method_names_are_case_insensitive():
     (["--n-pairs", "100"], "--n-pairs applies to the built-in task only"),
     (["--n-eval", "10"], "--n-eval applies to the built-in task only"),
     (["--sweep"], "--sweep applies to the built-in task only"),
+    (["--gold", "neutral"], "--gold applies to the built-in task only"),
+    (["--sft-steps", "5"], "--sft-steps applies to the built-in task only"),
     (["--max-length", "32"], "--max-length 32 cannot hold the task's longest prompt and review"),  # the tiny model's
     (["--batch-size", "19"], "--batch-size 19 is larger than the 18 training pairs"),  # 20 pairs, 2 held out
     (["--batch-size", "4", "--max-length", "45", "--methods", "dpo", "--quick"], "whose prompt fits in --max-length 45"),
 ])
+def test_data_with_words_the_tiny_model_does_not_know_is_refused_before_any_work(tmp_path, capsys):
+    """a pair with one word outside the task's vocabulary ('popcorn'): one error line that names the share of unknown
+    tokens and what to pass instead, exit 2, and no run folder."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text((json.dumps(GOOD) + "\n") * 19 + json.dumps({**GOOD, "chosen": " the popcorn was great ."}) + "\n")
+    assert rddpo.main(["--data", str(path), "--quick", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown to the built-in tiny model" in err[0] and "--model" in err[0], err
+    assert "0%" not in err[0].split(" of the tokens")[0] and not (tmp_path / "out").exists()
+
+
 def test_a_builtin_task_flag_with_data_is_an_error(tmp_path, capsys, args, says):
     path = tmp_path / "pairs.jsonl"
     path.write_text((json.dumps(GOOD) + "\n") * 20)
@@ -1200,3 +1238,122 @@ def test_reward_model_stats_hand_values():
     assert out["length_corr"] == pytest.approx(np.corrcoef(r, lengths)[0, 1]) and out["reward_diff"] == 1.5
     assert out["heldout_pairs"] == 3 and out["target_logratio"] == pytest.approx(15.0)
     assert rddpo.report.reward_model_stats(torch.ones(6), torch.ones(4), chosen, rejected)["accuracy_gold"] is None
+
+
+# -----------------------------------------------------------------------------
+# the reference's fine-tuning, the forward-KL pool and the unlabelled pairs
+
+
+def test_a_model_folder_is_fine_tuned_on_the_task_once_and_then_read_from_the_cache(tmp_path, tiny, tokenizer,
+                                                                                    monkeypatch):
+    """--model FOLDER --sft-steps 3: the reference is the folder's model after 3 steps on the task's reviews (its
+    weights moved), saved as reference-<folder>-T64-S3 in --out; a second load reads that folder (fine-tuning is
+    not called again) and gives the same weights. --sft-steps 0 keeps the folder's model as it is, caching nothing."""
+    folder = tmp_path / "my-model"
+    tiny.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    cfg = rddpo.Config(model=str(folder), sft_steps=3, out=str(tmp_path / "out"))
+    tuned, _ = rddpo.load_reference(cfg, "cpu")
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(tuned.state_dict()[key], tiny.state_dict()[key])
+    cached = tmp_path / "out" / f"reference-{rddpo.report.slug(str(folder))}-T64-S3"
+    assert (cached / "config.json").is_file()
+    monkeypatch.setattr(rddpo.report, "pretrain", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    again, _ = rddpo.load_reference(cfg, "cpu")
+    torch.testing.assert_close(again.state_dict()[key], tuned.state_dict()[key])
+    plain, _ = rddpo.load_reference(dataclasses.replace(cfg, sft_steps=0, out=str(tmp_path / "out0")), "cpu")
+    assert torch.equal(plain.state_dict()[key], tiny.state_dict()[key]) and not (tmp_path / "out0").exists()
+
+
+def test_slug_makes_one_folder_name_of_a_model_name_or_path():
+    assert rddpo.report.slug("gpt2") == "gpt2"
+    assert rddpo.report.slug("./models/my lm/") == "models-my-lm"
+    assert rddpo.report.slug("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB-SmolLM2-135M"
+
+
+def test_the_kl_pool_is_steps_times_batch_samples_of_pi_ref_with_their_log_probs(tiny, tokenizer):
+    """steps 2 x batch 3 = 6 responses drawn from pi_ref on the prompts in turn; their stored log pi_ref is the
+    reference's log-prob of exactly those ids (checked one token at a time)."""
+    cfg = rddpo.Config(steps=2, batch_size=3, max_new_tokens=8)
+    pool, ref_logps = rddpo.kl_pool(tiny, tokenizer, PROMPTS[:2], cfg, seed=0, device="cpu")
+    assert pool.input_ids.shape[0] == 6 and ref_logps.shape == (6,)
+    for i in range(6):
+        ids = pool.input_ids[i][pool.attention_mask[i].bool()].tolist()
+        n_prompt = len(tokenizer(PROMPTS[i % 2], add_special_tokens=False).input_ids)
+        assert ids[:n_prompt] == tokenizer(PROMPTS[i % 2], add_special_tokens=False).input_ids
+        assert ref_logps[i].item() == pytest.approx(ids_logp(tiny, ids[:n_prompt], ids[n_prompt:]), rel=1e-5)
+
+
+def recorded_rows(monkeypatch, what):
+    """the rows that train_policy passes to batch_tensors for the pairs ("pairs") or to pool_batch ("pool")."""
+    seen = []
+    if what == "pairs":
+        real = rddpo.batch_tensors
+        def spy(tokens, rows, device):
+            if tokens.input_ids.shape[0] == 16:  # the pairs' tokens, not the pool's
+                seen.append(np.asarray(rows))
+            return real(tokens, rows, device)
+        monkeypatch.setattr(rddpo, "batch_tensors", spy)
+    else:
+        real = rddpo.pool_batch
+        def spy(policy, pairs, order, step, batch_size, device):
+            out = real(policy, pairs, order, step, batch_size, device)
+            seen.append(out[1])
+            return out
+        monkeypatch.setattr(rddpo, "pool_batch", spy)
+    return seen
+
+
+def pooled_pairs(tiny, tokenizer, labelled):
+    """8 easy pairs of which the first `labelled` carry labels, with scores for d-DPO and e-DPO and a pool of 6."""
+    pairs = easy_pairs(tokenizer)
+    pairs.labelled = labelled
+    pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
+    pairs.rm_plain, pairs.rm_family = torch.zeros(16), torch.zeros(2, 16)
+    pairs.pool = rddpo.tokenize(tokenizer, PROMPTS * 2, RESPONSES * 2, 64)
+    pairs.pool_ref_logps = rddpo.all_logps(tiny, pairs.pool, np.arange(6), "cpu")
+    return pairs
+
+
+@pytest.mark.parametrize("method", ["dpo", "d-dpo", "e-dpo", "p-dpo"])
+def test_only_distillation_trains_on_the_unlabelled_pairs(tiny, tokenizer, monkeypatch, method):
+    """4 of 8 pairs labelled, 6 steps of 3 pairs: DPO and p-DPO draw only pairs 0-3 (rows 0-3 and 8-11); d-DPO
+    and e-DPO draw from all 8 and, over 18 draws, reach the unlabelled ones."""
+    pairs = pooled_pairs(tiny, tokenizer, 4)
+    seen = recorded_rows(monkeypatch, "pairs")
+    cfg = rddpo.Config(steps=6, batch_size=3, log_every=100, eval_points=1)
+    rddpo.train_policy(tiny, pairs, method, cfg, 0, "cpu", log=lambda *a: None)
+    pairs_drawn = np.concatenate([rows[:3] for rows in seen])  # the chosen rows: the pairs' indices
+    assert len(seen) == 6 and all((rows[3:] == rows[:3] + 8).all() for rows in seen)
+    if method in ("d-dpo", "e-dpo"):
+        assert pairs_drawn.max() >= 4
+    else:
+        assert pairs_drawn.max() < 4
+
+
+@pytest.mark.parametrize("method", ["e-dpo", "p-dpo"])
+def test_each_pool_response_is_used_once_in_a_random_order(tiny, tokenizer, monkeypatch, method):
+    """a pool of 6, 2 steps of 3: the steps take 6 distinct rows, a permutation of 0-5 that is not 0, 1, ... 5."""
+    pairs = pooled_pairs(tiny, tokenizer, 8)
+    seen = recorded_rows(monkeypatch, "pool")
+    cfg = rddpo.Config(steps=2, batch_size=3, log_every=100, eval_points=1)
+    rddpo.train_policy(tiny, pairs, method, cfg, 0, "cpu", log=lambda *a: None)
+    order = np.concatenate(seen)
+    assert sorted(order.tolist()) == list(range(6)) and order.tolist() != list(range(6))
+
+
+def test_unlabelled_pairs_are_drawn_from_pi_ref_scored_and_never_seen_by_a_reward_model(tiny, tokenizer, monkeypatch):
+    """--unlabeled 6 beside 10 labelled pairs: 16 pairs, the first 10 labelled; both reward-model trainings index
+    only pairs 0-9; every pair, labelled or not, has a plain and a family score; results.json's data says 10 + 6."""
+    trained_on = []
+    real = rddpo.train_reward_model
+    def spy(reference, pairs, pair_idx, *args, **kw):
+        trained_on.append(np.asarray(pair_idx))
+        return real(reference, pairs, pair_idx, *args, **kw)
+    monkeypatch.setattr(rddpo, "train_reward_model", spy)
+    cfg = rddpo.Config(n_pairs=10, n_eval=4, unlabeled=6, methods="d-dpo", rm_steps=2, batch_size=4, ensemble=2,
+                       max_new_tokens=8)
+    pairs, ev, info, _ = rddpo.prepare(tiny, tokenizer, cfg, 0.5, 0, "cpu", None)
+    assert pairs.labelled == 10 and len(pairs.keep) == 16 and info["pairs"] == 10 and info["unlabeled"] == 6
+    assert len(trained_on) == 3 and all(idx.max() < 10 for idx in trained_on)
+    assert pairs.rm_plain.shape == (32,) and pairs.rm_family.shape == (2, 32) and pairs.pool is None

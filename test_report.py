@@ -448,3 +448,24 @@ def test_results_of_an_older_run_still_print_and_plot(tmp_path, capsys):
     for name in ("curves.png", "comparison.png", "gold_vs_kl.png", "sweep.png"):
         assert_figure(tmp_path / name)
     assert not os.path.exists(tmp_path / "reward_models.png")
+
+
+def test_compare_runs_gives_b_minus_a_seed_by_seed_on_the_seeds_both_ran(tmp_path, capsys):
+    """run a: e-dpo win rates 0.5, 0.6, 0.7 at seeds 0, 1, 2; run b: 0.6, 0.8 at seeds 0, 1 (and a method a lacks).
+    b - a = (0.1, 0.2) over the shared seeds 0, 1: mean 0.15, interval 0.15 +- 12.706 * sd / sqrt(2)."""
+    def rec(seed, method, w):
+        return dict(bias=0.5, seed=seed, method=method, win_rate=w, gold_reward=0.0, length=10.0, kl=1.0,
+                    logps_chosen_change=0.0)
+    a = dict(runs=[rec(s, "e-dpo", w) for s, w in ((0, 0.5), (1, 0.6), (2, 0.7))])
+    b = dict(runs=[rec(0, "e-dpo", 0.6), rec(1, "e-dpo", 0.8), rec(0, "x-dpo", 0.1)])
+    rows = [p for p in report.compare_runs(a, b) if p["key"] == "win_rate"]
+    assert [(p["method"], p["seeds"]) for p in rows] == [("e-dpo", [0, 1])]
+    half = 12.706 * np.std([0.1, 0.2], ddof=1) / np.sqrt(2)
+    assert rows[0]["mean"] == pytest.approx(0.15) and rows[0]["high"] == pytest.approx(0.15 + half, rel=1e-3)
+    for name, res in (("a", a), ("b", b)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    assert report.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "+0.150" in capsys.readouterr().out
+    assert report.main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -271,21 +271,26 @@ print(f"rddpo.distill_loss = {ddpo:.5f}   by hand = {ddpo_hand:.5f}")
 # ### The forward-KL estimate
 #
 # e-DPO and p-DPO add $\gamma\,\mathrm{KL}(\pi_{\text{ref}} \,\|\, \pi_\theta)
-# = \gamma\, \mathbb{E}_{y \sim \pi_{\text{ref}}}[\log \pi_{\text{ref}}(y) - \log \pi_\theta(y)]$. On the built-in
-# task both responses of every pair were sampled from $\pi_{\text{ref}}$, so the mean over the batch's
-# $2B$ responses is an estimate of it at no extra cost:
+# = \gamma\, \mathbb{E}_{y \sim \pi_{\text{ref}}}[\log \pi_{\text{ref}}(y) - \log \pi_\theta(y)]$. The expectation
+# is over responses *sampled from* $\pi_{\text{ref}}$, so `rddpo` draws a pool of them once, before
+# training, and each step averages over $B$ fresh ones:
 #
-# $$\widehat{\mathrm{KL}} = \frac{1}{2B}\sum_b \Big[\big(\log\pi_{\text{ref}}(y_{w,b}) - \log\pi_\theta(y_{w,b})\big)
-#   + \big(\log\pi_{\text{ref}}(y_{l,b}) - \log\pi_\theta(y_{l,b})\big)\Big]$$
+# $$\widehat{\mathrm{KL}} = \frac{1}{B}\sum_b \big(\log\pi_{\text{ref}}(y_b) - \log\pi_\theta(y_b)\big),
+#   \qquad y_b \sim \pi_{\text{ref}}$$
 #
-# - chosen: $(-11 + 11) + (-12 + 13) = 0 + 1$; rejected: $(-13 + 15) + (-12 + 12) = 2 + 0$
-# - $\widehat{\mathrm{KL}} = (0 + 1 + 2 + 0)/4 = 0.75$
+# Why not the pairs' own responses? Reused epoch after epoch, their mean of $\log\pi_{\text{ref}} - \log\pi_\theta$
+# is minus their likelihood (plus a constant), and the policy lowers it without bound by memorising them.
+# Say the step's two pool responses have $\log\pi_\theta = (-10, -12)$ and $\log\pi_{\text{ref}} = (-9.5, -11)$:
 #
-# Positive: the policy has lost probability on these responses. The true KL is never negative, but an
-# estimate from one batch can be.
+# - $\widehat{\mathrm{KL}} = \big((-9.5 + 10) + (-11 + 12)\big)/2 = (0.5 + 1)/2 = 0.75$
+#
+# Positive: the policy has lost probability on what the reference writes. The true KL is never negative,
+# but an estimate from one batch can be.
 
 # %%
-fkl = rddpo.forward_kl_estimate(*logps4).item()
+pool_policy_logps, pool_reference_logps = t(-10.0, -12.0), t(-9.5, -11.0)  # (B,) each: two samples of pi_ref
+pool = (pool_policy_logps, pool_reference_logps)
+fkl = rddpo.forward_kl_estimate(*pool).item()
 print(f"rddpo.forward_kl_estimate = {fkl:.5f}   by hand = {3 / 4:.5f}")
 
 # %% [markdown]
@@ -312,7 +317,7 @@ family_chosen_rewards = torch.stack([t(1.0, 0.5), t(0.5, 0.0)])  # (K, B)
 family_rejected_rewards = torch.stack([t(0.0, 0.0), t(0.0, 0.5)])  # (K, B)
 per_member = [rddpo.distill_loss(*logps4, family_chosen_rewards[k], family_rejected_rewards[k], beta).item()
               for k in range(2)]
-edpo = rddpo.pessimistic_distill_loss(*logps4, family_chosen_rewards, family_rejected_rewards, beta, gamma).item()
+edpo = rddpo.pessimistic_distill_loss(*logps4, family_chosen_rewards, family_rejected_rewards, beta, gamma, *pool).item()
 edpo_hand = min(0.5, 0.125) + 0.1 * 0.75
 print("distillation loss of each member:", per_member, "-> member", per_member.index(min(per_member)), "is the min")
 print(f"rddpo.pessimistic_distill_loss = {edpo:.5f}   by hand = {edpo_hand:.5f}")
@@ -324,7 +329,7 @@ print(f"rddpo.pessimistic_distill_loss = {edpo:.5f}   by hand = {edpo_hand:.5f}"
 #   = 0.64367 + 0.1 \times 0.75 = 0.71867$$
 
 # %%
-pdpo = rddpo.pessimistic_dpo_loss(*logps4, beta, gamma).item()
+pdpo = rddpo.pessimistic_dpo_loss(*logps4, beta, gamma, *pool).item()
 pdpo_hand = dpo_hand + 0.1 * 0.75
 print(f"rddpo.pessimistic_dpo_loss = {pdpo:.5f}   by hand = {pdpo_hand:.5f}")
 
@@ -347,12 +352,12 @@ print(f"rddpo.pessimistic_dpo_loss = {pdpo:.5f}   by hand = {pdpo_hand:.5f}")
 # DPO always pushes the chosen response up and the rejected one down, hardest on the pairs it gets wrong,
 # and never stops: $\sigma(-\beta h) > 0$ for every finite $h$.
 #
-# The KL term adds the same amount to every response of the batch, chosen and rejected alike:
+# The KL term does not touch the pairs at all: it reads the pool. On each pool response it adds
 #
-# $$\frac{\partial\, \gamma\widehat{\mathrm{KL}}}{\partial \log\pi_\theta(y)} = -\frac{\gamma}{2B} = -\frac{0.1}{4} = -0.025$$
+# $$\frac{\partial\, \gamma\widehat{\mathrm{KL}}}{\partial \log\pi_\theta(y_b)} = -\frac{\gamma}{B} = -\frac{0.1}{2} = -0.05,$$
 #
-# It raises every response that was sampled from the reference: it holds probability mass on the data,
-# which DPO alone is free to drain (its loss only sees differences). Autograd computes the table:
+# raising what the reference writes: it holds probability mass where $\pi_{\text{ref}}$ has it, which DPO
+# alone is free to drain (its loss only sees differences). Autograd computes the table (the pairs' log-probs):
 
 # %%
 def gradients(loss_fn):
@@ -364,10 +369,13 @@ losses = {
     "DPO": lambda *l: rddpo.dpo_loss(*l, beta),
     "IPO": lambda *l: rddpo.ipo_loss(*l, beta),
     "d-DPO": lambda *l: rddpo.distill_loss(*l, rm_chosen_rewards, rm_rejected_rewards, beta),
-    "e-DPO": lambda *l: rddpo.pessimistic_distill_loss(*l, family_chosen_rewards, family_rejected_rewards, beta, gamma),
-    "p-DPO": lambda *l: rddpo.pessimistic_dpo_loss(*l, beta, gamma),
-    "KL term": lambda *l: gamma * rddpo.forward_kl_estimate(*l),
+    "e-DPO": lambda *l: rddpo.pessimistic_distill_loss(*l, family_chosen_rewards, family_rejected_rewards, beta, gamma,
+                                                       *pool),
+    "p-DPO": lambda *l: rddpo.pessimistic_dpo_loss(*l, beta, gamma, *pool),
 }
+pool_leaf = pool_policy_logps.clone().requires_grad_()
+(gamma * rddpo.forward_kl_estimate(pool_leaf, pool_reference_logps)).backward()
+print("d (gamma KL) / d log pi of the two pool responses:", pool_leaf.grad.tolist())
 grads = {name: gradients(fn) for name, fn in losses.items()}
 print(f"{'':<8} {'d L / d log pi(y_w)':^22} {'d L / d log pi(y_l)':^22}")
 print(f"{'':<8} {'pair 1':>10} {'pair 2':>10}  {'pair 1':>10} {'pair 2':>10}")
@@ -384,9 +392,9 @@ for name, (g_chosen, g_rejected) in grads.items():
 # - **d-DPO**: $\tfrac{2}{B}(\Delta r_b - \beta h_b)(-\beta) = (0,\ 1 \times -0.5) = (0, -0.5)$: nothing on pair 1,
 #   whose margin already equals the reward model's.
 # - **e-DPO**: only the selected member 1 counts, $(\Delta r_1 - \beta h) = (-0.5, 0)$, giving
-#   $(0.25, 0)$ for the chosen responses, plus the KL term's $-0.025$: on pair 1 it *lowers* the chosen
-#   response, shrinking a margin that the conservative member does not support.
-# - **p-DPO** is the DPO row plus the KL row.
+#   $(0.25, 0)$ for the chosen responses: on pair 1 it *lowers* the chosen response, shrinking a margin that
+#   the conservative member does not support.
+# - **p-DPO** equals the DPO row on the pairs; its KL term acts on the pool's responses ($-0.05$ each).
 
 # %% [markdown]
 # ## 6. Exercises
@@ -412,20 +420,22 @@ for name, (g_chosen, g_rejected) in grads.items():
 # Its differences are $\Delta r_2 = (1, -0.5)$, exactly the current implicit margins $\beta h = (1, -0.5)$, so
 # its distillation loss is $\big((1-1)^2 + (-0.5+0.5)^2\big)/2 = 0$: member 2 is selected, and the e-DPO
 # loss is $0 + 0.075 = 0.075$, the KL term alone. Check: stack `t(1.0, 0.0)` onto `family_chosen_rewards`
-# and `t(0.0, 0.5)` onto `family_rejected_rewards` and call `rddpo.pessimistic_distill_loss`.
+# and `t(0.0, 0.5)` onto `family_rejected_rewards` and call `rddpo.pessimistic_distill_loss` (with `*pool`).
 #
 # </details>
 #
 # **Exercise 3.** Add a constant $c = 3.7$ to the policy's log-probabilities of *both* responses of pair 1.
-# Show that DPO, IPO and d-DPO do not change. What happens to p-DPO, and why does that matter?
+# Show that DPO, IPO and d-DPO do not change. Does p-DPO? What if its KL term were averaged over the pairs'
+# own responses instead of the pool?
 #
 # <details><summary>Solution</summary>
 #
 # $h_1 = (\log\pi_\theta(y_w) + c - \log\pi_{\text{ref}}(y_w)) - (\log\pi_\theta(y_l) + c - \log\pi_{\text{ref}}(y_l))$:
-# the $c$ cancels, and DPO, IPO and d-DPO see the policy only through $h$. The KL estimate is not a
-# difference: it falls by $2c/(2B) = c/2 = 1.85$, so p-DPO falls by $\gamma \times 1.85 = 0.185$, to
-# $0.71867 - 0.185 = 0.53367$. The margin losses cannot tell whether the probability of the data went up
-# or down; only the KL term can, which is why it is the piece that stops the mass from draining away.
+# the $c$ cancels, and DPO, IPO and d-DPO see the policy only through $h$. p-DPO does not change either:
+# its KL term reads the pool, not pair 1. Averaged over the pairs' own $2B$ responses it would fall by
+# $2c/(2B) = c/2 = 1.85$, so that p-DPO would fall by $\gamma \times 1.85 = 0.185$: raising the likelihood
+# of the training responses, any amount, would *lower* the loss. That is the memorising that a pool of
+# fresh samples of $\pi_{\text{ref}}$ avoids.
 #
 # </details>
 #
@@ -469,10 +479,10 @@ assert abs(dpo - 0.64367) < 1e-5 and per_member == [0.5, 0.125]
 g_chosen, g_rejected = grads["DPO"]
 assert (g_chosen < 0).all() and (g_rejected > 0).all()  # chosen up, rejected down
 assert torch.allclose(g_chosen, -beta / 2 * torch.sigmoid(-beta * h))
-assert torch.allclose(grads["KL term"][0], t(-0.025, -0.025)) and torch.allclose(grads["KL term"][1], t(-0.025, -0.025))
-assert torch.allclose(grads["p-DPO"][0], grads["DPO"][0] + grads["KL term"][0])
+assert torch.allclose(pool_leaf.grad, t(-0.05, -0.05))  # the KL term raises the pool's responses
+assert torch.equal(grads["p-DPO"][0], grads["DPO"][0]) and torch.equal(grads["p-DPO"][1], grads["DPO"][1])
 assert grads["IPO"][0].tolist() == [1.0, -2.0] and grads["d-DPO"][0].tolist() == [0.0, -0.5]
-assert torch.allclose(grads["e-DPO"][0], t(0.25 - 0.025, -0.025))
+assert torch.allclose(grads["e-DPO"][0], t(0.25, 0.0))
 
 # 6. the exercises' solutions
 x = t(-7.0, -3.0)
@@ -480,12 +490,12 @@ for b in (0.1, 0.5, 2.0):
     assert abs(rddpo.dpo_loss(x, x, x, x, b).item() - math.log(2)) < 1e-12  # exercise 1
 three_chosen = torch.cat([family_chosen_rewards, t(1.0, 0.0)[None]])  # (3, B)
 three_rejected = torch.cat([family_rejected_rewards, t(0.0, 0.5)[None]])  # (3, B)
-assert abs(rddpo.pessimistic_distill_loss(*logps4, three_chosen, three_rejected, beta, gamma).item() - 0.075) < 1e-12  # exercise 2
+assert abs(rddpo.pessimistic_distill_loss(*logps4, three_chosen, three_rejected, beta, gamma, *pool).item() - 0.075) < 1e-12  # exercise 2
 shifted = (policy_chosen_logps + t(3.7, 0), policy_rejected_logps + t(3.7, 0), reference_chosen_logps, reference_rejected_logps)
 assert abs(rddpo.dpo_loss(*shifted, beta).item() - dpo) < 1e-12  # exercise 3
 assert abs(rddpo.ipo_loss(*shifted, beta).item() - ipo) < 1e-12
 assert abs(rddpo.distill_loss(*shifted, rm_chosen_rewards, rm_rejected_rewards, beta).item() - ddpo) < 1e-12
-assert abs(rddpo.pessimistic_dpo_loss(*shifted, beta, gamma).item() - (pdpo - 0.185)) < 1e-12
+assert abs(rddpo.pessimistic_dpo_loss(*shifted, beta, gamma, *pool).item() - pdpo) < 1e-12
 dpo_at = [rddpo.dpo_loss(t(v), t(0.0), t(0.0), t(0.0), 0.5).item() for v in (1.0, 10.0, 100.0)]  # exercise 4
 assert dpo_at[0] > dpo_at[1] > dpo_at[2] > 0 and abs(dpo_at[1] - 0.00672) < 1e-5
 assert rddpo.ipo_loss(t(1.0), t(0.0), t(0.0), t(0.0), 0.5).item() == 0

@@ -21,8 +21,9 @@
 # or a forward-KL penalty (p-DPO) make it more robust. The paper simulates a *length bias* in
 # summarisation preferences. `rddpo.py` runs the same kind of experiment, small enough for a laptop:
 #
-# 1. a gold reward anyone can read (the sentiment of a movie review), and length as the spurious feature;
-# 2. a reference policy $\pi_{\text{ref}}$: a small GPT-2, pretrained in code on generated reviews;
+# 1. a gold reward anyone can read (how a careful reader rates a short movie review), and length as the
+#    spurious feature;
+# 2. a reference policy $\pi_{\text{ref}}$: a small GPT-2, trained in code on generated reviews;
 # 3. pairs of responses sampled from $\pi_{\text{ref}}$, labelled by a *biased annotator*;
 # 4. a plain reward model and a family of reward models;
 # 5. DPO, IPO, d-DPO, e-DPO and p-DPO trained from the same $\pi_{\text{ref}}$ on the same pairs;
@@ -66,26 +67,33 @@ torch.set_num_threads(1)
 # %% [markdown]
 # ## 1. The gold reward, and length
 #
-# The gold reward of a response is its sentiment, read off two fixed word lists (`rddpo.POSITIVE`,
-# `rddpo.NEGATIVE`; the `rddpo.NEUTRAL` adjectives count in the denominator only):
+# The gold reward is what a **careful reader** thinks of a review (`rddpo.gold_reward`, defined in
+# `task.py`). It reads the sentiment of the review's *distinct, well-formed* sentences ("the acting was
+# brilliant ."), off two fixed word lists (`rddpo.POSITIVE`, `rddpo.NEGATIVE`; the `rddpo.NEUTRAL`
+# adjectives count in the denominator only), and it is put off by padding:
 #
-# $$r^\star(y) = \frac{\#\text{positive} - \#\text{negative}}{\#\text{positive} + \#\text{negative} + \#\text{neutral}}
-#   \in [-1, 1] \qquad (0 \text{ without adjectives})$$
+# $$r^\star(y) = \underbrace{\frac{\#\text{pos} - \#\text{neg}}{\#\text{pos} + \#\text{neg} + \#\text{neutral}}}_{\text{distinct well-formed sentences}}
+#   \;-\; \frac{\#\text{repeated or garbled sentences}}{\#\text{sentences}} \;-\; 0.25 \max(0, \#\text{sentences} - 3)$$
 #
-# It is a *share*, so a longer review is neither better nor worse by itself, and the generated reviews
-# that the reference learns from draw their sentiment and their length independently.
+# Saying the same thing twice, writing word salad, or going on past three sentences all cost. So when the
+# annotator prefers longer responses, learning that preference *hurts* under this gold: the spurious
+# feature is harmful, as verbosity is for a real reader. The control, `gold_reward(text, "neutral")`
+# (`--gold neutral`), is the first term alone over every adjective in the text: blind to length and
+# repetition, under it the same bias is only label noise.
 
 # %%
-for text in [" the plot was great .", " the plot was great . the music was dull .",
-             " the plot was great . the cast was superb . the ending was quiet .", " the acting was very tedious ."]:
-    print(f"{rddpo.gold_reward(text):+.3f}  {len(text.split()):>2} words  {text}")
+for text in [" the plot was great .", " the plot was great . the plot was great . the plot was great .",
+             " the plot was great . the cast was superb . the ending was moving . the music was clever . the script "
+             "was charming .", " great great boring", " the acting was very tedious ."]:
+    print(f"careful {rddpo.gold_reward(text):+.3f}   neutral {rddpo.gold_reward(text, 'neutral'):+.3f}   "
+          f"{len(rddpo.words(text)):>2} words  {text}")
 
 rng = np.random.default_rng(0)
 reviews = [rddpo.make_review(rng) for _ in range(2000)]
-lengths, golds = np.array([len(r.split()) for r in reviews]), np.array([rddpo.gold_reward(r) for r in reviews])
-corr_generated = np.corrcoef(lengths, golds)[0, 1]
-print(f"\n2000 generated reviews: {lengths.min()} to {lengths.max()} words; "
-      f"correlation of length and gold reward = {corr_generated:+.3f}")
+lengths = np.array([len(rddpo.words(r)) for r in reviews])
+corr_generated = {g: np.corrcoef(lengths, [rddpo.gold_reward(r, g) for r in reviews])[0, 1] for g in rddpo.GOLDS}
+print(f"\n2000 generated reviews: {lengths.min()} to {lengths.max()} words; correlation of length and gold reward: "
+      + ", ".join(f"{g} {c:+.3f}" for g, c in corr_generated.items()))
 
 # %% [markdown]
 # ## 2. The configuration and the reference policy
@@ -97,17 +105,17 @@ print(f"\n2000 generated reviews: {lengths.min()} to {lengths.max()} words; "
 # training. `out="runs"` writes into `notebooks/runs/`, which git ignores; each run gets a new `run-NNN`
 # folder.
 #
-# `rddpo.load_reference` builds the word-level tokenizer and a 2-layer, 64-wide GPT-2, pretrains it on
-# generated reviews and caches it in `runs/reference-*`; `rddpo.run` finds it there, so it is pretrained
-# only once. We load it here to look at the data before training on it.
+# `rddpo.load_reference` builds the word-level tokenizer and a 2-layer, 64-wide GPT-2, trains it on
+# generated reviews (`sft_steps`: the supervised stage that makes $\pi_{\text{ref}}$ write reviews) and caches
+# it in `runs/reference-*`; `rddpo.run` finds it there, so it is trained only once. We load it here to look at the data before training on it.
 
 # %%
 # the budget: --quick, enlarged so that this notebook still runs in one to two minutes on 2 cpu cores
-budget = dict(rddpo.QUICK, pretrain_steps=300, n_pairs=128, n_eval=64, rm_steps=30, steps=30, log_every=5)
+budget = dict(rddpo.QUICK, sft_steps=300, n_pairs=128, n_eval=64, rm_steps=30, steps=30, log_every=5)
 cfg = rddpo.Config(**budget, sweep=True, sweep_biases="0.5,0", seeds=[0], out="runs")
 device = report.pick_device(cfg.device)
 print({k: getattr(cfg, k) for k in ["sweep_biases", "seeds", "beta", "gamma", "ensemble", "n_pairs", "n_eval",
-                                   "steps", "batch_size", "rm_steps", "pretrain_steps"]}, "device:", device)
+                                   "steps", "batch_size", "rm_steps", "sft_steps", "gold"]}, "device:", device)
 reference, tok = rddpo.load_reference(cfg, device)
 print(f"reference: {sum(p.numel() for p in reference.parameters()):,} parameters, vocabulary {len(tok)}")
 
@@ -129,8 +137,8 @@ print(f"reference: {sum(p.numel() for p in reference.parameters()):,} parameters
 
 # %%
 bias, seed = 0.5, cfg.seeds[0]
-prompts, chosen, rejected, eval_prompts = rddpo.builtin_task(reference, tok, cfg, bias, seed, device)
-len_w, len_l = np.array([len(y.split()) for y in chosen]), np.array([len(y.split()) for y in rejected])
+prompts, chosen, rejected, held_out = rddpo.builtin_task(reference, tok, cfg, bias, seed, device)
+len_w, len_l = np.array([len(rddpo.words(y)) for y in chosen]), np.array([len(rddpo.words(y)) for y in rejected])
 gold_w, gold_l = np.array([rddpo.gold_reward(y) for y in chosen]), np.array([rddpo.gold_reward(y) for y in rejected])
 for i in range(3):
     print(f"prompt: {prompts[i]!r}\n  chosen   ({len_w[i]:>2} words, gold {gold_w[i]:+.2f}):{chosen[i]}"
@@ -174,10 +182,14 @@ for k, share in enumerate(shares):
 # 1. sample and label the pairs (section 3), and sample $\pi_{\text{ref}}$ once on the held-out prompts;
 # 2. tokenise the pairs and compute the reference's log-probabilities **once**;
 # 3. train the plain reward model and the family, score every response **once**, and free them;
-# 4. train each method from a copy of $\pi_{\text{ref}}$ with the same number of steps, batch size and
+# 4. for e-DPO and p-DPO, sample a pool of responses from $\pi_{\text{ref}}$ (`steps` $\times$ `batch_size` of
+#    them) for the forward-KL term, and score it with $\pi_{\text{ref}}$ **once**;
+# 5. train each method from a copy of $\pi_{\text{ref}}$ with the same number of steps, batch size and
 #    learning rate. Because the reference log-probs and reward scores were computed beforehand, a step of
-#    any method costs the same as a DPO step: one forward and one backward pass of the policy;
-# 5. evaluate each policy.
+#    DPO, IPO or d-DPO is one forward and one backward pass of the policy on the batch's pairs; e-DPO and
+#    p-DPO add the same pass on $B$ fresh pool responses, whose mean $\log\pi_{\text{ref}} - \log\pi$
+#    estimates $\mathrm{KL}(\pi_{\text{ref}}\Vert\pi)$ (notebook 2 says why not on the pairs' own responses);
+# 6. evaluate each policy.
 #
 # | method | loss (batch mean), $h$ the log-ratio margin |
 # |---|---|
@@ -319,15 +331,18 @@ print(f"DPO's responses: {runs[0.0, 'dpo']['length']:.1f} words with the unbiase
 # or a local copy given as `--model /path/to/gpt2`), every bias of the default sweep, three seeds:
 #
 # ```bash
-# python rddpo.py --model gpt2 --device cuda --sweep --seeds 0 1 2
+# python rddpo.py --model gpt2 --device cuda --sweep --sweep-biases 0,0.5,1 --seeds 0 1 2 3 4
 # ```
+#
+# GPT-2 has never seen these reviews, so `rddpo` first fine-tunes it on them for `--sft-steps` (600) steps and
+# caches the result: the paper's $\pi_{\text{ref}}$ is a supervised model too.
 #
 # The cell below runs exactly that command when `RUN_ON_GPU` is set to `True`. It is off here: it needs a
 # GPU and the network, and takes far longer than this notebook's budget.
 
 # %%
 RUN_ON_GPU = False  # set to True on a machine with a CUDA GPU (and the hub, or a local copy of gpt2)
-COMMAND = "python rddpo.py --model gpt2 --device cuda --sweep --seeds 0 1 2"
+COMMAND = "python rddpo.py --model gpt2 --device cuda --sweep --sweep-biases 0,0.5,1 --seeds 0 1 2 3 4"
 if RUN_ON_GPU:
     status = rddpo.main(COMMAND.split()[2:])  # the same flags, parsed by rddpo's own argparse
     assert status == 0
@@ -344,7 +359,7 @@ else:
 # and longer than with the unbiased annotator, while p-DPO's stayed shorter than DPO's.
 
 # %%
-assert abs(corr_generated) < 0.1  # length and sentiment are independent in the generated reviews
+assert corr_generated["careful"] < -0.3 < 0.05 > abs(corr_generated["neutral"])  # length hurts the careful reader only
 assert longer_won > 0.6  # the biased annotator (bias 0.5): about 75% expected
 data_05 = next(d for d in results["data"] if d["bias"] == 0.5)
 assert data_05["pairs"] == len(prompts) and data_05["longer_won"] == np.mean(len_w > len_l)  # the same pairs

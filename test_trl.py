@@ -1,0 +1,243 @@
+"""tests for rddpo_trl.py: the TRL trainer computes rddpo.py's step. each test name states the property.
+run with `OMP_NUM_THREADS=1 python -m pytest test_trl.py -q` (the slow ones launch processes: -m "not slow" skips them)."""
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
+import rddpo  # noqa: E402
+import rddpo_trl  # noqa: E402
+from task import make_prompts, make_review  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+B, N, K, MAX_LENGTH = 4, 6, 3, 64  # pairs per step, pairs in the data, reward models, tokens
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return rddpo.build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def reference(tokenizer):
+    """a small gpt-2 with random weights: pi_ref."""
+    torch.manual_seed(0)
+    return rddpo.build_tiny_gpt2(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=MAX_LENGTH).eval()
+
+
+@pytest.fixture(scope="module")
+def texts():
+    """N pairs of the task's prompts and reviews, of different lengths (so padding matters)."""
+    rng = np.random.default_rng(0)
+    prompts = make_prompts(rng, N, rddpo.TITLES)
+    return prompts, [make_review(rng) for _ in prompts], [make_review(rng) for _ in prompts]
+
+
+@pytest.fixture(scope="module")
+def scores():
+    """(K, 2N) reward scores: the chosen rows, then the rejected rows, as rddpo.Pairs.rm_family keeps them."""
+    return torch.randn(K, 2 * N, generator=torch.Generator().manual_seed(1))
+
+
+def scored_dataset(texts, scores):
+    prompts, chosen, rejected = texts
+    return [dict(prompt=p, chosen=c, rejected=r, rm_chosen=scores[:, i].tolist(), rm_rejected=scores[:, N + i].tolist())
+            for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected))]
+
+
+def trl_args(tmp_path, method, **kw):
+    return rddpo_trl.DistilledDPOConfig(output_dir=str(tmp_path), method=method, gamma=0.3, beta=0.2, max_length=MAX_LENGTH,
+                                        per_device_train_batch_size=B, report_to="none", use_cpu=True, seed=0, **kw)
+
+
+def moved(model, scale=0.05, seed=3):
+    """a policy away from the reference, so that h, the forward-KL term and their gradients are all nonzero."""
+    torch.manual_seed(seed)
+    policy = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return policy
+
+
+# -----------------------------------------------------------------------------
+# the same step as rddpo.py
+
+
+@pytest.mark.parametrize("method", ["d-dpo", "e-dpo", "p-dpo"])
+def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, tokenizer, reference, texts, scores, tmp_path):
+    """on one tiny gpt-2, one batch (the first B pairs), the same scores and the same B pool rows, the trainer's
+    compute_loss and its gradients equal rddpo.train_policy's step (forward, sequence_logps, pool_batch,
+    policy_loss) to 1e-5. the policy is moved off the reference, so a swapped reference, a flipped sign, a missing
+    beta or gamma, a lost eos or prompt token, or other pool rows all change the numbers."""
+    k = 1 if method == "d-dpo" else K
+    policy = moved(reference)
+    # rddpo.py's side, as prepare and train_policy build it
+    pairs = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH)
+    pairs.ref_logps = rddpo.all_logps(reference, pairs.tokens, np.arange(2 * N), "cpu")  # (2N,)
+    pairs.rm_plain, pairs.rm_family = scores[0], scores[:k]  # (2N,), (k, 2N)
+    cfg = rddpo.Config(steps=2, batch_size=B, max_new_tokens=20, max_length=MAX_LENGTH)
+    pairs.pool, pairs.pool_ref_logps = rddpo.kl_pool(reference, tokenizer, texts[0], cfg, 0, "cpu")
+    ours = rddpo.without_dropout(copy.deepcopy(policy)).train()
+    rows = np.concatenate([np.arange(B), np.arange(B) + N])  # (2B,): the first B pairs
+    ids, mask, resp = rddpo.batch_tensors(pairs.tokens, rows, "cpu")
+    order = np.random.default_rng([0, 99]).permutation(len(pairs.pool_ref_logps))  # train_policy's, seed 0
+    pool_logps, pool_rows = rddpo.pool_batch(ours, pairs, order, 1, B, "cpu")
+    expected = rddpo.policy_loss(method, rddpo.sequence_logps(rddpo.forward(ours, ids, mask), ids, resp), rows, pairs,
+                                 0.2, 0.3, pool_logps, pool_rows)
+    expected.backward()
+    # the trainer's side: TRL tokenises the texts and precomputes the reference's log-probs
+    pool = rddpo_trl.sample_pool(reference, tokenizer, texts[0], 2 * B, 20, MAX_LENGTH, 0, "cpu")
+    trainer = rddpo_trl.DistilledDPOTrainer(policy, ref_model=copy.deepcopy(reference), args=trl_args(tmp_path, method),
+                                            train_dataset=scored_dataset(texts, scores[:k]), processing_class=tokenizer,
+                                            pool_dataset=None if method == "d-dpo" else pool)
+    loss = trainer.compute_loss(trainer.model, rddpo_trl.step_batch(trainer, B))
+    loss.backward()
+    assert abs(loss.item() - expected.item()) < 1e-5 and abs(expected.item()) > 1e-3
+    grads = dict(ours.named_parameters())
+    for name, p in trainer.model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-5, rtol=0, msg=name)
+    assert max(p.grad.abs().max().item() for p in trainer.model.parameters()) > 1e-3
+
+
+def test_sample_pool_draws_exactly_rddpo_kl_pool_rows(tokenizer, reference, texts):
+    """same seed, same prompts in turn, same sampler: the pool's token ids are rddpo.kl_pool's, row by row,
+    prompt and response (with its eos) apart."""
+    cfg = rddpo.Config(steps=2, batch_size=3, max_new_tokens=20, max_length=MAX_LENGTH)
+    tokens, _ = rddpo.kl_pool(reference, tokenizer, texts[0], cfg, 5, "cpu")
+    pool = rddpo_trl.pool_tokens(rddpo_trl.sample_pool(reference, tokenizer, texts[0], 6, 20, MAX_LENGTH, 5, "cpu"),
+                                 tokenizer, MAX_LENGTH)
+    for a, b in zip((tokens.input_ids, tokens.attention_mask, tokens.response_mask),
+                    (pool.input_ids, pool.attention_mask, pool.response_mask)):
+        assert torch.equal(a, b)
+
+
+def test_pool_rows_follow_rddpo_pool_batch_and_split_between_processes():
+    """one process: call c takes positions cB to (c+1)B of the order, rddpo.pool_batch's rows at step c + 1. two
+    processes: at each call they take the next 2B positions, rank 0 the first B, so no row is used twice; evaluation
+    does not advance."""
+    def trainer(rank, world):
+        acc = type("Acc", (), dict(num_processes=world, process_index=rank))
+        return type("T", (), dict(pool_calls=0, accelerator=acc, pool_order=np.arange(100)[::-1].copy()))()
+    one = trainer(0, 1)
+    assert rddpo_trl.DistilledDPOTrainer.pool_rows(one, 4, advance=False).tolist() == [99, 98, 97, 96]
+    steps = [rddpo_trl.DistilledDPOTrainer.pool_rows(one, 4, advance=True).tolist() for _ in range(2)]
+    assert steps == [np.take(one.pool_order, np.arange((s - 1) * 4, s * 4)).tolist() for s in (1, 2)]
+    two = [trainer(r, 2) for r in (0, 1)]
+    drawn = [rddpo_trl.DistilledDPOTrainer.pool_rows(t, 3, advance=True).tolist() for _ in range(2) for t in two]
+    assert drawn == [[99, 98, 97], [96, 95, 94], [93, 92, 91], [90, 89, 88]]
+
+
+# -----------------------------------------------------------------------------
+# scoring once, as columns
+
+
+def test_add_reward_scores_are_rddpo_scores_per_member_chosen_and_rejected(tokenizer, reference, texts):
+    """rm_chosen[i][k] and rm_rejected[i][k] are member k's rddpo.score of pair i's chosen and rejected rows
+    (rddpo.tokenize_pairs: prompt, response, eos), in the order of the members; a transformers sequence classifier
+    given with its tokenizer scores each text as it would alone (padding in the batch changes nothing)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+    torch.manual_seed(2)
+    members = [rddpo.RewardModel(reference) for _ in range(2)]
+    for rm in members:
+        torch.nn.init.normal_(rm.head.weight)
+    hf = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_positions=MAX_LENGTH, n_embd=16,
+                                                  n_layer=1, n_head=2, num_labels=1, pad_token_id=0)).eval()
+    data = rddpo_trl.add_reward_scores([dict(prompt=p, chosen=c, rejected=r) for p, c, r in zip(*texts)],
+                                       members + [(hf, tokenizer)], tokenizer, MAX_LENGTH, batch_size=4)
+    pairs = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH)
+    for k, rm in enumerate(members):
+        chosen, rejected = rddpo.score(rm, pairs.tokens, "cpu").chunk(2)  # (N,), (N,)
+        assert torch.allclose(torch.tensor([row[k] for row in data["rm_chosen"]]), chosen, atol=1e-6)
+        assert torch.allclose(torch.tensor([row[k] for row in data["rm_rejected"]]), rejected, atol=1e-6)
+    alone = hf(**tokenizer(texts[0][3] + texts[2][3], return_tensors="pt")).logits[0, 0].item()
+    assert abs(data[3]["rm_rejected"][2] - alone) < 1e-5 and len(data[0]["rm_chosen"]) == 3
+
+
+def test_bad_input_gets_one_line_errors(tokenizer, reference, texts, scores, tmp_path):
+    """a dataset without score columns (d-DPO, e-DPO), d-DPO with K scores, e-DPO or p-DPO without a pool, an
+    unknown method, or pairs without a rejected column: each a one-line ValueError that says what to do."""
+    plain = [dict(prompt=p, chosen=c, rejected=r) for p, c, r in zip(*texts)]
+    cases = [(dict(args=trl_args(tmp_path, "e-dpo"), train_dataset=plain), "add_reward_scores"),
+             (dict(args=trl_args(tmp_path, "d-dpo"), train_dataset=scored_dataset(texts, scores)), "one reward model"),
+             (dict(args=trl_args(tmp_path, "p-dpo"), train_dataset=plain), "sample_pool"),
+             (dict(args=trl_args(tmp_path, "dpo"), train_dataset=plain), "unknown method"),
+             (dict(args=trl_args(tmp_path, "p-dpo"), train_dataset=[{"prompt": "a", "chosen": "b"}]), "rejected")]
+    for kw, words in cases:
+        with pytest.raises(ValueError, match=words) as e:
+            rddpo_trl.DistilledDPOTrainer(copy.deepcopy(reference), processing_class=tokenizer, **kw)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="tokenizer"):
+        rddpo_trl.add_reward_scores(plain, [rddpo.RewardModel(reference)])
+
+
+# -----------------------------------------------------------------------------
+# end to end
+
+
+LAUNCHED = """
+import json, os, sys, numpy as np, torch
+sys.path.insert(0, {here!r})
+import rddpo, rddpo_trl
+from task import make_prompts, make_review
+tok = rddpo.build_tokenizer()
+torch.manual_seed(0)
+model = rddpo.build_tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=64)
+rng = np.random.default_rng(0)
+prompts = make_prompts(rng, 8, rddpo.TITLES)
+data = [dict(prompt=p, chosen=make_review(rng), rejected=make_review(rng), rm_chosen=rng.normal(size=2).tolist(),
+             rm_rejected=rng.normal(size=2).tolist()) for p in prompts]
+pool = rddpo_trl.sample_pool(model, tok, prompts, 3 * 2 * 2, 12, 64, 0, "cpu")
+from accelerate import PartialState
+from datasets import Dataset, load_from_disk
+state = PartialState(cpu=True)
+with state.main_process_first():  # several processes read the pairs from disk (see DistilledDPOTrainer)
+    if state.is_main_process:
+        Dataset.from_list(data).save_to_disk({out!r} + "-pairs")
+data = load_from_disk({out!r} + "-pairs")
+args = rddpo_trl.DistilledDPOConfig(output_dir={out!r}, method="e-dpo", max_steps=3, per_device_train_batch_size=2,
+                                    logging_steps=1, max_length=64, report_to="none", use_cpu=True, save_strategy="no")
+trainer = rddpo_trl.DistilledDPOTrainer(model, args=args, train_dataset=data, pool_dataset=pool, processing_class=tok)
+trainer.train()
+rows = [r for r in trainer.state.log_history if "loss" in r]
+print("RESULT", json.dumps(dict(world=trainer.accelerator.num_processes, rank=trainer.accelerator.process_index,
+      calls=trainer.pool_calls, loss=[r["loss"] for r in rows], fkl=[r["kl/forward"] for r in rows])), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_under_accelerate_launch_train_with_finite_losses(tmp_path):
+    """accelerate launch --num_processes 2 on the cpu (gloo): both processes train e-DPO for 3 steps, each taking
+    its own pool rows at every step, and every logged loss and forward-KL term is finite."""
+    script = tmp_path / "launched.py"
+    script.write_text(textwrap.dedent(LAUNCHED.format(here=HERE, out=str(tmp_path / "out"))))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    results = [json.loads(line.split("RESULT", 1)[1]) for line in done.stdout.splitlines() if "RESULT" in line]
+    assert done.returncode == 0 and len(results) == 2, done.stderr[-3000:]
+    assert {r["rank"] for r in results} == {0, 1} and all(r["world"] == 2 and r["calls"] == 3 for r in results)
+    assert all(len(r["loss"]) == 3 and np.isfinite(r["loss"] + r["fkl"]).all() for r in results)
+
+
+@pytest.mark.slow
+def test_main_runs_edpo_through_trl_on_the_cached_reference(tmp_path, capsys):
+    """python rddpo_trl.py on a small budget: the cached tiny reference, pairs, K reward models, the pool, and
+    e-DPO through TRL print a line per logging step and a last line of metrics, all finite."""
+    cached = os.path.join(HERE, "runs", "reference-L2-E64-H4-T64-S600")
+    if not os.path.isfile(os.path.join(cached, "config.json")):
+        pytest.skip("no cached tiny reference: run python rddpo.py --quick first")
+    os.symlink(cached, tmp_path / "reference-L2-E64-H4-T64-S600")
+    assert rddpo_trl.main(["--steps", "4", "--n-pairs", "16", "--batch-size", "4", "--rm-steps", "2", "--ensemble", "2",
+                           "--log-every", "2", "--out", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("e-dpo through TRL, 1 process") and "kl/forward" in last and "distill/member_1" in last
+    assert "nan" not in last and "inf" not in last
