@@ -59,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one or more seeds (model and data); each "
                    "case runs once per seed")
     p.add_argument("--out", default="runs", help="output folder: each run writes a new bench-NNN folder inside")
+    p.add_argument("--trl", action="store_true", help="also time, on the default model's shape, TRL's own DPO step, "
+                   "the e-DPO step of rddpo_trl.py's trainer and rddpo.py's e-DPO step, in this process")
     p.add_argument("--quick", action="store_true", help="the smoke test's budget; flags given beside it win: "
                    + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args, given = report.parse_given(p, argv)
@@ -355,6 +357,23 @@ def print_case(res):
     print()
 
 
+def trl_steps(args):
+    """--trl: rddpo_trl.time_steps on the default model's shape (untrained), B pairs of --tokens; printed and
+    returned. the same batch and pool rows for the e-DPO steps; TRL's DPO step on the same batch."""
+    import rddpo_trl
+    torch.manual_seed(args.seeds[0])
+    tokenizer = rddpo.build_tokenizer()
+    model = build_model("tiny", tokenizer, args).eval()
+    pairs, pool = rddpo_trl.timing_inputs(model, tokenizer, args.batch_size, args.warmup + args.steps,
+                                          max_length=args.tokens, seed=args.seeds[0])
+    res = rddpo_trl.time_steps(model, tokenizer, pairs, pool, args.steps, args.batch_size, args.tokens,
+                               warmup=args.warmup)
+    print(f"TRL (tiny, B={args.batch_size}): DPOTrainer's own dpo step {res['trl_dpo_ms']:.1f} ms, rddpo_trl's e-dpo "
+          f"step {res['trl_edpo_ms']:.1f} ms ({res['edpo_over_dpo']:.2f}x), rddpo.py's e-dpo step "
+          f"{res['rddpo_edpo_ms']:.1f} ms (rddpo_trl's is {res['trl_over_rddpo']:.2f}x it); median over {args.steps} steps")
+    return res
+
+
 def machine():
     return dict(platform=platform.platform(), python=platform.python_version(), torch=torch.__version__,
                 cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), load_average=os.getloadavg(),
@@ -378,6 +397,8 @@ def run(args):
             print_case(out["cases"][-1])
             if device == "cuda":
                 torch.cuda.empty_cache()
+        if args.trl:
+            out["trl"] = trl_steps(args)
     except KeyboardInterrupt:
         raise report.Interrupted(f"interrupted: the {len(out['cases'])} finished cases are kept in {path}") from None
     finally:  # finished, failed or interrupted: the cases done so far are written

@@ -83,6 +83,8 @@ class Config:
                                                 "distil on besides the labelled ones (the paper's rho)"})
     log_every: int = field(default=25, metadata={"help": "steps between logged training lines"})
     eval_points: int = field(default=4, metadata={"help": "evaluations along training, evenly spaced, the last at the end"})
+    chat_template: bool = field(default=False, metadata={"help": "--data: wrap each prompt in the model's chat template "
+                                                         "(for instruct models)"})
     save_policy: bool = field(default=False, metadata={"help": "write each trained policy as a model folder in its run"})
 
     def method_list(self):
@@ -122,7 +124,7 @@ def load_reference(cfg, device, check=lambda tokenizer: None):
         raise UsageError(f"--max-length {cfg.max_length} cannot hold the task's longest prompt and review "
                          f"({need} tokens); raise it")
     check(tokenizer)
-    if cfg.data or (not tiny and cfg.sft_steps == 0):
+    if not tiny and (cfg.data or cfg.sft_steps == 0):  # your data, or no fine-tuning: the model as it is
         return model.to(device).eval(), tokenizer
     def build():
         seed_everything(1234)
@@ -667,6 +669,7 @@ def run(cfg, given=None, argv=None):
     device = report.pick_device(cfg.device)
     amp = report.precision(device, cfg.dtype)
     user_pairs = report.read_pairs(cfg.data) if cfg.data else None
+    user_pairs = report.with_chat_template(user_pairs, cfg.model) if cfg.chat_template else user_pairs
     splits = [report.split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
     report.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
     report.check_writable(cfg.out)

@@ -199,6 +199,7 @@ def check_applies(cfg, given):
     methods = cfg.method_list()
     rules = [
         (cfg.data, TASK_ONLY + ["sft_steps"], "the built-in task only, not --data"),
+        (not cfg.data or cfg.model == "tiny", ["chat_template"], "--data on a --model with a chat template"),
         (not cfg.sweep, ["sweep_biases"], "--sweep only"),
         (cfg.sweep, ["bias"], "no run under --sweep, which takes --sweep-biases"),
         (cfg.model != "tiny", ["n_layer", "n_embd", "n_head"], "the built-in tiny model only"),
@@ -274,6 +275,22 @@ def read_pairs(path):
     if len(pairs) < 2:
         raise UsageError(f"--data {path!r} holds {len(pairs)} pairs; at least 2 are needed")
     return pairs
+
+
+def with_chat_template(pairs, model):
+    """--chat-template: each prompt as the user's turn of `model`'s chat template, ready for the assistant's reply
+    (an instruct model answers a bare prompt with little or nothing)."""
+    from transformers import AutoTokenizer
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(model), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--chat-template: cannot load the tokenizer of --model {model!r}: {str(e).splitlines()[0]}") \
+            from None
+    if not tokenizer.chat_template:
+        raise UsageError(f"--chat-template: --model {model!r} has no chat template; leave the flag out")
+    return [(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+             c, r) for p, c, r in pairs]
 
 
 def is_json(text):

@@ -170,3 +170,14 @@ def test_ctrl_c_keeps_the_finished_cases_and_says_where(tmp_path, monkeypatch, c
     path = tmp_path / "bench-001" / "bench.json"
     assert calls == [0, 1] and len(err) == 1 and "interrupted" in err[0] and str(path) in err[0], err
     assert json.loads(path.read_text())["cases"] == [{"size": "tiny", "seed": 0}]
+
+
+@pytest.mark.slow
+def test_trl_timing_writes_the_three_steps_and_their_ratios(tmp_path):
+    """--trl --quick: TRL's dpo step, rddpo_trl's e-dpo step and rddpo.py's, each a positive median, and the ratios
+    are the quotients of those medians."""
+    out = bench.run(bench.parse_args(["--quick", "--trl", "--steps", "4", "--out", str(tmp_path)]))
+    t = out["trl"]
+    assert min(t["trl_dpo_ms"], t["trl_edpo_ms"], t["rddpo_edpo_ms"]) > 0
+    assert t["edpo_over_dpo"] == pytest.approx(t["trl_edpo_ms"] / t["trl_dpo_ms"])
+    assert t["trl_over_rddpo"] == pytest.approx(t["trl_edpo_ms"] / t["rddpo_edpo_ms"])

@@ -913,7 +913,7 @@ def test_every_choice_in_the_code_is_in_method_md_and_every_link_to_it_resolves(
     import re
     doc = open(os.path.join(HERE, "docs/METHOD.md")).read()
     choices = doc[doc.index('<a id="choices">'):doc.index('<a id="task">')]
-    owners = {(name, next(n for n in groups if n)) for name in ("rddpo.py", "task.py", "report.py", "bench.py", "toy_bandit.py")
+    owners = {(name, next(n for n in groups if n)) for name in ("rddpo.py", "task.py", "report.py", "bench.py", "rddpo_trl.py", "toy_bandit.py")
               for groups in choice_owners(os.path.join(HERE, name))}
     assert len(owners) >= 15
     assert [o for o in owners if f"`{o[1]}" not in choices] == []
@@ -1357,3 +1357,17 @@ def test_unlabelled_pairs_are_drawn_from_pi_ref_scored_and_never_seen_by_a_rewar
     assert pairs.labelled == 10 and len(pairs.keep) == 16 and info["pairs"] == 10 and info["unlabeled"] == 6
     assert len(trained_on) == 3 and all(idx.max() < 10 for idx in trained_on)
     assert pairs.rm_plain.shape == (32,) and pairs.rm_family.shape == (2, 32) and pairs.pool is None
+
+
+def test_chat_template_wraps_each_prompt_as_the_users_turn_and_a_model_without_one_is_an_error(tmp_path, tokenizer):
+    """a tokenizer whose template writes 'review <content>' and, for the reply, ' :': the pair's prompt becomes
+    'review blue harbor :', its responses unchanged; without a template, one clear error."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.save_pretrained(tmp_path / "plain")
+    tokenizer.chat_template = ("{% for m in messages %}review {{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %} :{% endif %}")
+    tokenizer.save_pretrained(tmp_path / "chat")
+    pairs = [("blue harbor", " the plot was great .", " the plot was dull .")]
+    assert rddpo.report.with_chat_template(pairs, str(tmp_path / "chat")) == [("review blue harbor :", *pairs[0][1:])]
+    with pytest.raises(rddpo.UsageError, match="has no chat template"):
+        rddpo.report.with_chat_template(pairs, str(tmp_path / "plain"))

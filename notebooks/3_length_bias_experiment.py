@@ -129,10 +129,10 @@ print(f"reference: {sum(p.numel() for p in reference.parameters()):,} parameters
 # - otherwise: the response with the higher **gold** reward wins (ties at random; `rddpo` takes the
 #   argmax, so the length bias is the only label noise).
 #
-# With `bias = 0.5`, half the labels ignore quality. The gold-decided half still prefers the longer
-# response about half the time (length and sentiment are independent), so the longer response wins
-# about $0.5 + 0.5 \times 0.5 = 75\%$ of the pairs: a spurious feature that a method can learn in place of
-# sentiment. `rddpo.builtin_task` makes the pairs; it is what `rddpo.run` calls, with the same seed, so
+# With `bias = 0.5`, half the labels ignore quality. The gold-decided half prefers the *shorter* response
+# more often than not (the careful reader marks rambling down), so the longer response wins somewhat less than
+# the $0.5 + 0.5 \times 0.5 = 75\%$ it would win under a length-blind reader: still a spurious feature that a
+# method can learn in place of quality, and here one that costs gold. `rddpo.builtin_task` makes the pairs; it is what `rddpo.run` calls, with the same seed, so
 # these are exactly the pairs trained on below.
 
 # %%
@@ -301,24 +301,26 @@ print(f"DPO's responses: {runs[0.0, 'dpo']['length']:.1f} words with the unbiase
 #   easy way to change it. This is the small-scale version of the paper's warning that DPO can drive even
 #   the preferred responses' probability down.
 # - *The KL term holds the policy near the reference.* p-DPO is DPO plus $\gamma\,\widehat{\mathrm{KL}}$: it
-#   lowers the rejected responses too, but the KL term lifts every training response (they were sampled
-#   from $\pi_{\text{ref}}$), so its chosen responses end *higher* than they started, and its KL estimate on
-#   held-out prompts is far smaller than DPO's. e-DPO's KL estimate is small too.
-# - *The length bias is learnt.* With the biased annotator, DPO's, IPO's and d-DPO's responses become much
-#   longer than $\pi_{\text{ref}}$'s, while e-DPO's and p-DPO's stay much closer to the reference length.
-#   The bias-0 run is the control: it shows how much of the lengthening comes from the annotator and how
-#   much from moving far from $\pi_{\text{ref}}$ at all.
+#   lowers the rejected responses too, but the KL term raises what $\pi_{\text{ref}}$ writes (its pool of
+#   samples; on the built-in task the training responses are such samples too), so p-DPO's chosen responses
+#   end *higher* than they started, and its KL estimate on held-out prompts is far smaller than DPO's.
+#   e-DPO's KL estimate is small too.
+# - *The length bias is learnt, and it costs.* With the biased annotator, DPO's, IPO's and d-DPO's responses
+#   become longer than $\pi_{\text{ref}}$'s, while e-DPO's and p-DPO's stay near or below the reference
+#   length. Under the careful reader, longer means worse: at bias 0.5 DPO, IPO and d-DPO fall below
+#   $\pi_{\text{ref}}$ in gold. The bias-0 run is the control: without the biased annotator the careful
+#   reader's labels teach brevity, and DPO's responses become *shorter* than the reference's.
 # **What a budget this small cannot show.** One seed, two biases, 128 pairs, 30 steps and 64 held-out
 # prompts: a difference of gold reward or win rate of a few hundredths is within the noise (a win rate over
 # 64 prompts has a standard error of about 0.06). The KL estimate from 64 samples is noisy too. So this run does **not** show the paper's headline result, that the
 # distilled and pessimistic methods keep a higher gold win rate than DPO as the bias grows; the gold
 # columns above may or may not point that way, and their order should not be read as a result. To look
-# for it, sweep more biases with several seeds and the default budget (512 pairs, 150 steps):
-# `python rddpo.py --sweep --seeds 0 1 2` draws `sweep.png` with the spread over seeds; on a 2-core CPU it
-# took 11 to 17 minutes. The README shows its numbers, with paired intervals: there e-DPO and p-DPO keep
-# close to the reference's length where DPO's responses grow by half, and e-DPO beats a single distilled
-# reward model at bias 0.5, yet e-DPO's gold win rate is not higher than DPO's; the paper's headline result
-# does not show at this scale.
+# for it, sweep with several seeds and the default budget (512 pairs, 150 steps):
+# `python rddpo.py --sweep --sweep-biases 0,0.5,1 --seeds 0 1 2 3 4` (18 minutes on a 2-core CPU) draws
+# `sweep.png` with the spread over seeds. The README shows its numbers, with paired intervals: under the
+# careful reader e-DPO beats DPO at bias 0.5 (+0.157, interval +0.055 to +0.259) and p-DPO at biases 0.5 and
+# 1, while without bias both pessimistic methods cost a little; under the length-blind control
+# (`--gold neutral`) e-DPO does not beat DPO.
 #
 # **Things to try** (one field of the config each): `sweep_biases="0.9,0"`; `gamma=0` (p-DPO becomes DPO,
 # and e-DPO loses what pulls it toward the reference); `ensemble=1`; more `steps`, to watch DPO's margins
@@ -352,15 +354,16 @@ else:
 # %% [markdown]
 # ## What this notebook showed, asserted
 #
-# Only claims that held in every seed we tried at this budget: the annotator's labels favour the longer
+# Only claims that hold in the run saved here (seed 0, at this budget): the annotator's labels favour the longer
 # response; every method trained and was evaluated with finite numbers; at bias 0.5 DPO lowered the
 # log-probabilities of the rejected and of the chosen training responses and opened a positive margin,
 # while p-DPO raised the chosen ones; p-DPO and e-DPO ended closer to the reference than DPO; DPO's responses grew longer than the reference's,
-# and longer than with the unbiased annotator, while p-DPO's stayed shorter than DPO's.
+# and longer than with the unbiased annotator, while p-DPO's stayed shorter than DPO's; and under the careful
+# reader, length hurts: the gold reward falls with it.
 
 # %%
 assert corr_generated["careful"] < -0.3 < 0.05 > abs(corr_generated["neutral"])  # length hurts the careful reader only
-assert longer_won > 0.6  # the biased annotator (bias 0.5): about 75% expected
+assert longer_won > 0.6  # the biased annotator (bias 0.5): under 75%, as the careful half prefers brevity
 data_05 = next(d for d in results["data"] if d["bias"] == 0.5)
 assert data_05["pairs"] == len(prompts) and data_05["longer_won"] == np.mean(len_w > len_l)  # the same pairs
 assert sorted(runs) == sorted((b, m) for b in (0.0, 0.5) for m in rddpo.METHODS)  # every method, both biases
@@ -370,7 +373,7 @@ for key, r in runs.items():
     assert 0 <= r["win_rate"] <= 1
 assert dpo["logps_rejected_change"] < 0 and dpo["logps_chosen_change"] < 0  # dpo lowered both ...
 assert dpo["margin_mean"] > 0  # ... and still opened a positive implicit margin on the training pairs
-assert pdpo["logps_chosen_change"] > 0  # the kl term lifts the training responses, sampled from pi_ref
+assert pdpo["logps_chosen_change"] > 0  # the kl term raises what pi_ref writes, and these are its samples
 assert pdpo["kl"] < dpo["kl"] and runs[0.5, "e-dpo"]["kl"] < dpo["kl"]  # the kl term keeps them near pi_ref
 assert dpo["length"] > ref_len + 3 and dpo["length"] > runs[0.0, "dpo"]["length"]  # dpo learnt the length bias
 assert pdpo["length"] < dpo["length"]
