@@ -1073,7 +1073,9 @@ def reward_model_stats(held_rewards, train_rewards, chosen, rejected, gold_rewar
     out = dict(accuracy_labels=float(np.mean(r_w > r_l)), accuracy_gold=None, heldout_pairs=len(r_w),
                length_corr=float(np.corrcoef(r, lengths)[0, 1]) if r.std() > 0 and lengths.std() > 0 else None,
                reward_diff=diff, target_logratio=diff / beta if beta else None)
-    if gold_reward is not None:
+    if gold_reward is None:  # your own data: no gold to be accurate against
+        del out["accuracy_gold"]
+    else:
         g_w, g_l = np.array([gold_reward(y) for y in chosen]), np.array([gold_reward(y) for y in rejected])  # (M,)
         if (g_w != g_l).any():  # pairs of equal gold say nothing about gold accuracy
             out["accuracy_gold"] = float(np.mean(((r_w > r_l) == (g_w > g_l))[g_w != g_l]))
@@ -1082,8 +1084,8 @@ def reward_model_stats(held_rewards, train_rewards, chosen, rejected, gold_rewar
 
 def sample_rows(prompts, drawn, eos, gold_reward=None, logratio=None):
     """samples.jsonl rows of the responses drawn (a Sampled) for the prompts given; zip stops at the shorter."""
-    return [dict(prompt=p, response=t, tokens=len(ids), cut_off=eos not in ids, length=len(t.split()),
-                 gold=gold_reward(t) if gold_reward else None, logratio=0.0 if logratio is None else logratio[i])
+    return [dict(prompt=p, response=t, tokens=len(ids), cut_off=eos not in ids, length=n_words(t),
+                 **({"gold": gold_reward(t)} if gold_reward else {}), logratio=0.0 if logratio is None else logratio[i])
             for i, (p, t, ids) in enumerate(zip(prompts, drawn.texts, drawn.response_ids))]
 
 
