@@ -79,6 +79,7 @@ class Config:
     n_head: int = field(default=4, metadata={"help": "tiny model: attention heads"})
     sft_steps: int = field(default=600, metadata={"help": "steps of supervised fine-tuning on the task's reviews that "
                                                   "make pi_ref write them (the tiny model's pretraining; cached in --out)"})
+    # choice: unlabelled pairs feed distillation only (d-DPO, e-DPO): DPO, IPO and p-DPO need the labels
     unlabeled: int = field(default=0, metadata={"help": "pairs sampled from pi_ref, unlabelled, that d-DPO and e-DPO "
                                                 "distil on besides the labelled ones (the paper's rho)"})
     log_every: int = field(default=25, metadata={"help": "steps between logged training lines"})
@@ -98,9 +99,8 @@ def parse_args(argv=None):
 
 # -----------------------------------------------------------------------------
 # 2. the task: prompts, the gold reward and the biased annotator
-# short movie reviews, in task.py: two gold readers ("careful", whom verbosity and repetition put off, and the
-# length-blind "neutral" control), the review generator, and the annotator who prefers the longer response with
-# probability `bias` and otherwise the one the gold reader prefers.
+# in task.py (imported above): short movie reviews, two gold readers (careful, whom verbosity puts off, and the
+# length-blind neutral control) and the annotator who prefers the longer response with probability `bias`.
 
 # -----------------------------------------------------------------------------
 # 3. models
@@ -281,7 +281,8 @@ class RewardModel(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids).last_hidden_state  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
-        return self.head(hidden[torch.arange(len(last)), last].float()).squeeze(-1)  # (B,)
+        with torch.autocast(hidden.device.type, enabled=False):  # the reward in float32, under --dtype bfloat16 too
+            return self.head(hidden[torch.arange(len(last)), last].float()).squeeze(-1)  # (B,)
 
 
 def last_token_index(attention_mask):
@@ -502,7 +503,7 @@ def kl_pool(reference, tokenizer, prompts, cfg, seed, device):
     seed_everything(seed + 11)
     drawn = sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(cfg.steps * cfg.batch_size)],
                    cfg.max_new_tokens, cfg.max_length, device, "forward-KL pool from pi_ref")
-    pool = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # exactly the ids drawn
+    pool = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # (P, T): exactly the ids drawn
     return pool, all_logps(reference, pool, np.arange(len(drawn.texts)), device)
 
 
@@ -512,18 +513,18 @@ def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
     reward models' diagnostics."""
     prompts, chosen, rejected, ev = builtin_task(reference, tokenizer, cfg, bias, seed, device) if user_pairs is None \
         else user_task(user_pairs, reference, tokenizer, cfg, seed, device)
-    distil, methods = {"d-dpo", "e-dpo"} & set(cfg.method_list()), cfg.method_list()
-    extra = drawn_pairs(reference, tokenizer, prompts, cfg, seed, device) if cfg.unlabeled and distil else ([], [], [])
+    distil, fit = {"d-dpo", "e-dpo"} & set(cfg.method_list()), report.fitting(tokenizer, prompts, cfg.max_length)
+    extra = drawn_pairs(reference, tokenizer, fit, cfg, seed, device) if cfg.unlabeled and distil else ([], [], [])
     pairs = tokenize_pairs(tokenizer, prompts + extra[0], chosen + extra[1], rejected + extra[2], cfg.max_length)
     pairs.labelled = sum(i < len(prompts) for i in pairs.keep)  # kept pairs are in order: the labelled ones first
     report.note_cut(pairs.n_truncated, pairs.skipped, cfg.max_length)
     pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2N,), computed once
-    longer_won = np.array([len(words(chosen[i])) > len(words(rejected[i])) for i in pairs.keep[:pairs.labelled]])
+    longer_won = np.array([len(words(chosen[i])) > len(words(rejected[i])) for i in pairs.keep[:pairs.labelled]])  # (N,)
     diagnostics = []
     if distil:  # reward models only for the methods that distil them, trained on the labelled pairs only
         pairs.rm_plain, pairs.rm_family, diagnostics = reward_scores(reference, pairs, ev, cfg, seed, device, longer_won)
-    if {"e-dpo", "p-dpo"} & set(methods):
-        pairs.pool, pairs.pool_ref_logps = kl_pool(reference, tokenizer, prompts, cfg, seed, device)
+    if {"e-dpo", "p-dpo"} & set(cfg.method_list()):  # sampled on the prompts that leave room for a response
+        pairs.pool, pairs.pool_ref_logps = kl_pool(reference, tokenizer, fit, cfg, seed, device)
     info = dict(pairs=pairs.labelled, unlabeled=len(pairs.keep) - pairs.labelled, skipped=pairs.skipped,
                 truncated=pairs.n_truncated, longer_won=float(longer_won.mean()), heldout_pairs=len(ev.pairs.keep))
     return pairs, ev, info, [dict(bias=bias, seed=seed, **d) for d in diagnostics]
@@ -535,7 +536,7 @@ def policy_loss(method, policy_logps, rows, pairs, beta, gamma, pool_logps=None,
     pool_logps (P,): for e-DPO and p-DPO, the policy's log-probs of the pool's rows pool_rows (P,)."""
     pc, pr = policy_logps.chunk(2)  # (B,), (B,)
     rc, rr = pairs.ref_logps[rows].to(pc.device).chunk(2)  # (B,), (B,)
-    pool = (pool_logps, pairs.pool_ref_logps[pool_rows].to(pc.device)) if pool_logps is not None else ()
+    pool = (pool_logps, pairs.pool_ref_logps[pool_rows].to(pc.device)) if pool_logps is not None else ()  # (P,) each
     if method in ("dpo", "ipo"):
         return (dpo_loss if method == "dpo" else ipo_loss)(pc, pr, rc, rr, beta)
     if method == "d-dpo":
@@ -615,8 +616,8 @@ def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_
     res = dict(kl=kl.mean().item(), kl_per_token=(kl.sum() / n_tokens.sum()).item(), tokens=n_tokens.mean().item(),
                length=float(np.mean([len(words(t)) for t in drawn.texts])), fkl_heldout=fkl.mean().item())
     lab = np.arange(pairs.labelled)  # (N,)
-    pc, pr = all_logps(policy, pairs.tokens, np.concatenate([lab, lab + len(pairs.keep)]), device).chunk(2)
-    rc, rr = pairs.ref_logps[lab], pairs.ref_logps[lab + len(pairs.keep)]
+    pc, pr = all_logps(policy, pairs.tokens, np.concatenate([lab, lab + len(pairs.keep)]), device).chunk(2)  # (N,) each
+    rc, rr = pairs.ref_logps[lab], pairs.ref_logps[lab + len(pairs.keep)]  # (N,) each
     margins = beta * logratio_margin(pc, pr, rc, rr)  # (N,)
     res.update(logps_chosen_change=(pc - rc).mean().item(), logps_rejected_change=(pr - rr).mean().item(),
                fkl_train=((rc - pc) + (rr - pr)).mean().item() / 2, margin_mean=margins.mean().item(),

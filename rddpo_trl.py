@@ -9,7 +9,7 @@ The method lives in rddpo.py; this file only plugs its losses into TRL, in three
   3. DistilledDPOTrainer(model, args=DistilledDPOConfig(method="e-dpo", gamma=0.1, ...), train_dataset=scored,
                          pool_dataset=pool, processing_class=tokenizer).train()
 
-    python rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, ~15 s on 2 cores
+    python rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, 10 s on 2 cores
     python rddpo_trl.py --method p-dpo --steps 30
     python -m pytest test_trl.py -q        # the trainer's loss and gradients equal rddpo.py's step, to 1e-5
 

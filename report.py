@@ -198,7 +198,8 @@ def check_applies(cfg, given):
     """a flag that would be ignored is an error, not a silent no-op."""
     methods = cfg.method_list()
     rules = [
-        (cfg.data, TASK_ONLY + ["sft_steps"], "the built-in task only, not --data"),
+        (cfg.data, TASK_ONLY, "the built-in task only, not --data"),
+        (cfg.data and cfg.model != "tiny", ["sft_steps"], "the built-in task, or the tiny model's own training"),
         (not cfg.data or cfg.model == "tiny", ["chat_template"], "--data on a --model with a chat template"),
         (not cfg.sweep, ["sweep_biases"], "--sweep only"),
         (cfg.sweep, ["bias"], "no run under --sweep, which takes --sweep-biases"),
@@ -277,13 +278,18 @@ def read_pairs(path):
     return pairs
 
 
+def fitting(tokenizer, prompts, max_length):
+    """the prompts that leave room for at least one response token within max_length."""
+    return [p for p in prompts if len(tokenizer(p, add_special_tokens=False).input_ids) < max_length]
+
+
 def with_chat_template(pairs, model):
     """--chat-template: each prompt as the user's turn of `model`'s chat template, ready for the assistant's reply
     (an instruct model answers a bare prompt with little or nothing)."""
     from transformers import AutoTokenizer
     quiet_transformers()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(model), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(model))  # a folder, the cache, or the hub
     except (OSError, ValueError) as e:
         raise UsageError(f"--chat-template: cannot load the tokenizer of --model {model!r}: {str(e).splitlines()[0]}") \
             from None
@@ -1210,7 +1216,7 @@ def compare_runs(a, b, keys=("win_rate", "gold_reward", "length", "kl", "logps_c
 def print_comparison(rows, names):
     print(f"{names[1]} minus {names[0]}, seed by seed: mean [95 % t-interval]; * the interval excludes 0")
     for p in sorted(rows, key=lambda p: (p["bias"], p["method"])):
-        print(f"bias {p['bias']:.2f} {p['method']:<6} {p['key']:<20} {interval_text(p, 3)}  "
+        print(f"{bias_text(p['bias'], 'bias ')}{p['method']:<6} {p['key']:<20} {interval_text(p, 3)}  "
               f"(seeds {' '.join(map(str, p['seeds']))})")
 
 

@@ -644,8 +644,9 @@ def test_bfloat16_runs_the_forward_passes_in_bfloat16_and_keeps_log_probs_and_we
         assert out.dtype == torch.float32
         return out
     monkeypatch.setattr(rddpo, "sequence_logps", spy)
-    results, _ = rddpo.run(quick(runs_dir, methods="dpo", steps=2, dtype="bfloat16"))
-    assert torch.bfloat16 in seen and all(math.isfinite(results["runs"][0][k]) for k in ("kl", "win_rate", "margin_max"))
+    results, _ = rddpo.run(quick(runs_dir, methods="dpo,e-dpo", steps=2, dtype="bfloat16"))  # e-dpo: reward models too
+    assert torch.bfloat16 in seen and all(math.isfinite(r[k]) for r in results["runs"] for k in ("kl", "win_rate"))
+    assert all(math.isfinite(m["reward_diff"]) for m in results["reward_models"])
 
 
 def test_without_dropout_makes_training_mode_forward_equal_to_eval_mode(tiny, tokenizer):
@@ -747,7 +748,7 @@ def test_data_with_words_the_tiny_model_does_not_know_is_refused_before_any_work
     (["--n-eval", "10"], "--n-eval applies to the built-in task only"),
     (["--sweep"], "--sweep applies to the built-in task only"),
     (["--gold", "neutral"], "--gold applies to the built-in task only"),
-    (["--sft-steps", "5"], "--sft-steps applies to the built-in task only"),
+    (["--sft-steps", "5", "--model", "gpt2"], "--sft-steps applies to the built-in task, or the tiny model's own"),
     (["--max-length", "32"], "--max-length 32 cannot hold the task's longest prompt and review"),  # the tiny model's
     (["--batch-size", "19"], "--batch-size 19 is larger than the 18 training pairs"),  # 20 pairs, 2 held out
     (["--batch-size", "4", "--max-length", "45", "--methods", "dpo", "--quick"], "whose prompt fits in --max-length 45"),
@@ -1370,3 +1371,15 @@ def test_chat_template_wraps_each_prompt_as_the_users_turn_and_a_model_without_o
     assert rddpo.report.with_chat_template(pairs, str(tmp_path / "chat")) == [("review blue harbor :", *pairs[0][1:])]
     with pytest.raises(rddpo.UsageError, match="has no chat template"):
         rddpo.report.with_chat_template(pairs, str(tmp_path / "plain"))
+
+
+def test_the_pool_and_the_unlabelled_pairs_are_sampled_only_on_prompts_that_leave_room(tiny, tokenizer):
+    """your data with prompts that fill --max-length: they are skipped as pairs, and the pool and the unlabelled pairs
+    are drawn on the other prompts instead of failing to sample a response for them."""
+    rows = [(PROMPTS[i % 3], " the plot was great .", " the plot was dull .") for i in range(20)]
+    rows[:5] = [(" the" * 70, c, r) for _, c, r in rows[:5]]  # 70 tokens: no room left in 64
+    cfg = rddpo.Config(data="pairs.jsonl", methods="e-dpo", unlabeled=4, steps=2, batch_size=3, rm_steps=1, ensemble=2,
+                       max_new_tokens=6)
+    pairs, _, info, _ = rddpo.prepare(tiny, tokenizer, cfg, None, 0, "cpu", rows)
+    assert pairs.skipped >= 1 and info["unlabeled"] == 4 and pairs.pool.input_ids.shape[0] == 6
+    assert (pairs.pool.response_mask.sum(-1) >= 1).all()

@@ -330,7 +330,7 @@ print(f"DPO's responses: {runs[0.0, 'dpo']['length']:.1f} words with the unbiase
 # ## 8. On real GPT-2, on a GPU
 #
 # The same experiment on the real 124M-parameter GPT-2 (downloaded from the Hugging Face hub the first time,
-# or a local copy given as `--model /path/to/gpt2`), every bias of the default sweep, three seeds:
+# or a local copy given as `--model /path/to/gpt2`), the headline sweep (biases 0, 0.5 and 1, five seeds):
 #
 # ```bash
 # python rddpo.py --model gpt2 --device cuda --sweep --sweep-biases 0,0.5,1 --seeds 0 1 2 3 4
