@@ -198,7 +198,7 @@ def tokenize(tokenizer, prompts, responses, max_length, side="right"):
 
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length, side="right"):
     """pairs -> Pairs; pairs whose prompt alone fills the context are skipped."""
-    keep = [i for i, p in enumerate(prompts) if len(tokenizer(p, add_special_tokens=False).input_ids) < max_length]
+    keep = [i for i, p in enumerate(prompts) if report.fits(tokenizer, p, max_length)]
     tokens = tokenize(tokenizer, [prompts[i] for i in keep] * 2,
                       [chosen[i] for i in keep] + [rejected[i] for i in keep], max_length, side)
     cut = tokens.truncated[:len(keep)] | tokens.truncated[len(keep):]  # (N,)
@@ -479,7 +479,7 @@ def held_out(prompts, chosen, rejected, reference, tokenizer, max_length, device
 def user_task(pairs, reference, tokenizer, cfg, seed, device):
     """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split."""
     train, held = report.split_pairs(pairs, seed)
-    held = [row for row in held if len(tokenizer(row[0], add_special_tokens=False).input_ids) < cfg.max_length]
+    held = [row for row in held if report.fits(tokenizer, row[0], cfg.max_length)]
     seed_everything(seed + 7)
     drawn = sample(reference, tokenizer, [row[0] for row in held], cfg.max_new_tokens, cfg.max_length, device, "pi_ref")
     ev = held_out(*([row[i] for row in held] for i in range(3)), reference, tokenizer, cfg.max_length, device, drawn)

@@ -244,8 +244,7 @@ def check_data(pairs, splits, tokenizer, cfg):
                 else f"the tokenizer of --model {cfg.model}"
             raise UsageError(f"{ids.count(unk) / len(ids):.1%} of the tokens of --data {cfg.data} are unknown to {who}; "
                              "pass --model with a real causal LM (a folder, e.g. from convert_gguf.py, or gpt2)")
-    check_splits(splits, lambda p: len(tokenizer(p, add_special_tokens=False).input_ids) < cfg.max_length,
-                 cfg.batch_size, cfg.max_length)
+    check_splits(splits, lambda p: fits(tokenizer, p, cfg.max_length), cfg.batch_size, cfg.max_length)
 
 
 def sweep_bias_list(cfg):
@@ -278,9 +277,14 @@ def read_pairs(path):
     return pairs
 
 
+def fits(tokenizer, prompt, max_length):
+    """True when the prompt leaves room for at least one response token within max_length."""
+    return len(tokenizer(prompt, add_special_tokens=False).input_ids) < max_length
+
+
 def fitting(tokenizer, prompts, max_length):
-    """the prompts that leave room for at least one response token within max_length."""
-    return [p for p in prompts if len(tokenizer(p, add_special_tokens=False).input_ids) < max_length]
+    """the prompts that fit (fits)."""
+    return [p for p in prompts if fits(tokenizer, p, max_length)]
 
 
 def with_chat_template(pairs, model):
