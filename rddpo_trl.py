@@ -9,7 +9,7 @@ The method lives in rddpo.py; this file only plugs its losses into TRL, in three
   3. DistilledDPOTrainer(model, args=DistilledDPOConfig(method="e-dpo", gamma=0.1, ...), train_dataset=scored,
                          pool_dataset=pool, processing_class=tokenizer).train()
 
-    python rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, 10 s on 2 cores
+    python rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, 12 s on 2 cores
     python rddpo_trl.py --method p-dpo --steps 30
     python -m pytest test_trl.py -q        # the trainer's loss and gradients equal rddpo.py's step, to 1e-5
 
@@ -469,18 +469,15 @@ def prepare(a, reference, tokenizer, world, device):
     """the built-in task's pairs, scored once by the reward models rddpo.reward_scores would train (the plain one for
     d-DPO, the family for e-DPO), and the forward-KL pool for this run's steps -> (pairs, pool or None) Datasets."""
     cfg = rddpo_config(a)
-    prompts, chosen, rejected, _ = rddpo.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
+    prompts, chosen, rejected, ev = rddpo.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
     pairs = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
     data = Dataset.from_dict({k: [v[i] for i in pairs.keep] for k, v in
                               dict(prompt=prompts, chosen=chosen, rejected=rejected).items()})
-    longer = np.array([len(rddpo.words(c)) > len(rddpo.words(r)) for c, r in zip(data["chosen"], data["rejected"])])
-    fit = dict(steps=a.rm_steps, lr=cfg.rm_lr, batch_size=a.batch_size, device=device)
-    members = [rddpo.train_reward_model(reference, pairs, np.arange(len(pairs.keep)), seed=a.seed, desc="reward model",
-                                        **fit)] if a.method == "d-dpo" else \
-        [rddpo.train_reward_model(reference, pairs, rddpo.resample_by_length_share(longer, share, np.random.default_rng(
-            [a.seed, k])), seed=a.seed * 1000 + k + 1, desc=f"reward model {k + 1}", **fit)
-         for k, share in enumerate(rddpo.family_shares(a.ensemble))] if a.method == "e-dpo" else []
-    data = add_reward_scores(data, members, tokenizer, cfg.max_length, device) if members else data
+    if a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
+        longer = np.array([len(rddpo.words(c)) > len(rddpo.words(r)) for c, r in zip(data["chosen"], data["rejected"])])
+        plain, family, _ = rddpo.reward_scores(reference, pairs, ev, cfg, a.seed, device, longer)  # (2N,), (K, 2N)
+        scores_w, scores_l = (plain[None] if a.method == "d-dpo" else family).chunk(2, dim=1)  # (K, N) each
+        data = data.add_column(SCORES[0], scores_w.T.tolist()).add_column(SCORES[1], scores_l.T.tolist())
     pool = sample_pool(reference, tokenizer, prompts, a.steps * a.batch_size * world, cfg.max_new_tokens,
                        cfg.max_length, a.seed, device) if a.method != "d-dpo" else None
     return data, pool
