@@ -15,17 +15,17 @@ The math, and every choice made where the paper is silent (marked `choice:` belo
 What does not teach the method (flags, checks, sampling loops, run folders, tables, figures) is in report.py.
 """
 import copy
-import dataclasses
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import grid
 import report
 from report import UsageError, pad, progress, sample, seed_everything
 from task import (EVAL_TITLES, GOLDS, MAX_SENTENCES, NEGATIVE, NEUTRAL, POSITIVE, TITLES, annotate,  # noqa: F401
@@ -34,7 +34,6 @@ from task import (EVAL_TITLES, GOLDS, MAX_SENTENCES, NEGATIVE, NEUTRAL, POSITIVE
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")
 N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
-DTYPES = ("float32", "bfloat16")
 
 # -----------------------------------------------------------------------------
 # 1. configuration
@@ -66,12 +65,13 @@ class Config:
     max_length: int = field(default=64, metadata={"help": "tokens per prompt+response; longer responses are truncated"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest sampled response"})
     dtype: str = field(default="float32", metadata={"help": "bfloat16 runs the forward passes under autocast (weights "
-                                                    "and optimizer stay float32): faster on a gpu", "choices": DTYPES})
+                                                    "and optimizer stay float32): faster on a gpu", "choices": report.DTYPES})
     device: str = field(default="auto", metadata={"help": "auto takes cuda, then mps, then cpu", "choices": report.DEVICES})
     out: str = field(default="runs", metadata={"help": "output folder: each run writes a new run-NNN folder inside"})
     data: str = field(default="", metadata={"help": "your own pairs: JSON lines with prompt, chosen, rejected"})
     sweep: bool = field(default=False, metadata={"help": "run every bias in --sweep-biases and draw the headline figure"})
     sweep_biases: str = field(default="0,0.25,0.5,0.75,1", metadata={"help": "bias values for --sweep"})
+    grid: list = field(default_factory=list, metadata={"help": "knob=a,b,...: the comparison at each value (grid.py)"})
     quick: bool = field(default=False, metadata={"help": "on the command line, a tiny budget; flags given beside it win: "
                                                  + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())})
     n_layer: int = field(default=2, metadata={"help": "tiny model: layers"})
@@ -99,8 +99,7 @@ def parse_args(argv=None):
 
 # -----------------------------------------------------------------------------
 # 2. the task: prompts, the gold reward and the biased annotator
-# in task.py (imported above): short movie reviews, two gold readers (careful, whom verbosity puts off, and the
-# length-blind neutral control) and the annotator who prefers the longer response with probability `bias`.
+# in task.py: short movie reviews, two gold readers (careful, and the neutral control) and the length-biased annotator.
 
 # -----------------------------------------------------------------------------
 # 3. models
@@ -664,19 +663,20 @@ def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed,
 
 def run(cfg, given=None, argv=None):
     """the whole experiment; returns (results, run folder). every check runs before any work."""
+    if cfg.grid:  # each setting is a run of its own
+        return grid.run_grid(cfg, given, argv, run, METHODS)
     started = time.time()
     report.check_config(cfg, METHODS, given)
-    cfg = dataclasses.replace(cfg, methods=",".join(cfg.method_list()))
+    cfg = replace(cfg, methods=",".join(cfg.method_list()))
     device = report.pick_device(cfg.device)
     amp = report.precision(device, cfg.dtype)
-    user_pairs = report.read_pairs(cfg.data) if cfg.data else None
-    user_pairs = report.with_chat_template(user_pairs, cfg.model) if cfg.chat_template else user_pairs
+    user_pairs = report.user_pairs(cfg)  # your own pairs (--data), or None
     splits = [report.split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
     report.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
     report.check_writable(cfg.out)
     reference, tokenizer = load_reference(cfg, device, check=lambda tok: report.check_data(user_pairs, splits, tok, cfg))
     biases, info = [None] if cfg.data else report.sweep_bias_list(cfg), report.run_info(argv, started)  # no annotator
-    config = {k: v for k, v in dataclasses.asdict(cfg).items() if not (cfg.data and k in report.TASK_ONLY)}
+    config = {k: v for k, v in asdict(cfg).items() if not (cfg.data and k in report.TASK_ONLY)}
     with report.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started) as record, amp:
         for bias in biases:
             for seed in cfg.seeds:  # every method from the same reference, on the same pairs

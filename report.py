@@ -114,7 +114,7 @@ def parse_config(cls, argv, description, preset):
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", **kw)
         elif isinstance(default, list):
-            p.add_argument(flag, type=type(default[0]), nargs="+", **kw)
+            p.add_argument(flag, type=type(default[0]) if default else str, nargs="+", **kw)
         else:
             p.add_argument(flag, type=type(default), **kw)
     args, given = parse_given(p, argv)
@@ -122,6 +122,7 @@ def parse_config(cls, argv, description, preset):
 
 
 DEVICES = ["auto", "cuda", "mps", "cpu"]  # --device in rddpo.py and bench.py; auto takes cuda, then mps, then cpu
+DTYPES = ("float32", "bfloat16")  # rddpo.py's --dtype
 
 
 def pick_device(name):
@@ -275,6 +276,12 @@ def read_pairs(path):
     if len(pairs) < 2:
         raise UsageError(f"--data {path!r} holds {len(pairs)} pairs; at least 2 are needed")
     return pairs
+
+
+def user_pairs(cfg):
+    """--data's pairs, wrapped in the model's chat template under --chat-template; None without --data."""
+    pairs = read_pairs(cfg.data) if cfg.data else None
+    return with_chat_template(pairs, cfg.model) if pairs and cfg.chat_template else pairs
 
 
 def fits(tokenizer, prompt, max_length):

@@ -588,6 +588,23 @@ PINNED = {"dpo": (-0.384375, 0.484375, 0.46704480051994324, 0.2772531509399414),
           "d-dpo": (-0.5651785714285714, 0.328125, 0.6371440887451172, 0.3422164022922516),
           "e-dpo": (-0.23177083333333334, 0.484375, 0.011891990900039673, 0.06587505340576172),
           "p-dpo": (-0.2947916666666667, 0.421875, 0.08467043191194534, 0.1649799346923828)}
+PINNED_METHODS = "DPO,IPO,D-DPO,e-DPO,p-dpo"  # in other cases: the names are read case-blind
+PIN_KEYS = ("gold_reward", "win_rate", "kl", "margin_max")
+NUMBER_KEYS = PIN_KEYS + ("logps_chosen_change", "logps_rejected_change", "heldout_accuracy", "fkl_train", "fkl_heldout",
+                          "length")
+
+
+def pinned_numbers(results):
+    """{method: {key: value}} of a --quick run's records, for the pins and for scripts/pin_spread.py."""
+    return {r["method"]: {k: r[k] for k in NUMBER_KEYS} for r in results["runs"]}
+
+
+def pin_deviation(numbers):
+    """{key: the largest relative change from PINNED over the methods}."""
+    return {k: max(abs(numbers[m][k] - PINNED[m][i]) / max(abs(PINNED[m][i]), 1e-12) for m in PINNED)
+            for i, k in enumerate(PIN_KEYS)}
+
+
 SAME_PLATFORM = torch.__version__ == "2.13.0+cpu" and sys.platform == "linux" and os.uname().machine == "x86_64"
 
 
@@ -631,6 +648,31 @@ def test_quick_run_end_to_end(runs_dir):
         assert abs(r["rewards/chosen"]) < 1e-4 and abs(r["rewards/rejected"]) < 1e-4, r
     for name in ("curves.png", "comparison.png", "gold_vs_kl.png", "reward_models.png"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 1000
+
+
+@pytest.mark.slow
+def test_grid_runs_each_setting_as_a_run_of_its_own_and_reads_its_differences_from_it(runs_dir, capsys):
+    """--quick --grid K=2,3 with dpo and e-dpo on seeds 0 and 1: a run folder per K whose results.json says that K,
+    with K + 1 reward models per seed and K member shares; the grid's e-dpo - dpo differences are those of that
+    run's own records, seed by seed."""
+    args = ["--quick", "--grid", "K=2,3", "--methods", "dpo,e-dpo", "--seeds", "0", "1", "--steps", "4", "--rm-steps",
+            "4", "--eval-points", "1", "--n-eval", "8", "--out", runs_dir]
+    assert rddpo.main(args) == 0
+    folder = os.path.join(runs_dir, max(d for d in os.listdir(runs_dir) if d.startswith("grid-")))
+    with open(os.path.join(folder, "results.json")) as fh:
+        saved = json.load(fh)
+    assert saved["run"]["status"] == "finished" and [r["value"] for r in saved["rows"]] == ["2", "3"]
+    for row, k in zip(saved["rows"], (2, 3)):
+        with open(os.path.join(runs_dir, row["run"], "results.json")) as fh:
+            run = json.load(fh)
+        assert run["config"]["ensemble"] == k and len(row["member_min_share"]) == k
+        assert len([m for m in run["reward_models"] if m["seed"] == 0]) == k + 1
+        for key in ("win_rate", "kl"):
+            want = rddpo.report.paired(run["runs"], key, "dpo")[0]
+            got = [p for p in row["differences"] if p["key"] == key and p["base"] == "dpo"][0]
+            assert got["seeds"] == [0, 1] and got["diffs"] == pytest.approx(want["diffs"], abs=0)
+    assert os.path.getsize(os.path.join(folder, "grid.png")) > 1000
+    assert "K 2" in capsys.readouterr().out
 
 
 def test_bfloat16_runs_the_forward_passes_in_bfloat16_and_keeps_log_probs_and_weights_float32(runs_dir, monkeypatch):
