@@ -215,3 +215,40 @@ def plot_grid(rows, path, title=""):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def combine(grids):
+    """the rows of several grids' results.json in order, each knob value once (the first grid that ran it), and
+    the seeds they ran. a grid that did not finish is an error: its table would be partial."""
+    rows, seen = [], set()
+    for path, grid in grids:
+        if grid.get("run", {}).get("status") != "finished":
+            raise UsageError(f"{path}: the grid did not finish (status {grid.get('run', {}).get('status')!r}); "
+                             "rerun its command")
+        for row in grid["rows"]:
+            if (row["knob"], row["value"]) not in seen:
+                seen.add((row["knob"], row["value"]))
+                rows.append(row)
+    return rows, sorted({s for row in rows for s in row["seeds"]})
+
+
+def main(argv=None):
+    """python grid.py GRID [GRID ...] [--figure PATH]: one table (and figure) from the grid folders given."""
+    p = report.ArgumentParser(description="print one table from grid folders that rddpo.py --grid wrote (several: "
+                                           "their rows in turn, a knob value once), and draw it with --figure")
+    p.add_argument("grids", nargs="+", help="grid-NNN folders (or their results.json)")
+    p.add_argument("--figure", default="", help="also draw the table's differences into this .png")
+    args = p.parse_args(argv)
+
+    def show():
+        grids = [(path, report.read_results(path)) for path in args.grids]
+        rows, seeds = combine(grids)
+        print_grid(rows, len(seeds))
+        if args.figure:
+            plot_grid(rows, args.figure, report.settings(grids[0][1]["config"]))
+            print(f"figure in {args.figure}")
+    return report.cli(show)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,7 @@ mutation check: the share of realistic one-line bugs that the fast test suite ca
     python mutation_check.py                    # every mutant, one at a time (tens of minutes on 2 cores)
     python mutation_check.py --list             # the mutants, without running anything
     python mutation_check.py --only annotate --only gold_reward --jobs 2
+    python mutation_check.py --pins --only train_policy   # do test_rddpo.py's pins, at their tolerance, catch them?
 
 Each mutant below is one exact snippet of rddpo.py, report.py or toy_bandit.py, its replacement and what the bug
 is. The clean suite runs first (a broken suite would "catch" everything). Then, for each mutant, the working tree's
@@ -13,9 +14,17 @@ file, the mutated module's own first (so -x stops early on a catch); the real fi
 interrupted check leaves no mutant behind. A mutant is caught when pytest fails, or runs past --timeout. It prints
 a line per mutant, the share caught and the survivors, and exits 0 when at least 90 % are caught (1 otherwise, 2
 when a snippet no longer occurs exactly once or the clean suite fails). Not part of CI: each surviving mutant costs
-a whole fast-suite run. Standard library only.
+a whole fast-suite run.
+
+--pins asks another question of the same mutants: test_rddpo.py's end-to-end test compares a --quick run's gold
+reward, win rate, KL and largest margin with pinned numbers, at a tolerance measured to hold on any CPU (issue 21).
+For each mutant it runs that --quick run on the mutated copy and prints the largest relative change from the clean
+copy's numbers; a mutant is caught by tight pins when that is above 1e-5 (the tolerance before, which held only on
+the machine that wrote the pins) and by the test when test_rddpo.pins_missed says so (a failed run is caught by
+both). It exits 0 when the test's pins catch every mutant the tight ones do. Standard library only.
 """
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -247,57 +256,94 @@ def ordered_tests(files, mutant):
     return sorted(tests, key=lambda f: (f != own, f))
 
 
+def mutated_copy(files, mutant, tmp):
+    """copy the files into the folder tmp and apply the mutant there (None: leave them clean)."""
+    for name in files:
+        os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+        shutil.copy2(os.path.join(HERE, name), os.path.join(tmp, name))
+    if mutant:
+        path = os.path.join(tmp, mutant.file)
+        with open(path) as fh:
+            text = fh.read()
+        with open(path, "w") as fh:
+            fh.write(text.replace(mutant.old, mutant.new, 1))
+
+
+def run_in(cmd, cwd, timeout):
+    """run cmd in cwd, in a process group of its own so that a timeout ends its children too.
+    -> (exit status, or None past the timeout; its output)"""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        out = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        return None, ""
+    return proc.returncode, out
+
+
 def run_suite(files, mutant, timeout):
-    """copy the files into a fresh folder, apply the mutant (None: the clean suite), run the fast suite there.
-    -> (pytest failed or timed out, seconds, what failed first)"""
+    """the fast suite on a mutated copy (None: the clean suite). -> (pytest failed or timed out, seconds, what failed
+    first)"""
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="rddpo-mutant-") as tmp:
-        for name in files:
-            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
-            shutil.copy2(os.path.join(HERE, name), os.path.join(tmp, name))
-        if mutant:
-            path = os.path.join(tmp, mutant.file)
-            with open(path) as fh:
-                text = fh.read()
-            with open(path, "w") as fh:
-                fh.write(text.replace(mutant.old, mutant.new, 1))
-        env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
-        proc = subprocess.Popen(PYTEST + ordered_tests(files, mutant), cwd=tmp, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own process group, so a timeout ends its children too
-        try:
-            out = proc.communicate(timeout=timeout)[0]
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.communicate()
-            return True, time.time() - t0, f"timeout after {timeout} s"
+        mutated_copy(files, mutant, tmp)
+        rc, out = run_in(PYTEST + ordered_tests(files, mutant), tmp, timeout)
+    if rc is None:
+        return True, time.time() - t0, f"timeout after {timeout} s"
     first = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR"))]
     last = [line for line in out.splitlines() if line.strip()][-1:] or ["no output"]
-    return proc.returncode != 0, time.time() - t0, (first or last)[0].split(" - ")[0][:100]
+    return rc != 0, time.time() - t0, (first or last)[0].split(" - ")[0][:100]
 
 
-def main(argv=None):
+# --pins: the pinned --quick run of test_rddpo.py on a mutated copy; it prints the numbers and the pins they miss at
+# the test's tolerance (test_rddpo.PIN_TOLERANCE, against test_rddpo.PINNED)
+PINS_CHILD = """
+import json, os, sys, tempfile
+sys.path.insert(0, os.getcwd())
+import test_rddpo
+results, _ = test_rddpo.rddpo.run(test_rddpo.quick(tempfile.mkdtemp(dir="."), methods=test_rddpo.PINNED_METHODS))
+numbers = test_rddpo.pinned_numbers(results)
+print("PINS " + json.dumps(dict(numbers=numbers, missed=test_rddpo.pins_missed(numbers))))
+"""
+TIGHT = 1e-5  # the tolerance the pins had before issue 21, which held only on the machine that wrote them
+
+
+def run_pins(files, mutant, timeout):
+    """the pinned run on a mutated copy. -> (its numbers or None when the run failed, the pins it misses, seconds)"""
+    t0 = time.time()
+    with tempfile.TemporaryDirectory(prefix="rddpo-mutant-") as tmp:
+        mutated_copy(files, mutant, tmp)
+        rc, out = run_in([sys.executable, "-c", PINS_CHILD], tmp, timeout)
+    lines = [line for line in out.splitlines() if line.startswith("PINS ")]
+    if rc != 0 or not lines:
+        return None, ["the run failed" if rc is not None else f"timeout after {timeout} s"], time.time() - t0
+    got = json.loads(lines[-1][len("PINS "):])
+    return got["numbers"], got["missed"], time.time() - t0
+
+
+def moved(numbers, clean, keys=("gold_reward", "win_rate", "kl", "margin_max")):
+    """the largest relative change of the pinned numbers from the clean run's, over the methods."""
+    return max(abs(numbers[m][k] - clean[m][k]) / max(abs(clean[m][k]), 1e-12) for m in clean for k in keys)
+
+
+def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.strip().split("\n")[0])
     ap.add_argument("--only", action="append", metavar="SUBSTRING",
                     help="run the mutants whose description contains SUBSTRING (repeatable: any of them)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--pins", action="store_true", help="instead of the fast suite, run test_rddpo.py's pinned "
+                    "--quick run per mutant: do the pins at their tolerance catch what pins at rel. 1e-5 would?")
     ap.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1: pytest uses every core)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per mutant; a timeout counts as caught")
     ap.add_argument("--skip-clean", action="store_true", help="do not run the clean suite first")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    problems = stale(MUTANTS)  # all of them, not only the selected: a refactor that breaks one is seen
-    if problems:
-        print("mutants that no longer match the code (update their snippets):", *problems, sep="\n  ")
-        return 2
-    chosen = [m for m in MUTANTS if not args.only or any(s in m.description for s in args.only)]
-    if args.list or not chosen:
-        for i, m in enumerate(chosen, 1):
-            print(f"{i:3d}  {m.file:13s} {m.description}")
-        print(f"{len(chosen)} of {len(MUTANTS)} mutants")
-        return 0 if chosen else 2
 
-    files = working_tree_files()
+def check_suite(files, chosen, args):
+    """the fast suite per mutant; prints a line each and the share caught. -> exit status"""
     if not args.skip_clean:
         failed, secs, what = run_suite(files, None, args.timeout)
         print(f"clean suite: {'FAILS: ' + what if failed else 'passes'} ({secs:.0f} s)", flush=True)
@@ -318,6 +364,47 @@ def main(argv=None):
     for m in survivors:
         print(f"  survived: {m.file}: {m.description}")
     return 0 if share >= TARGET else 1
+
+
+def check_pins(files, chosen, args):
+    """the pinned run per mutant: caught by the tight pins (a number moves by more than TIGHT from this machine's
+    clean run) and by the test's (test_rddpo.pins_missed). -> exit status: 0 when the second catch every mutant the
+    first does"""
+    clean, missed, secs = run_pins(files, None, args.timeout)
+    print(f"clean run: {'FAILS: ' + '; '.join(missed) if missed else 'within the pins'} ({secs:.0f} s)", flush=True)
+    if missed:
+        return 2
+    tight = loose = 0
+    lost = []
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        futures = {pool.submit(run_pins, files, m, args.timeout): m for m in chosen}
+        for done, future in enumerate(as_completed(futures), 1):
+            m, (numbers, missed, secs) = futures[future], future.result()
+            change = float("inf") if numbers is None else moved(numbers, clean)
+            tight, loose = tight + (change > TIGHT), loose + bool(missed)
+            lost += [m] if change > TIGHT and not missed else []
+            print(f"[{done:2d}/{len(chosen)}] largest change {change:8.2g}  tight pins "
+                  f"{'caught' if change > TIGHT else 'missed'}  test {'caught' if missed else 'missed'}  {secs:4.0f} s  "
+                  f"{m.description}", flush=True)
+    print(f"\npins at rel. {TIGHT:g} catch {tight} of {len(chosen)}; the test's pins catch {loose} of {len(chosen)}")
+    for m in lost:
+        print(f"  caught by the tight pins only: {m.file}: {m.description}")
+    return 0 if not lost else 1
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    problems = stale(MUTANTS)  # all of them, not only the selected: a refactor that breaks one is seen
+    if problems:
+        print("mutants that no longer match the code (update their snippets):", *problems, sep="\n  ")
+        return 2
+    chosen = [m for m in MUTANTS if not args.only or any(s in m.description for s in args.only)]
+    if args.list or not chosen:
+        for i, m in enumerate(chosen, 1):
+            print(f"{i:3d}  {m.file:13s} {m.description}")
+        print(f"{len(chosen)} of {len(MUTANTS)} mutants")
+        return 0 if chosen else 2
+    return (check_pins if args.pins else check_suite)(working_tree_files(), chosen, args)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,34 @@ def test_trl_timing_writes_the_three_steps_and_their_ratios(tmp_path):
     assert min(t["trl_dpo_ms"], t["trl_edpo_ms"], t["rddpo_edpo_ms"]) > 0
     assert t["edpo_over_dpo"] == pytest.approx(t["trl_edpo_ms"] / t["trl_dpo_ms"])
     assert t["trl_over_rddpo"] == pytest.approx(t["trl_edpo_ms"] / t["rddpo_edpo_ms"])
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_each_part_on_the_cpu_at_a_tiny_budget(tmp_path):
+    """scripts/gpu.sh with its parts shrunk through the environment (a 1-layer model, 2 steps, two biases, two
+    seeds, bench --quick) and the cpu: it exits 0, builds the reference once, runs each bias as its own run with
+    every method on both seeds, prints each run's table and writes the bench folder."""
+    import subprocess
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", RDDPO_DEVICE="cpu", RDDPO_SEEDS="0 1",
+               RDDPO_BIASES="0 1", RDDPO_SHAPE="--n-layer 1 --n-embd 32 --n-head 2",
+               RDDPO_BUDGET="--quick --sft-steps 10 --steps 2 --rm-steps 2 --n-pairs 16 --n-eval 8 --eval-points 1 "
+                            "--max-new-tokens 12",
+               RDDPO_BENCH="--quick --device cpu --steps 4 --warmup 0 --pairs 8")
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(["bash", os.path.join(here, "scripts", "gpu.sh"), str(tmp_path)], env=env, cwd=here,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split(" at ")[0] for line in proc.stdout.splitlines() if line.startswith("gpu.sh:")] == [
+        "gpu.sh: reference ready", "gpu.sh: headline done", "gpu.sh: all done"]
+    assert proc.stdout.count("=== bias") == 2 and proc.stdout.count(" bias method ") >= 2
+    references = [p for p in os.listdir(tmp_path) if p.startswith("reference-")]
+    assert len(references) == 1, os.listdir(tmp_path)
+    runs = sorted(p for p in os.listdir(tmp_path) if p.startswith("run-"))
+    assert len(runs) == 3  # the reference's own run, then one per bias
+    for run in runs[1:]:
+        results = json.loads((tmp_path / run / "results.json").read_text())
+        assert sorted({(r["method"], r["seed"]) for r in results["runs"]}) == sorted(
+            (m, s) for m in ("dpo", "d-dpo", "e-dpo", "p-dpo") for s in (0, 1))
+        assert results["config"]["n_layer"] == 1 and results["config"]["device"] == "cpu"
+    assert sorted({json.loads((tmp_path / r / "results.json").read_text())["config"]["bias"] for r in runs[1:]}) == [0, 1]
+    assert os.path.exists(tmp_path / "bench-001" / "bench.json")

@@ -121,3 +121,27 @@ def test_a_failed_setting_leaves_the_grid_record_saying_so(tmp_path):
         saved = json.load(fh)
     assert saved["run"]["status"] == "failed" and "nan" in saved["run"]["error"]
     assert [r["value"] for r in saved["rows"]] == ["0.05"]
+
+
+def test_grid_py_prints_one_table_from_two_grids_each_knob_value_once(tmp_path, capsys):
+    """two grids that share beta 0.1 (run as two commands): python grid.py A B prints beta 0.05, beta 0.1 (once) and
+    K 2, draws the figure; an unfinished grid or a missing folder is one error line, exit 2."""
+    grids = []
+    for name, knobs in (("a", ["beta=0.05,0.1"]), ("b", ["beta=0.1", "K=2"])):
+        cfg = rddpo.Config(grid=knobs, methods="dpo,e-dpo", seeds=[0, 1], out=str(tmp_path / name))
+        out, folder = grid.run_grid(cfg, {"grid"}, [], fake_run([]), rddpo.METHODS)
+        grids.append(folder)
+    capsys.readouterr()
+    assert grid.main([*grids, "--figure", str(tmp_path / "both.png")]) == 0
+    text = capsys.readouterr().out
+    labels = [line.split("  ")[0] for line in text.splitlines() if line.startswith(("beta ", "K "))]
+    assert labels[:3] == ["beta 0.05", "beta 0.1", "K 2"] and "over 2 seeds" in text
+    assert os.path.getsize(tmp_path / "both.png") > 1000
+    with open(os.path.join(grids[1], "results.json")) as fh:
+        unfinished = dict(json.load(fh), run=dict(status="running"))
+    with open(tmp_path / "unfinished.json", "w") as fh:
+        json.dump(unfinished, fh)
+    for bad, says in ((str(tmp_path / "unfinished.json"), "the grid did not finish"), (str(tmp_path / "no"), "cannot read")):
+        assert grid.main([grids[0], bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err

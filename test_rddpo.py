@@ -581,8 +581,6 @@ def quick(runs_dir, **kw):
 
 # --quick's numbers per method: gold reward, win rate, KL and the largest margin, under the careful gold reader, with
 # the forward-KL pool (issue 13; before it, under the neutral gold, dpo gave 0.0625, 0.484, 0.641, 0.323).
-# sampling turns the smallest numerical difference into other samples, so the numbers are compared on the platform
-# they came from only.
 PINNED = {"dpo": (-0.384375, 0.484375, 0.46704480051994324, 0.2772531509399414),
           "ipo": (-0.4890625, 0.3125, 0.30367451906204224, 0.24127769470214844),
           "d-dpo": (-0.5651785714285714, 0.328125, 0.6371440887451172, 0.3422164022922516),
@@ -605,6 +603,25 @@ def pin_deviation(numbers):
             for i, k in enumerate(PIN_KEYS)}
 
 
+# how close another machine's --quick run must come to PINNED (issue 21). float32 sums come out in another order on
+# another CPU, thread count or kernel, and 15 training steps carry that into every number. measured with
+# scripts/pin_spread.py (1, 2 and 3 threads; torch's own loops without AVX2, ATEN_CPU_CAPABILITY=default; MKL
+# limited to SSE4.2 and to AVX) on an AMD EPYC, and on the machine issue 21 was filed from: the largest relative
+# change seen was 2.3e-5 (e-dpo's largest margin, on both), 2.1e-5 for a KL; gold reward and win rate never moved
+# (they count sampled tokens, and no sampled token changed). so: the counted numbers exactly, the continuous ones
+# within 3e-4, 13 times the largest change seen; mutation_check.py --pins shows what each real bug moves them by (far more than 3e-4).
+PIN_TOLERANCE = {"gold_reward": 0.0, "win_rate": 0.0, "kl": 3e-4, "margin_max": 3e-4}
+
+
+def pins_missed(numbers):
+    """the pinned numbers a --quick run's {method: {key: value}} misses by more than PIN_TOLERANCE, as lines."""
+    return [f"{m} {k}: {numbers[m][k]!r}, pinned {PINNED[m][i]!r} (rel. tolerance {PIN_TOLERANCE[k]:g})"
+            for m in PINNED for i, k in enumerate(PIN_KEYS)
+            if abs(numbers[m][k] - PINNED[m][i]) > PIN_TOLERANCE[k] * abs(PINNED[m][i]) + 1e-12]
+
+
+# another torch or another kind of machine samples with other kernels (or another random stream): there the pins
+# say nothing, so they are checked with the torch and platform they came from only.
 SAME_PLATFORM = torch.__version__ == "2.13.0+cpu" and sys.platform == "linux" and os.uname().machine == "x86_64"
 
 
@@ -613,13 +630,12 @@ def test_quick_run_end_to_end(runs_dir):
     """python rddpo.py --quick, with the method names in other cases: every method trains and is evaluated at its 3
     checkpoints (the last is its record), e-DPO says which member was the minimum, every reward model has its
     diagnostics, samples.jsonl holds pi_ref's and every method's responses, results.json says the run finished, the
-    policies are saved as model folders that from_pretrained loads; on the platform they came from, the pinned numbers."""
+    policies are saved as model folders that from_pretrained loads; on the platform they came from, the pinned numbers
+    within their measured tolerance."""
     results, run_dir = rddpo.run(quick(runs_dir, methods="DPO,IPO,D-DPO,e-DPO,p-dpo", save_policy=True))
     assert [r["method"] for r in results["runs"]] == list(rddpo.METHODS)
     if SAME_PLATFORM:
-        for r in results["runs"]:
-            got = (r["gold_reward"], r["win_rate"], r["kl"], r["margin_max"])
-            assert got == pytest.approx(PINNED[r["method"]], rel=1e-5, abs=1e-7), r["method"]
+        assert pins_missed(pinned_numbers(results)) == []
     for r in results["runs"]:
         for k in ("gold_reward", "win_rate", "length", "kl", "kl_per_token", "logps_chosen_change", "margin_max"):
             assert math.isfinite(r[k]), (r["method"], k)

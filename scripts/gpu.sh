@@ -8,7 +8,8 @@
 # the reference is fine-tuned once and cached in OUT; then the three biases run side by side, one process each (one
 # model this small leaves most of the card idle), each writing its own run-NNN folder and log; bench.py comes last.
 # the environment overrides each part, so that test_bench.py runs every part on the cpu at a tiny budget:
-#   RDDPO_DEVICE (cuda), RDDPO_SHAPE (the model flags), RDDPO_BUDGET (extra rddpo.py flags), RDDPO_SEEDS,
+#   RDDPO_DEVICE (cuda), RDDPO_SHAPE (the model flags), RDDPO_BUDGET (extra rddpo.py flags, for every run: the
+#   reference step runs dpo alone, so none that applies to e-dpo or p-dpo only), RDDPO_SEEDS,
 #   RDDPO_BIASES, RDDPO_BENCH (bench.py's flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,9 +42,9 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 stamp "headline done"
-for bias in $biases; do  # each run's own printed summary: its table and paired differences
+for bias in $biases; do  # each run's own printed summary: its table, paired differences, diagnostics and samples
     echo "=== bias $bias"
-    sed -n '/^method /,/^e-dpo: share/p' "$out/bias-$bias.log"
+    sed -n '/^ *bias  *method /,/^done in /p' "$out/bias-$bias.log"
 done
 [ "$status" -eq 0 ] || { echo "gpu.sh: a bias run failed; see $out/bias-*.log" >&2; exit 1; }
 
