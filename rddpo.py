@@ -38,7 +38,7 @@ N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
 # -----------------------------------------------------------------------------
 # 1. configuration
 
-QUICK = dict(sft_steps=150, n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5, eval_points=3)  # --quick
+QUICK = dict(n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5, eval_points=3)  # --quick (and report.sft_steps)
 
 
 @dataclass
@@ -77,8 +77,9 @@ class Config:
     n_layer: int = field(default=2, metadata={"help": "tiny model: layers"})
     n_embd: int = field(default=64, metadata={"help": "tiny model: width"})
     n_head: int = field(default=4, metadata={"help": "tiny model: attention heads"})
-    sft_steps: int = field(default=600, metadata={"help": "steps of supervised fine-tuning on the task's reviews that "
-                                                  "make pi_ref write them (the tiny model's pretraining; cached in --out)"})
+    sft_steps: int = field(default=None, metadata={"type": int, "help": "steps of supervised fine-tuning of pi_ref, "
+                           f"cached in --out: on the task's reviews (default {report.TASK_SFT_STEPS}, {report.QUICK_SFT_STEPS} "
+                           "under --quick), or with --data on a --model on each seed's training chosen responses (default 0)"})
     # choice: unlabelled pairs feed distillation only (d-DPO, e-DPO): DPO, IPO and p-DPO need the labels
     unlabeled: int = field(default=0, metadata={"help": "pairs sampled from pi_ref, unlabelled, that d-DPO and e-DPO "
                                                 "distil on besides the labelled ones (the paper's rho)"})
@@ -117,22 +118,20 @@ def load_reference(cfg, device, check=lambda tokenizer: None):
     gpt-2 built in code, or a hub model or folder) is first fine-tuned for cfg.sft_steps on the task's reviews, as the
     paper's pi_ref is a supervised model; that is cached in --out, keyed by model and settings. --max-length, and
     check(tokenizer), run before any training. choice: learning rate 3e-3 from scratch (tiny), else 1e-4."""
-    tiny = cfg.model == "tiny"
+    tiny, steps = cfg.model == "tiny", report.sft_steps(cfg)
     model, tokenizer = (None, build_tokenizer()) if tiny else report.load_pretrained(cfg.model, cfg.max_length)
     if (tiny or not cfg.data) and cfg.max_length < (need := longest_task_tokens(tokenizer)):  # fine-tuning reads it too
         raise UsageError(f"--max-length {cfg.max_length} cannot hold the task's longest prompt and review "
                          f"({need} tokens); raise it")
     check(tokenizer)
-    if not tiny and (cfg.data or cfg.sft_steps == 0):  # your data, or no fine-tuning: the model as it is
+    if not tiny and (cfg.data or steps == 0):  # your data (fine-tuned per seed, data_reference), or the model as it is
         return model.to(device).eval(), tokenizer
     def build():
         seed_everything(1234)
         base = build_tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_length) if tiny else model
-        return report.pretrain(base.to(device), tokenizer, reviews, cfg.sft_steps, device, lr=3e-3 if tiny else 1e-4), \
-            tokenizer
+        return report.pretrain(base.to(device), tokenizer, reviews, steps, device, lr=3e-3 if tiny else 1e-4), tokenizer
     name = f"L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}" if tiny else report.slug(cfg.model)
-    model, tokenizer = report.cached_model(os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{cfg.sft_steps}"),
-                                           build)
+    model, tokenizer = report.cached_model(os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{steps}"), build)
     return model.to(device).eval(), tokenizer
 
 
@@ -667,7 +666,7 @@ def run(cfg, given=None, argv=None):
         return grid.run_grid(cfg, given, argv, run, METHODS)
     started = time.time()
     report.check_config(cfg, METHODS, given)
-    cfg = replace(cfg, methods=",".join(cfg.method_list()))
+    cfg = replace(cfg, methods=",".join(cfg.method_list()), sft_steps=report.sft_steps(cfg))
     device = report.pick_device(cfg.device)
     amp = report.precision(device, cfg.dtype)
     user_pairs = report.user_pairs(cfg)  # your own pairs (--data), or None
@@ -680,13 +679,14 @@ def run(cfg, given=None, argv=None):
     with report.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started) as record, amp:
         for bias in biases:
             for seed in cfg.seeds:  # every method from the same reference, on the same pairs
-                pairs, ev, data, diagnostics = prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs)
+                ref, sft = report.data_reference(reference, tokenizer, cfg, user_pairs, seed, device, tokenize, all_logps)
+                pairs, ev, data, diagnostics = prepare(ref, tokenizer, cfg, bias, seed, device, user_pairs)
                 record.samples += [dict(bias=bias, seed=seed, policy="pi_ref", **row) for row in ev.ref_shown]
                 record.results["reward_models"] += diagnostics
                 for method in cfg.method_list():  # each record is kept as soon as it is made
-                    record.add(*train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device,
+                    record.add(*train_and_evaluate(ref, tokenizer, pairs, ev, method, cfg, bias, seed, device,
                                                    record.log, record.dir if cfg.save_policy else None))
-                record.results["data"].append(dict(bias=bias, seed=seed, **data))
+                record.results["data"].append(dict(bias=bias, seed=seed, **data, **({"sft": sft} if sft else {})))
     record.finish(METHODS)
     return record.results, record.dir
 

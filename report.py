@@ -16,6 +16,7 @@ imports none of them, and it imports torch and transformers only inside the func
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -111,12 +112,14 @@ def parse_config(cls, argv, description, preset):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         flag, kw = "--" + f.name.replace("_", "-"), dict(default=default, help=f.metadata["help"])
         kw.update({"choices": f.metadata["choices"]} if "choices" in f.metadata else {})
+        if default is None:  # the help says what None stands for; '%(default).0s' keeps "(default: None)" off it
+            kw["help"] += "%(default).0s"
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", **kw)
         elif isinstance(default, list):
             p.add_argument(flag, type=type(default[0]) if default else str, nargs="+", **kw)
         else:
-            p.add_argument(flag, type=type(default), **kw)
+            p.add_argument(flag, type=f.metadata.get("type", type(default)), **kw)
     args, given = parse_given(p, argv)
     return cls(**vars(with_preset(args, given, preset))), given
 
@@ -174,7 +177,7 @@ def check_config(cfg, methods, given=None):
         (cfg.max_new_tokens >= 1 and cfg.max_length >= 8, "--max-new-tokens must be >= 1 and --max-length >= 8"),
         (cfg.log_every >= 1, "--log-every must be >= 1"),
         (cfg.eval_points >= 1, f"--eval-points must be >= 1 (got {cfg.eval_points})"),
-        (cfg.unlabeled >= 0 and cfg.sft_steps >= 0, "--unlabeled and --sft-steps must be >= 0"),
+        (cfg.unlabeled >= 0 and (cfg.sft_steps or 0) >= 0, "--unlabeled and --sft-steps must be >= 0"),
         (cfg.data or cfg.batch_size <= cfg.n_pairs,
          f"--batch-size {cfg.batch_size} is larger than the {cfg.n_pairs} training pairs (--n-pairs); lower it"),
     ]
@@ -200,7 +203,6 @@ def check_applies(cfg, given):
     methods = cfg.method_list()
     rules = [
         (cfg.data, TASK_ONLY, "the built-in task only, not --data"),
-        (cfg.data and cfg.model != "tiny", ["sft_steps"], "the built-in task, or the tiny model's own training"),
         (not cfg.data or cfg.model == "tiny", ["chat_template"], "--data on a --model with a chat template"),
         (not cfg.sweep, ["sweep_biases"], "--sweep only"),
         (cfg.sweep, ["bias"], "no run under --sweep, which takes --sweep-biases"),
@@ -294,9 +296,8 @@ def fitting(tokenizer, prompts, max_length):
     return [p for p in prompts if fits(tokenizer, p, max_length)]
 
 
-def with_chat_template(pairs, model):
-    """--chat-template: each prompt as the user's turn of `model`'s chat template, ready for the assistant's reply
-    (an instruct model answers a bare prompt with little or nothing)."""
+def chat_tokenizer(model):
+    """the tokenizer of `model` for --chat-template, or a UsageError when it cannot be loaded or has no template."""
     from transformers import AutoTokenizer
     quiet_transformers()
     try:
@@ -306,8 +307,32 @@ def with_chat_template(pairs, model):
             from None
     if not tokenizer.chat_template:
         raise UsageError(f"--chat-template: --model {model!r} has no chat template; leave the flag out")
-    return [(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
-             c, r) for p, c, r in pairs]
+    return tokenizer
+
+
+def as_users_turn(tokenizer, prompt):
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+
+
+def with_chat_template(pairs, model):
+    """--chat-template: each prompt as the user's turn of `model`'s chat template, ready for the assistant's reply
+    (an instruct model answers a bare prompt with little or nothing)."""
+    tokenizer = chat_tokenizer(model)
+    return [(as_users_turn(tokenizer, p), c, r) for p, c, r in pairs]
+
+
+def users_question(model):
+    """for printing a --chat-template run: a function from a wrapped prompt back to the user's question, the text
+    between what the template writes before and after the user's turn (found by wrapping a marker); a text the
+    template did not write, or a model whose tokenizer cannot be loaded, comes back as it is."""
+    try:
+        before, _, after = as_users_turn(chat_tokenizer(model), "\x00").partition("\x00")
+    except UsageError:
+        return lambda text: text
+    def question(text):
+        inside = text.startswith(before) and text.endswith(after) and len(text) >= len(before) + len(after)
+        return text[len(before):len(text) - len(after)] if inside else text
+    return question
 
 
 def is_json(text):
@@ -767,10 +792,11 @@ def shorten(text, width=100):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def print_samples(rows, n_prompts=2):
-    """for the first bias and seed of samples.jsonl's rows, the first n prompts: pi_ref's and each method's response
-    with its gold reward, length in words and log pi(y|x) - log pi_ref(y|x) in nats, cut to about 100 characters.
-    each policy's rows come in the same order of prompts (a prompt may come twice), so the k-th rows go together."""
+def print_samples(rows, n_prompts=2, question=lambda prompt: prompt):
+    """for the first bias and seed of samples.jsonl's rows, the first n prompts (as question(prompt) shows them):
+    pi_ref's and each method's response with its gold reward, length in words and log pi(y|x) - log pi_ref(y|x) in
+    nats, cut to about 100 characters. each policy's rows come in the same order of prompts (a prompt may come
+    twice), so the k-th rows go together."""
     if not rows:
         return
     first = [r for r in rows if (r["bias"], r["seed"]) == (rows[0]["bias"], rows[0]["seed"])]
@@ -782,7 +808,7 @@ def print_samples(rows, n_prompts=2):
           + "length (words), log pi/pi_ref (nats), response ([cut off]: it hit --max-new-tokens)")
     for k in range(min(n_prompts, max(len(v) for v in by_policy.values()))):
         shown = [v[k] for v in by_policy.values() if k < len(v)]
-        print(f"  {shorten(shown[0]['prompt'])}")
+        print(f"  {shorten(question(shown[0]['prompt']))}")
         for r in shown:
             score = f"gold {r['gold']:+.2f} " if gold else ""
             print(f"    {r['policy']:<6} {score}len {r['length']:>3.0f} logratio {r['logratio']:+7.2f}  "
@@ -806,7 +832,8 @@ def print_summary(results, samples=()):
         print("e-dpo: share of training steps at which each family member gave the minimum (mean over seeds)")
         for bias, s in shares.items():
             print(bias_text(bias, width=5) + "  ".join(f"member {i + 1} {v:.2f}" for i, v in enumerate(s)))
-    print_samples(list(samples))
+    config = results.get("config", {})  # a chat template's run shows the user's question, not the template's lines
+    print_samples(list(samples), question=users_question(config["model"]) if config.get("chat_template") else str)
 
 
 # -----------------------------------------------------------------------------
@@ -1134,6 +1161,70 @@ def pretrain(model, tokenizer, texts, steps, device, lr=3e-3):
         loss.backward()
         opt.step()
     return model.eval()
+
+
+TASK_SFT_STEPS, QUICK_SFT_STEPS = 600, 150  # --sft-steps on the built-in task, and under --quick
+
+
+def sft_steps(cfg):
+    """--sft-steps, or its default: 600 on the task's reviews (150 under --quick), none on --data with a --model."""
+    if cfg.sft_steps is not None:
+        return cfg.sft_steps
+    return 0 if cfg.data and cfg.model != "tiny" else QUICK_SFT_STEPS if cfg.quick else TASK_SFT_STEPS
+
+
+def data_reference(base, tokenizer, cfg, pairs, seed, device, tokenize, logps):
+    """--data with --sft-steps on a --model: pi_ref is `base` fine-tuned on this seed's training split's chosen
+    responses (the held-out pairs never), cached in --out under a key of the model, the data file's content, the seed
+    and the settings (sft_cache). tokenize and logps: rddpo.py's. -> (pi_ref, what the fine-tuning did: the token loss
+    on the training chosen responses and the held-out chosen log-prob, before and after). choice: learning rate 1e-4,
+    as on the task's reviews. anything else: (base, {})."""
+    import copy
+    if not (pairs and cfg.model != "tiny" and cfg.sft_steps):
+        return base, {}
+    fit = [[(p, c) for p, c, _ in part if fits(tokenizer, p, cfg.max_length)] for part in split_pairs(pairs, seed)]
+    rows = [tokenize(tokenizer, *zip(*part), cfg.max_length) for part in fit]  # training, held-out chosen: (N, T) each
+    def build():
+        return fine_tune(copy.deepcopy(base), rows[0], cfg.sft_steps, 1e-4, cfg.batch_size, seed, device), tokenizer
+    reference = cached_model(sft_cache(cfg, seed), build)[0].to(device).eval()
+    def measure(model):
+        train, held = (logps(model, part, np.arange(len(part.input_ids)), device) for part in rows)
+        return dict(loss=-train.sum().item() / rows[0].response_mask.sum().item(), heldout_logp=held.mean().item())
+    before, after = measure(base), measure(reference)
+    print(f"seed {seed}: pi_ref fine-tuned for {cfg.sft_steps} steps on the chosen responses of {len(fit[0])} training "
+          f"pairs: their loss {before['loss']:.3f} -> {after['loss']:.3f} nats per token; held-out chosen log-prob "
+          f"{before['heldout_logp']:.1f} -> {after['heldout_logp']:.1f} nats ({len(fit[1])} pairs)")
+    return reference, dict(steps=cfg.sft_steps, pairs=len(fit[0]), heldout_pairs=len(fit[1]),
+                           **{f"{k}_{when}": v for when, m in (("before", before), ("after", after)) for k, v in m.items()})
+
+
+def fine_tune(model, tokens, steps, lr, batch_size, seed, device):
+    """supervised fine-tuning on the responses of `tokens` (rddpo.Tokens, right-padded): each step the mean
+    next-token loss over the response tokens of batch_size rows, drawn in a fresh random order each pass."""
+    import torch
+    rng, opt, n = np.random.default_rng([seed, 5]), torch.optim.AdamW(model.parameters(), lr=lr), len(tokens.input_ids)
+    rows = np.concatenate([rng.permutation(n) for _ in range(steps * batch_size // n + 1)])  # passes over the rows
+    model.train()
+    for step in progress(range(steps), "fine-tune pi_ref on your chosen responses"):
+        batch = torch.as_tensor(rows[step * batch_size:(step + 1) * batch_size])
+        T = int(tokens.attention_mask[batch].sum(1).max())
+        ids, mask, resp = (t[batch, :T].to(device) for t in (tokens.input_ids, tokens.attention_mask, tokens.response_mask))
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(resp == 0, -100)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def sft_cache(cfg, seed):
+    """the folder of --data's fine-tuned pi_ref for one seed: named by the model and a key of everything it depends
+    on (the model, the data file's bytes, --chat-template, the seed whose training split it saw and the settings)."""
+    with open(cfg.data, "rb") as f:
+        data = hashlib.sha256(f.read()).hexdigest()
+    key = dict(model=cfg.model, data=data, chat_template=cfg.chat_template, seed=seed, steps=cfg.sft_steps, lr=1e-4,
+               batch_size=cfg.batch_size, max_length=cfg.max_length)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(cfg.out, f"reference-{slug(cfg.model)}-sft-{digest}")
 
 
 def note_cut(truncated, skipped, max_length):

@@ -806,7 +806,6 @@ def test_data_with_words_the_tiny_model_does_not_know_is_refused_before_any_work
     (["--n-eval", "10"], "--n-eval applies to the built-in task only"),
     (["--sweep"], "--sweep applies to the built-in task only"),
     (["--gold", "neutral"], "--gold applies to the built-in task only"),
-    (["--sft-steps", "5", "--model", "gpt2"], "--sft-steps applies to the built-in task, or the tiny model's own"),
     (["--max-length", "32"], "--max-length 32 cannot hold the task's longest prompt and review"),  # the tiny model's
     (["--batch-size", "19"], "--batch-size 19 is larger than the 18 training pairs"),  # 20 pairs, 2 held out
     (["--batch-size", "4", "--max-length", "45", "--methods", "dpo", "--quick"], "whose prompt fits in --max-length 45"),
@@ -1323,6 +1322,76 @@ def test_a_model_folder_is_fine_tuned_on_the_task_once_and_then_read_from_the_ca
     assert torch.equal(plain.state_dict()[key], tiny.state_dict()[key]) and not (tmp_path / "out0").exists()
 
 
+def data_file(tmp_path, n=20, name="pairs.jsonl"):
+    """n pairs whose prompts and chosen responses name the pair's number in two words (i % 10, i // 10)."""
+    words = ["blue", "harbor", "salt", "road", "quiet", "storm", "paper", "moon", "iron", "glass"]
+    rows = [dict(prompt=f"{words[i % 10]} {words[i // 10]} :", chosen=f" the cast was {words[i % 10]} . the plot was {words[i // 10]} .",
+                 rejected=" the plot was dull .") for i in range(n)]
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sft_on_your_data_trains_on_the_seeds_training_chosen_responses_only(tmp_path, tiny, tokenizer, monkeypatch):
+    """--model FOLDER --data --sft-steps 4: for each seed, fine_tune sees exactly the chosen responses of that seed's
+    training split (prompts masked out), none of its held-out pairs; pi_ref's weights move, the loss on those
+    responses falls, and what it did is in the run's data records."""
+    folder, path = tmp_path / "my-model", data_file(tmp_path)
+    tiny.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    seen, fine_tune = {}, rddpo.report.fine_tune
+    def spy(model, tokens, steps, lr, batch_size, seed, device):
+        seen[seed] = {tokenizer.decode(ids[resp.bool()][:-1]) for ids, resp in zip(tokens.input_ids, tokens.response_mask)}
+        assert all(tokenizer.decode(ids[resp.bool() == 0][:m.sum() - resp.sum()]).endswith(":")
+                   for ids, resp, m in zip(tokens.input_ids, tokens.response_mask, tokens.attention_mask))
+        return fine_tune(model, tokens, steps, lr, batch_size, seed, device)
+    monkeypatch.setattr(rddpo.report, "fine_tune", spy)
+    cfg = rddpo.Config(model=str(folder), data=str(path), methods="dpo", sft_steps=4, steps=1, seeds=[0, 1],
+                       batch_size=4, eval_points=1, max_new_tokens=4, out=str(tmp_path / "out"))
+    results, _ = rddpo.run(cfg)
+    pairs = rddpo.report.read_pairs(str(path))
+    for seed in (0, 1):
+        train, held = rddpo.report.split_pairs(pairs, seed)
+        assert seen[seed] == {tokenizer.decode(tokenizer(c).input_ids) for _, c, _ in train}
+        assert not seen[seed] & {tokenizer.decode(tokenizer(c).input_ids) for _, c, _ in held}
+    assert seen[0] != seen[1]
+    for d in results["data"]:
+        sft = d["sft"]
+        assert sft["steps"] == 4 and sft["pairs"] == 18 and sft["heldout_pairs"] == 2
+        assert sft["loss_after"] < sft["loss_before"] and sft["heldout_logp_after"] > sft["heldout_logp_before"]
+
+
+def test_sft_on_your_data_is_cached_under_a_key_of_model_data_seed_and_settings(tmp_path, tiny, tokenizer,
+                                                                                 monkeypatch):
+    """the same model, data, seed and settings: one folder, fine-tuned once (a second call reads it back, the same
+    weights); another data file content, seed, step count, --chat-template, batch size or --max-length: another
+    folder. without --sft-steps --data keeps the model as it is."""
+    folder, path = tmp_path / "my-model", data_file(tmp_path)
+    tiny.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    cfg = rddpo.Config(model=str(folder), data=str(path), sft_steps=2, batch_size=4, out=str(tmp_path / "out"))
+    base, _ = rddpo.load_reference(cfg, "cpu")
+    pairs = rddpo.report.read_pairs(str(path))
+    first, _ = rddpo.report.data_reference(base, tokenizer, cfg, pairs, 0, "cpu", rddpo.tokenize, rddpo.all_logps)
+    key = "transformer.h.0.mlp.c_fc.weight"
+    assert not torch.equal(first.state_dict()[key], tiny.state_dict()[key])
+    assert torch.equal(base.state_dict()[key], tiny.state_dict()[key])  # the base itself is not trained
+    monkeypatch.setattr(rddpo.report, "fine_tune", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    again, _ = rddpo.report.data_reference(base, tokenizer, cfg, pairs, 0, "cpu", rddpo.tokenize, rddpo.all_logps)
+    assert torch.equal(again.state_dict()[key], first.state_dict()[key])
+    other = data_file(tmp_path, n=21, name="other.jsonl")
+    same_name = tmp_path / "copy.jsonl"
+    same_name.write_bytes(path.read_bytes())
+    keys = {rddpo.report.sft_cache(c, seed) for c, seed in [
+        (cfg, 0), (cfg, 1), (dataclasses.replace(cfg, data=str(other)), 0), (dataclasses.replace(cfg, sft_steps=3), 0),
+        (dataclasses.replace(cfg, chat_template=True), 0), (dataclasses.replace(cfg, batch_size=8), 0),
+        (dataclasses.replace(cfg, max_length=80), 0)]}
+    assert len(keys) == 7
+    assert rddpo.report.sft_cache(dataclasses.replace(cfg, data=str(same_name)), 0) == rddpo.report.sft_cache(cfg, 0)
+    assert rddpo.report.sft_steps(dataclasses.replace(cfg, sft_steps=None)) == 0
+    assert rddpo.report.sft_steps(rddpo.Config()) == 600 and rddpo.report.sft_steps(rddpo.Config(quick=True)) == 150
+
+
 def test_slug_makes_one_folder_name_of_a_model_name_or_path():
     assert rddpo.report.slug("gpt2") == "gpt2"
     assert rddpo.report.slug("./models/my lm/") == "models-my-lm"
@@ -1429,6 +1498,31 @@ def test_chat_template_wraps_each_prompt_as_the_users_turn_and_a_model_without_o
     assert rddpo.report.with_chat_template(pairs, str(tmp_path / "chat")) == [("review blue harbor :", *pairs[0][1:])]
     with pytest.raises(rddpo.UsageError, match="has no chat template"):
         rddpo.report.with_chat_template(pairs, str(tmp_path / "plain"))
+
+
+def test_a_chat_template_run_prints_the_users_question_not_the_templates_lines(tmp_path, tokenizer, capsys):
+    """a template that writes a system line before the user's turn and ' assistant :' after it: the printed
+    samples show 'blue harbor', the question, and no template text; a prompt the template did not write, or a
+    model whose tokenizer is gone, prints as it is."""
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = ("system : be brief . {% for m in messages %}user : {{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %} assistant :{% endif %}")
+    tokenizer.save_pretrained(tmp_path / "chat")
+    wrapped = rddpo.report.with_chat_template([("blue harbor", " a", " b")], str(tmp_path / "chat"))[0][0]
+    assert wrapped == "system : be brief . user : blue harbor assistant :"
+    question = rddpo.report.users_question(str(tmp_path / "chat"))
+    assert question(wrapped) == "blue harbor" and question("the salt road") == "the salt road"
+    assert rddpo.report.users_question(str(tmp_path / "gone"))(wrapped) == wrapped
+    import test_report
+    results, samples = test_report.fake_results(user_data=True)
+    samples = [dict(s, prompt=wrapped) for s in samples]
+    results["config"].update(model=str(tmp_path / "chat"), chat_template=True)
+    rddpo.report.print_summary(results, samples)
+    shown = capsys.readouterr().out.split("samples, ")[1].splitlines()
+    assert shown[1] == "  blue harbor" and not any("system" in line or "assistant" in line for line in shown)
+    results["config"]["chat_template"] = False
+    rddpo.report.print_summary(results, samples)
+    assert capsys.readouterr().out.split("samples, ")[1].splitlines()[1] == "  " + wrapped
 
 
 def test_the_pool_and_the_unlabelled_pairs_are_sampled_only_on_prompts_that_leave_room(tiny, tokenizer):
