@@ -219,9 +219,16 @@ def plot_grid(rows, path, title=""):
 
 def combine(grids):
     """the rows of several grids' results.json in order, each knob value once (the first grid that ran it), and
-    the seeds they ran. a grid that did not finish is an error: its table would be partial."""
+    the seeds they ran. an error: a run's results rather than a grid's, a grid that did not finish (its table would
+    be partial), or grids whose other flags or seeds differ (one table, one setting around each knob)."""
     rows, seen = [], set()
     for path, grid in grids:
+        if "rows" not in grid:
+            raise UsageError(f"{path}: the results of a run, not of a grid; give grid-NNN folders")
+        others = {k: v for k, v in grid["config"].items() if k not in ("grid", "out")}
+        if others != {k: v for k, v in grids[0][1]["config"].items() if k not in ("grid", "out")}:
+            raise UsageError(f"{path} and {grids[0][0]} were run with other flags or seeds besides --grid; "
+                             "give grids of one setting")
         if grid.get("run", {}).get("status") != "finished":
             raise UsageError(f"{path}: the grid did not finish (status {grid.get('run', {}).get('status')!r}); "
                              "rerun its command")
@@ -229,7 +236,7 @@ def combine(grids):
             if (row["knob"], row["value"]) not in seen:
                 seen.add((row["knob"], row["value"]))
                 rows.append(row)
-    return rows, sorted({s for row in rows for s in row["seeds"]})
+    return rows, grids[0][1]["config"]["seeds"]
 
 
 def main(argv=None):

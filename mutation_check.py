@@ -206,6 +206,14 @@ MUTANTS = [
            "report.paired: difference sign flipped (base minus method)"),
     Mutant("report.py", "return [pairs[i] for i in order[n_held:]]", "return [pairs[i] for i in order[n_held - 1:]]",
            "report.split_pairs: one held-out pair also in training"),
+    Mutant("report.py", "labels=ids.masked_fill(resp == 0, -100)", "labels=ids.masked_fill(mask == 0, -100)",
+           "report.fine_tune: the prompt's tokens are learnt too"),
+    Mutant("report.py", "for part in split_pairs(pairs, seed)]", "for part in split_pairs(pairs, seed)[::-1]]",
+           "report.data_reference: pi_ref is fine-tuned on the held-out pairs"),
+    Mutant("report.py", "chat_template=cfg.chat_template, seed=seed,", "chat_template=cfg.chat_template, seed=0,",
+           "report.sft_cache: every seed shares one fine-tuned pi_ref"),
+    Mutant("report.py", "        seed_everything(1234 + seed)\n", "",
+           "report.data_reference: fine-tuning unseeded (depends on what ran before)"),
     Mutant("report.py", "position_ids=positions, cache=cache", "cache=cache",
            "report.sample_batch: no position ids (left padding shifts every position)"),
     Mutant("report.py", "mask = torch.cat([mask, (~done).long()[:, None]], 1)",
@@ -325,8 +333,9 @@ def run_pins(files, mutant, timeout):
 
 
 def moved(numbers, clean, keys=("gold_reward", "win_rate", "kl", "margin_max")):
-    """the largest relative change of the pinned numbers from the clean run's, over the methods."""
-    return max(abs(numbers[m][k] - clean[m][k]) / max(abs(clean[m][k]), 1e-12) for m in clean for k in keys)
+    """the largest relative change of the pinned numbers from the clean run's, over the methods (nan: infinite)."""
+    changes = [abs(numbers[m][k] - clean[m][k]) / max(abs(clean[m][k]), 1e-12) for m in clean for k in keys]
+    return max(c if c == c else float("inf") for c in changes)
 
 
 def parse_args(argv):

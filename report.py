@@ -1167,7 +1167,8 @@ TASK_SFT_STEPS, QUICK_SFT_STEPS = 600, 150  # --sft-steps on the built-in task, 
 
 
 def sft_steps(cfg):
-    """--sft-steps, or its default: 600 on the task's reviews (150 under --quick), none on --data with a --model."""
+    """--sft-steps, or its default: 600 on the task's reviews (150 under --quick, also for a Config built in code
+    with quick=True), none on --data with a --model."""
     if cfg.sft_steps is not None:
         return cfg.sft_steps
     return 0 if cfg.data and cfg.model != "tiny" else QUICK_SFT_STEPS if cfg.quick else TASK_SFT_STEPS
@@ -1184,7 +1185,8 @@ def data_reference(base, tokenizer, cfg, pairs, seed, device, tokenize, logps):
         return base, {}
     fit = [[(p, c) for p, c, _ in part if fits(tokenizer, p, cfg.max_length)] for part in split_pairs(pairs, seed)]
     rows = [tokenize(tokenizer, *zip(*part), cfg.max_length) for part in fit]  # training, held-out chosen: (N, T) each
-    def build():
+    def build():  # seeded: dropout's draws must not depend on what ran before in this process
+        seed_everything(1234 + seed)
         return fine_tune(copy.deepcopy(base), rows[0], cfg.sft_steps, 1e-4, cfg.batch_size, seed, device), tokenizer
     reference = cached_model(sft_cache(cfg, seed), build)[0].to(device).eval()
     def measure(model):
@@ -1218,11 +1220,12 @@ def fine_tune(model, tokens, steps, lr, batch_size, seed, device):
 
 def sft_cache(cfg, seed):
     """the folder of --data's fine-tuned pi_ref for one seed: named by the model and a key of everything it depends
-    on (the model, the data file's bytes, --chat-template, the seed whose training split it saw and the settings)."""
+    on (the model, the data file's bytes, --chat-template, the seed whose training split it saw and the settings).
+    a model folder converted again in place keeps its name: delete the cache then, as for the task's reference."""
     with open(cfg.data, "rb") as f:
         data = hashlib.sha256(f.read()).hexdigest()
     key = dict(model=cfg.model, data=data, chat_template=cfg.chat_template, seed=seed, steps=cfg.sft_steps, lr=1e-4,
-               batch_size=cfg.batch_size, max_length=cfg.max_length)
+               batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype)  # bfloat16 autocast trains it too
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(cfg.out, f"reference-{slug(cfg.model)}-sft-{digest}")
 

@@ -125,7 +125,8 @@ def test_a_failed_setting_leaves_the_grid_record_saying_so(tmp_path):
 
 def test_grid_py_prints_one_table_from_two_grids_each_knob_value_once(tmp_path, capsys):
     """two grids that share beta 0.1 (run as two commands): python grid.py A B prints beta 0.05, beta 0.1 (once) and
-    K 2, draws the figure; an unfinished grid or a missing folder is one error line, exit 2."""
+    K 2, draws the figure; an unfinished grid, a missing folder, a grid of other seeds or a run's folder is one error
+    line, exit 2."""
     grids = []
     for name, knobs in (("a", ["beta=0.05,0.1"]), ("b", ["beta=0.1", "K=2"])):
         cfg = rddpo.Config(grid=knobs, methods="dpo,e-dpo", seeds=[0, 1], out=str(tmp_path / name))
@@ -141,7 +142,12 @@ def test_grid_py_prints_one_table_from_two_grids_each_knob_value_once(tmp_path, 
         unfinished = dict(json.load(fh), run=dict(status="running"))
     with open(tmp_path / "unfinished.json", "w") as fh:
         json.dump(unfinished, fh)
-    for bad, says in ((str(tmp_path / "unfinished.json"), "the grid did not finish"), (str(tmp_path / "no"), "cannot read")):
+    cfg = rddpo.Config(grid=["K=8"], methods="dpo,e-dpo", seeds=[0, 1, 2], out=str(tmp_path / "c"))
+    other_seeds = grid.run_grid(cfg, {"grid"}, [], fake_run([]), rddpo.METHODS)[1]
+    (tmp_path / "run-001").mkdir()
+    (tmp_path / "run-001" / "results.json").write_text(json.dumps(dict(run=dict(status="finished"), runs=[])))
+    for bad, says in ((str(tmp_path / "unfinished.json"), "the grid did not finish"), (str(tmp_path / "no"), "cannot read"),
+                      (other_seeds, "with other flags or seeds besides --grid"), (str(tmp_path / "run-001"), "not of a grid")):
         assert grid.main([grids[0], bad]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err

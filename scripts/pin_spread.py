@@ -5,7 +5,7 @@ torch's own loops, MKL_ENABLE_INSTRUCTIONS for its matrix products). it prints, 
 number, the largest change from the pins seen in any variant; test_rddpo.py's tolerances are a margin above those.
 
     python scripts/pin_spread.py                 # every variant, one after another (about 15 minutes on 2 cores)
-    python scripts/pin_spread.py --only threads-1 --only float64
+    python scripts/pin_spread.py --only threads-1 --only mkl-avx --json spread.json
 
 Standard library only: each variant is a fresh python process, so each builds and pretrains its own reference.
 """
