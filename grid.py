@@ -148,7 +148,7 @@ def run_grid(cfg, given, argv, run, methods):
     grid["run"].update(status="finished", wall_seconds=time.time() - started)
     report.write_json(path, grid)
     print_grid(grid["rows"], len(cfg.seeds))
-    plot_grid(grid["rows"], os.path.join(folder, "grid.png"), report.settings(grid["config"]))
+    plot_grid(grid["rows"], os.path.join(folder, "grid.png"), title(grid["config"]))
     print(f"grid done in {time.time() - started:.0f} s; its table in {path}, its figure in {folder}/grid.png")
     return grid, folder
 
@@ -185,7 +185,12 @@ def print_grid(rows, n_seeds):
               f"{num(row['accuracy_gold_family'], '.3f'):>12}{num(row['asks_logratio'], '.1f'):>10}  {shares}")
 
 
-def plot_grid(rows, path, title=""):
+def title(config):
+    """the settings around the knobs, for the figure: the run's (report.settings) and, on the task, the bias."""
+    return report.settings(config) + ("" if config.get("data") else f", bias {config['bias']}")
+
+
+def plot_grid(rows, path, heading=""):
     """grid.png: one column per knob; each deciding difference against the knob's values, with its 95 % t-interval
     and the zero line; the primary metric above, KL below."""
     import matplotlib
@@ -211,7 +216,7 @@ def plot_grid(rows, path, title=""):
             ax.set(xlabel=knob, ylabel=f"{report.PAIRED_NAMES[key][0]} difference (same seed)")
         axes[0][col].set_title(f"{knob}: paired difference, 95 % t-interval", fontsize=9)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"one knob at a time, the others at the run's flags; {title}", fontsize=10)
+    fig.suptitle(f"one knob at a time, the others at the run's flags; {heading}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -252,7 +257,7 @@ def main(argv=None):
         rows, seeds = combine(grids)
         print_grid(rows, len(seeds))
         if args.figure:
-            plot_grid(rows, args.figure, report.settings(grids[0][1]["config"]))
+            plot_grid(rows, args.figure, title(grids[0][1]["config"]))
             print(f"figure in {args.figure}")
     return report.cli(show)
 

@@ -730,12 +730,13 @@ def without_times(obj):
 @pytest.mark.slow
 def test_same_seed_reproduces_results_and_another_seed_does_not(runs_dir):
     """two runs of the same command land in two run folders (nothing overwritten) with identical results,
-    times excepted; seed 1 gives different numbers."""
-    (a, dir_a), (b, dir_b) = rddpo.run(quick(runs_dir)), rddpo.run(quick(runs_dir))
+    times excepted; seed 1 gives different numbers. dpo and e-dpo: between them every random draw (pairs, labels,
+    reward models, the pool, training order, sampling)."""
+    (a, dir_a), (b, dir_b) = (rddpo.run(quick(runs_dir, methods="dpo,e-dpo")) for _ in range(2))
     assert dir_a != dir_b
     with open(os.path.join(dir_a, "results.json")) as fa, open(os.path.join(dir_b, "results.json")) as fb:
         assert without_times(json.load(fa)) == without_times(json.load(fb))
-    c, _ = rddpo.run(quick(runs_dir, seeds=[1]))
+    c, _ = rddpo.run(quick(runs_dir, seeds=[1], methods="dpo,e-dpo"))
     assert [r["gold_reward"] for r in c["runs"]] != [r["gold_reward"] for r in a["runs"]]
 
 
