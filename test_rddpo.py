@@ -610,7 +610,7 @@ def pin_deviation(numbers):
 # change seen was 2.6e-5 (a largest margin, with MKL limited to AVX; 2.3e-5 on the other machine), 2.1e-5 for a KL;
 # gold reward and win rate never moved (they count sampled tokens, and no sampled token changed). so: the counted
 # numbers exactly, the continuous ones within 3e-4, 11 times the largest change seen. `mutation_check.py --pins`
-# checks that the bugs which moved the old pins move these too.
+# checks that bugs which broke the old pins break these too: the same 20 of 23 (docs/METHOD.md#pin-tolerance).
 PIN_TOLERANCE = {"gold_reward": 0.0, "win_rate": 0.0, "kl": 3e-4, "margin_max": 3e-4}
 
 
