@@ -206,7 +206,7 @@ MUTANTS = [
            "report.paired: difference sign flipped (base minus method)"),
     Mutant("report.py", "return [pairs[i] for i in order[n_held:]]", "return [pairs[i] for i in order[n_held - 1:]]",
            "report.split_pairs: one held-out pair also in training"),
-    Mutant("report.py", "labels=ids.masked_fill(resp == 0, -100)", "labels=ids.masked_fill(mask == 0, -100)",
+    Mutant("report.py", "return ids, mask, ids.masked_fill(resp == 0, -100)", "return ids, mask, ids.masked_fill(mask == 0, -100)",
            "report.fine_tune: the prompt's tokens are learnt too"),
     Mutant("report.py", "for part in split_pairs(pairs, seed)]", "for part in split_pairs(pairs, seed)[::-1]]",
            "report.data_reference: pi_ref is fine-tuned on the held-out pairs"),

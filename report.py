@@ -1147,20 +1147,29 @@ def pad(rows, pad_id, side="right", masks=None):
     return tuple(out + [torch.tensor([fill(m, 0) for m in ms]) for ms in (masks or [])])
 
 
-def pretrain(model, tokenizer, texts, steps, device, lr=3e-3):
-    """next-token training on texts(rng), a batch of texts per step (rng: a fixed generator), each ending in eos."""
+def next_token_steps(model, batch, steps, lr, desc):
+    """steps of AdamW on the next-token loss of batch(step) = (input_ids, attention_mask, labels), labels -100 where
+    a token is not learnt; the model comes back in eval mode. pretrain and fine_tune are this loop."""
     import torch
-    rng = np.random.default_rng(1234)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     model.train()
-    for _ in progress(range(steps), "pretrain"):
-        rows = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts(rng)]
-        ids, mask = (x.to(device) for x in pad(rows, tokenizer.eos_token_id))  # (B, T) each
-        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
+    for step in progress(range(steps), desc):
+        ids, mask, labels = batch(step)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def pretrain(model, tokenizer, texts, steps, device, lr=3e-3):
+    """next-token training on texts(rng), a batch of texts per step (rng: a fixed generator), each ending in eos."""
+    rng = np.random.default_rng(1234)
+    def batch(step):
+        rows = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts(rng)]
+        ids, mask = (x.to(device) for x in pad(rows, tokenizer.eos_token_id))  # (B, T) each
+        return ids, mask, ids.masked_fill(mask == 0, -100)
+    return next_token_steps(model, batch, steps, lr, "pretrain")
 
 
 TASK_SFT_STEPS, QUICK_SFT_STEPS = 600, 150  # --sft-steps on the built-in task, and under --quick
@@ -1204,18 +1213,14 @@ def fine_tune(model, tokens, steps, lr, batch_size, seed, device):
     """supervised fine-tuning on the responses of `tokens` (rddpo.Tokens, right-padded): each step the mean
     next-token loss over the response tokens of batch_size rows, drawn in a fresh random order each pass."""
     import torch
-    rng, opt, n = np.random.default_rng([seed, 5]), torch.optim.AdamW(model.parameters(), lr=lr), len(tokens.input_ids)
-    rows = np.concatenate([rng.permutation(n) for _ in range(steps * batch_size // n + 1)])  # passes over the rows
-    model.train()
-    for step in progress(range(steps), "fine-tune pi_ref on your chosen responses"):
-        batch = torch.as_tensor(rows[step * batch_size:(step + 1) * batch_size])
-        T = int(tokens.attention_mask[batch].sum(1).max())
-        ids, mask, resp = (t[batch, :T].to(device) for t in (tokens.input_ids, tokens.attention_mask, tokens.response_mask))
-        loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(resp == 0, -100)).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    rng, n = np.random.default_rng([seed, 5]), len(tokens.input_ids)
+    order = np.concatenate([rng.permutation(n) for _ in range(steps * batch_size // n + 1)])  # passes over the rows
+    def batch(step):
+        rows = torch.as_tensor(order[step * batch_size:(step + 1) * batch_size])
+        T = int(tokens.attention_mask[rows].sum(1).max())
+        ids, mask, resp = (t[rows, :T].to(device) for t in (tokens.input_ids, tokens.attention_mask, tokens.response_mask))
+        return ids, mask, ids.masked_fill(resp == 0, -100)
+    return next_token_steps(model, batch, steps, lr, "fine-tune pi_ref on your chosen responses")
 
 
 def sft_cache(cfg, seed):
