@@ -268,7 +268,7 @@ def prepare(size, device, dtype, args, rng):
     one_off = one_off_cost(policy, data, device, amp, rng)  # the reference here, before it trains
     gc.collect()  # the reward model is gone; the reference's log-probs are in data, so it becomes the policy
     rddpo.without_dropout(policy).train()  # as rddpo.train_policy trains it
-    opt, losses = torch.optim.AdamW(policy.parameters(), lr=cfg.lr), make_losses(data, cfg)
+    opt, losses = torch.optim.AdamW(policy.parameters(), lr=rddpo.report.learning_rate(cfg, policy)), make_losses(data, cfg)
     return policy, opt, data, losses, make_steps(policy, opt, data, losses, device, amp), one_off
 
 

@@ -57,7 +57,8 @@ class Config:
     ensemble: int = field(default=4, metadata={"help": "K, the number of reward models in the e-DPO family"})
     steps: int = field(default=150, metadata={"help": "policy training steps per method"})
     batch_size: int = field(default=16, metadata={"help": "preference pairs per step"})
-    lr: float = field(default=1e-4, metadata={"help": "policy learning rate (AdamW)"})
+    lr: float = field(default=None, metadata={"type": float, "help": "policy learning rate (AdamW); default: 1e-4 for "
+                      "the tiny model, 1e-4 x 64 / its width for a --model (report.learning_rate)"})
     rm_steps: int = field(default=150, metadata={"help": "training steps per reward model"})
     rm_lr: float = field(default=3e-4, metadata={"help": "reward-model learning rate (AdamW)"})
     n_pairs: int = field(default=512, metadata={"help": "training pairs sampled from the reference (built-in task)"})
@@ -99,8 +100,7 @@ def parse_args(argv=None):
 
 
 # -----------------------------------------------------------------------------
-# 2. the task: prompts, the gold reward and the biased annotator
-# in task.py: short movie reviews, two gold readers (careful, and the neutral control) and the length-biased annotator.
+# 2. the task, in task.py: short movie reviews, two gold readers (careful, and the neutral control), the biased annotator
 
 # -----------------------------------------------------------------------------
 # 3. models
@@ -114,10 +114,9 @@ def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
 
 
 def load_reference(cfg, device, check=lambda tokenizer: None):
-    """the frozen reference pi_ref and its tokenizer. on the built-in task a model that has never seen it (the tiny
-    gpt-2 built in code, or a hub model or folder) is first fine-tuned for cfg.sft_steps on the task's reviews, as the
-    paper's pi_ref is a supervised model; that is cached in --out, keyed by model and settings. --max-length, and
-    check(tokenizer), run before any training. choice: learning rate 3e-3 from scratch (tiny), else 1e-4."""
+    """the frozen reference pi_ref and its tokenizer. on the built-in task the tiny gpt-2 built in code, or a hub model
+    or folder, is first fine-tuned for --sft-steps on the task's reviews (pi_ref is a supervised model), cached in --out
+    by model and settings; --max-length and check(tokenizer) run first. choice: learning rate 3e-3 (tiny), else 1e-4."""
     tiny, steps = cfg.model == "tiny", report.sft_steps(cfg)
     model, tokenizer = (None, build_tokenizer()) if tiny else report.load_pretrained(cfg.model, cfg.max_length)
     if (tiny or not cfg.data) and cfg.max_length < (need := longest_task_tokens(tokenizer)):  # fine-tuning reads it too
@@ -561,7 +560,7 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
     at which each family member was the minimum, else None)"""
     seed_everything(seed)
     policy = without_dropout(copy.deepcopy(reference).to(device).train())
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(policy.parameters(), lr=report.learning_rate(cfg, reference))
     n, rng = len(pairs.keep), np.random.default_rng([seed, METHODS.index(method)])
     drawn_from = n if method in ("d-dpo", "e-dpo") else pairs.labelled  # only distillation uses unlabelled pairs
     pooled = method in ("e-dpo", "p-dpo")
@@ -674,6 +673,7 @@ def run(cfg, given=None, argv=None):
     report.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
     report.check_writable(cfg.out)
     reference, tokenizer = load_reference(cfg, device, check=lambda tok: report.check_data(user_pairs, splits, tok, cfg))
+    cfg = replace(cfg, lr=report.learning_rate(cfg, reference))  # results.json records the rate used
     biases, info = [None] if cfg.data else report.sweep_bias_list(cfg), report.run_info(argv, started)  # no annotator
     config = {k: v for k, v in asdict(cfg).items() if not (cfg.data and k in report.TASK_ONLY)}
     with report.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started) as record, amp:

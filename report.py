@@ -172,7 +172,7 @@ def check_config(cfg, methods, given=None):
         (cfg.ensemble >= 1, f"--ensemble must be >= 1 (got {cfg.ensemble})"),
         (cfg.steps >= 1 and cfg.rm_steps >= 1, "--steps and --rm-steps must be >= 1"),
         (cfg.batch_size >= 1, f"--batch-size must be >= 1 (got {cfg.batch_size})"),
-        (cfg.lr > 0 and cfg.rm_lr > 0, "--lr and --rm-lr must be > 0"),
+        ((cfg.lr is None or cfg.lr > 0) and cfg.rm_lr > 0, "--lr and --rm-lr must be > 0"),
         (cfg.n_pairs >= 1 and cfg.n_eval >= 1, "--n-pairs and --n-eval must be >= 1"),
         (cfg.max_new_tokens >= 1 and cfg.max_length >= 8, "--max-new-tokens must be >= 1 and --max-length >= 8"),
         (cfg.log_every >= 1, "--log-every must be >= 1"),
@@ -1175,6 +1175,18 @@ def pretrain(model, tokenizer, texts, steps, device, lr=3e-3):
 TASK_SFT_STEPS, QUICK_SFT_STEPS = 600, 150  # --sft-steps on the built-in task, and under --quick
 
 
+def learning_rate(cfg, model):
+    """--lr, or its default. choice: 1e-4 for the tiny model at any size (the rate its results were made at); for a
+    --model, 1e-4 x 64 / its width (hidden size), the rate that suits the 64-wide tiny model scaled down as the
+    width grows: Adam moves every weight by about the rate, and each unit sums `width` such moves."""
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.model == "tiny":
+        return 1e-4
+    width = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd")
+    return 1e-4 * 64 / width
+
+
 def sft_steps(cfg):
     """--sft-steps, or its default: 600 on the task's reviews (150 under --quick, also for a Config built in code
     with quick=True), none on --data with a --model."""
@@ -1187,25 +1199,26 @@ def data_reference(base, tokenizer, cfg, pairs, seed, device, tokenize, logps):
     """--data with --sft-steps on a --model: pi_ref is `base` fine-tuned on this seed's training split's chosen
     responses (the held-out pairs never), cached in --out under a key of the model, the data file's content, the seed
     and the settings (sft_cache). tokenize and logps: rddpo.py's. -> (pi_ref, what the fine-tuning did: the token loss
-    on the training chosen responses and the held-out chosen log-prob, before and after). choice: learning rate 1e-4,
-    as on the task's reviews. anything else: (base, {})."""
+    on the training chosen responses and the held-out chosen log-prob, before and after). choice: the learning rate is
+    the policy's default for the model (learning_rate), whatever --lr says. anything else: (base, {})."""
     import copy
     if not (pairs and cfg.model != "tiny" and cfg.sft_steps):
         return base, {}
+    lr = learning_rate(dataclasses.replace(cfg, lr=None), base)
     fit = [[(p, c) for p, c, _ in part if fits(tokenizer, p, cfg.max_length)] for part in split_pairs(pairs, seed)]
     rows = [tokenize(tokenizer, *zip(*part), cfg.max_length) for part in fit]  # training, held-out chosen: (N, T) each
     def build():  # seeded: dropout's draws must not depend on what ran before in this process
         seed_everything(1234 + seed)
-        return fine_tune(copy.deepcopy(base), rows[0], cfg.sft_steps, 1e-4, cfg.batch_size, seed, device), tokenizer
-    reference = cached_model(sft_cache(cfg, seed), build)[0].to(device).eval()
+        return fine_tune(copy.deepcopy(base), rows[0], cfg.sft_steps, lr, cfg.batch_size, seed, device), tokenizer
+    reference = cached_model(sft_cache(cfg, seed, lr), build)[0].to(device).eval()
     def measure(model):
         train, held = (logps(model, part, np.arange(len(part.input_ids)), device) for part in rows)
         return dict(loss=-train.sum().item() / rows[0].response_mask.sum().item(), heldout_logp=held.mean().item())
     before, after = measure(base), measure(reference)
-    print(f"seed {seed}: pi_ref fine-tuned for {cfg.sft_steps} steps on the chosen responses of {len(fit[0])} training "
-          f"pairs: their loss {before['loss']:.3f} -> {after['loss']:.3f} nats per token; held-out chosen log-prob "
+    print(f"seed {seed}: pi_ref fine-tuned for {cfg.sft_steps} steps at rate {lr:.2g} on the chosen responses of "
+          f"{len(fit[0])} training pairs: their loss {before['loss']:.3f} -> {after['loss']:.3f} nats per token; held-out chosen log-prob "
           f"{before['heldout_logp']:.1f} -> {after['heldout_logp']:.1f} nats ({len(fit[1])} pairs)")
-    return reference, dict(steps=cfg.sft_steps, pairs=len(fit[0]), heldout_pairs=len(fit[1]),
+    return reference, dict(steps=cfg.sft_steps, lr=lr, pairs=len(fit[0]), heldout_pairs=len(fit[1]),
                            **{f"{k}_{when}": v for when, m in (("before", before), ("after", after)) for k, v in m.items()})
 
 
@@ -1223,13 +1236,13 @@ def fine_tune(model, tokens, steps, lr, batch_size, seed, device):
     return next_token_steps(model, batch, steps, lr, "fine-tune pi_ref on your chosen responses")
 
 
-def sft_cache(cfg, seed):
+def sft_cache(cfg, seed, lr):
     """the folder of --data's fine-tuned pi_ref for one seed: named by the model and a key of everything it depends
     on (the model, the data file's bytes, --chat-template, the seed whose training split it saw and the settings).
     a model folder converted again in place keeps its name: delete the cache then, as for the task's reference."""
     with open(cfg.data, "rb") as f:
         data = hashlib.sha256(f.read()).hexdigest()
-    key = dict(model=cfg.model, data=data, chat_template=cfg.chat_template, seed=seed, steps=cfg.sft_steps, lr=1e-4,
+    key = dict(model=cfg.model, data=data, chat_template=cfg.chat_template, seed=seed, steps=cfg.sft_steps, lr=lr,
                batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype)  # bfloat16 autocast trains it too
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(cfg.out, f"reference-{slug(cfg.model)}-sft-{digest}")

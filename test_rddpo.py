@@ -650,6 +650,7 @@ def test_quick_run_end_to_end(runs_dir):
     with open(os.path.join(run_dir, "results.json")) as fh:
         saved = json.load(fh)
     assert saved["config"]["steps"] == rddpo.QUICK["steps"] and saved["run"]["status"] == "finished"
+    assert saved["config"]["lr"] == 1e-4  # the default rate, as used, is in the record
     samples = rddpo.report.read_samples(os.path.join(run_dir, "samples.jsonl"))
     assert [s["policy"] for s in samples] == [p for p in ["pi_ref", *rddpo.METHODS] for _ in range(rddpo.N_SHOW)]
     assert all(s["logratio"] == 0 for s in samples[:rddpo.N_SHOW])
@@ -1350,7 +1351,8 @@ def test_sft_on_your_data_trains_on_the_seeds_training_chosen_responses_only(tmp
     monkeypatch.setattr(rddpo.report, "fine_tune", spy)
     cfg = rddpo.Config(model=str(folder), data=str(path), methods="dpo", sft_steps=4, steps=1, seeds=[0, 1],
                        batch_size=4, eval_points=1, max_new_tokens=4, out=str(tmp_path / "out"))
-    results, _ = rddpo.run(cfg)
+    results, _ = rddpo.run(dataclasses.replace(cfg, lr=3e-5))
+    assert results["config"]["lr"] == 3e-5
     pairs = rddpo.report.read_pairs(str(path))
     for seed in (0, 1):
         train, held = rddpo.report.split_pairs(pairs, seed)
@@ -1360,6 +1362,7 @@ def test_sft_on_your_data_trains_on_the_seeds_training_chosen_responses_only(tmp
     for d in results["data"]:
         sft = d["sft"]
         assert sft["steps"] == 4 and sft["pairs"] == 18 and sft["heldout_pairs"] == 2
+        assert sft["lr"] == pytest.approx(1e-4 * 64 / 32)  # the model's default rate (32 wide), not --lr's
         assert sft["loss_after"] < sft["loss_before"] and sft["heldout_logp_after"] > sft["heldout_logp_before"]
 
 
@@ -1385,6 +1388,18 @@ def test_fine_tune_learns_the_responses_only_the_prompts_and_padding_are_masked_
         tuple(i.tolist()) for i in tokens.input_ids}
     key = "transformer.h.0.mlp.c_fc.weight"
     assert not torch.equal(model.inner.state_dict()[key], tiny.state_dict()[key])
+
+
+def test_the_default_learning_rate_is_the_tiny_models_and_scales_with_one_over_a_models_width(tiny):
+    """--lr unset: 1e-4 for the tiny model whatever its width; for a --model, 1e-4 x 64 / hidden size (a llama's
+    hidden_size or a gpt-2's n_embd); --lr given wins."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=128, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2))
+    assert rddpo.report.learning_rate(rddpo.Config(), tiny) == 1e-4  # tiny is 32 wide here: still 1e-4
+    assert rddpo.report.learning_rate(rddpo.Config(model="some/folder"), llama) == pytest.approx(5e-5)
+    assert rddpo.report.learning_rate(rddpo.Config(model="gpt2"), tiny) == pytest.approx(2e-4)  # n_embd 32
+    assert rddpo.report.learning_rate(rddpo.Config(model="gpt2", lr=3e-6), tiny) == 3e-6
 
 
 def test_sft_on_your_data_is_cached_under_a_key_of_model_data_seed_and_settings(tmp_path, tiny, tokenizer,
@@ -1415,12 +1430,13 @@ def test_sft_on_your_data_is_cached_under_a_key_of_model_data_seed_and_settings(
     other = data_file(tmp_path, n=21, name="other.jsonl")
     same_name = tmp_path / "copy.jsonl"
     same_name.write_bytes(path.read_bytes())
-    keys = {rddpo.report.sft_cache(c, seed) for c, seed in [
+    keys = {rddpo.report.sft_cache(c, seed, 1e-5) for c, seed in [
         (cfg, 0), (cfg, 1), (dataclasses.replace(cfg, data=str(other)), 0), (dataclasses.replace(cfg, sft_steps=3), 0),
         (dataclasses.replace(cfg, chat_template=True), 0), (dataclasses.replace(cfg, batch_size=8), 0),
         (dataclasses.replace(cfg, max_length=80), 0), (dataclasses.replace(cfg, dtype="bfloat16"), 0)]}
     assert len(keys) == 8
-    assert rddpo.report.sft_cache(dataclasses.replace(cfg, data=str(same_name)), 0) == rddpo.report.sft_cache(cfg, 0)
+    assert rddpo.report.sft_cache(dataclasses.replace(cfg, data=str(same_name)), 0, 1e-5) == rddpo.report.sft_cache(cfg, 0, 1e-5)
+    assert rddpo.report.sft_cache(cfg, 0, 2e-5) != rddpo.report.sft_cache(cfg, 0, 1e-5)
     assert rddpo.report.sft_steps(dataclasses.replace(cfg, sft_steps=None)) == 0
     assert rddpo.report.sft_steps(rddpo.Config()) == 600 and rddpo.report.sft_steps(rddpo.Config(quick=True)) == 150
 
