@@ -1216,8 +1216,8 @@ def data_reference(base, tokenizer, cfg, pairs, seed, device, tokenize, logps):
         return dict(loss=-train.sum().item() / rows[0].response_mask.sum().item(), heldout_logp=held.mean().item())
     before, after = measure(base), measure(reference)
     print(f"seed {seed}: pi_ref fine-tuned for {cfg.sft_steps} steps at rate {lr:.2g} on the chosen responses of "
-          f"{len(fit[0])} training pairs: their loss {before['loss']:.3f} -> {after['loss']:.3f} nats per token; held-out chosen log-prob "
-          f"{before['heldout_logp']:.1f} -> {after['heldout_logp']:.1f} nats ({len(fit[1])} pairs)")
+          f"{len(fit[0])} training pairs: their loss {before['loss']:.3f} -> {after['loss']:.3f} nats per token; "
+          f"held-out chosen log-prob {before['heldout_logp']:.1f} -> {after['heldout_logp']:.1f} nats ({len(fit[1])} pairs)")
     return reference, dict(steps=cfg.sft_steps, lr=lr, pairs=len(fit[0]), heldout_pairs=len(fit[1]),
                            **{f"{k}_{when}": v for when, m in (("before", before), ("after", after)) for k, v in m.items()})
 
