@@ -25,13 +25,17 @@ import time
 import numpy as np
 import torch
 
+import cli
+import experiment
+import models
+import records
+import task
 import rddpo
-import report
 
 # -----------------------------------------------------------------------------
 # 1. configuration
 
-DEFAULT = rddpo.Config()
+DEFAULT = experiment.Config()
 # name: device, layers, width, heads, vocab (None: the built-in task's word-level tokenizer)
 SIZES = {"tiny": ("cpu", DEFAULT.n_layer, DEFAULT.n_embd, DEFAULT.n_head, None),  # the offline default
          "L4-E256": ("cpu", 4, 256, 4, None),
@@ -44,9 +48,9 @@ QUICK = dict(sizes="tiny", steps=5, warmup=1, pairs=16, threads=1)
 
 def parse_args(argv=None):
     """flags shared with rddpo.py and toy_bandit.py mean the same: --seeds, --out (a folder), --device, --quick."""
-    p = report.ArgumentParser(description=__doc__.strip().split("\n")[0],
+    p = cli.ArgumentParser(description=__doc__.strip().split("\n")[0],
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="cpu", choices=report.DEVICES, help="cpu times the cpu sizes; cuda adds the "
+    p.add_argument("--device", default="cpu", choices=cli.DEVICES, help="cpu times the cpu sizes; cuda adds the "
                    "gpu size and bfloat16; auto takes cuda where there is one (mps is not timed: no synchronising clock)")
     p.add_argument("--sizes", default="", help=f"comma list from {','.join(SIZES)}; default: all on --device's machine")
     p.add_argument("--steps", type=int, default=30, help="timed steps per variant")
@@ -63,26 +67,26 @@ def parse_args(argv=None):
                    "the e-DPO step of rddpo_trl.py's trainer and rddpo.py's e-DPO step, in this process")
     p.add_argument("--quick", action="store_true", help="the smoke test's budget; flags given beside it win: "
                    + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
-    args, given = report.parse_given(p, argv)
-    return report.with_preset(args, given, QUICK)
+    args, given = cli.parse_given(p, argv)
+    return cli.with_preset(args, given, QUICK)
 
 
 def cases(args):
     """(size, device, dtype, seed) to run: the cpu sizes on the cpu, and with a cuda --device the gpu size."""
-    device = report.pick_device(args.device).type
+    device = cli.pick_device(args.device).type
     if device == "mps":
-        raise report.UsageError("bench.py times cpu and cuda only (mps has no clock it can wait on here); use --device cpu")
+        raise cli.UsageError("bench.py times cpu and cuda only (mps has no clock it can wait on here); use --device cpu")
     names = [s for s in args.sizes.split(",") if s] or [s for s in SIZES if SIZES[s][0] in ("cpu", device)]
     for s in names:
         if s not in SIZES:
-            raise report.UsageError(f"unknown size {s!r} in --sizes; choose from {','.join(SIZES)}")
+            raise cli.UsageError(f"unknown size {s!r} in --sizes; choose from {','.join(SIZES)}")
         if SIZES[s][0] == "cuda" and device != "cuda":
-            raise report.UsageError(f"size {s} runs on a gpu: pass --device cuda on a machine with one")
+            raise cli.UsageError(f"size {s} runs on a gpu: pass --device cuda on a machine with one")
     if (args.steps < 4 or args.warmup < 0 or args.batch_size < 1 or args.pairs < args.batch_size or args.tokens < 8
             or args.threads < 0):
-        raise report.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size, "
+        raise cli.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size, "
                                 "--tokens >= 8 and --threads >= 0")
-    report.check_seeds(args.seeds)
+    cli.check_seeds(args.seeds)
     return [(s, SIZES[s][0], d, seed) for seed in args.seeds for s in names for d in DTYPES[SIZES[s][0]]]
 
 
@@ -95,7 +99,7 @@ def build_model(size, tokenizer, args):
     from transformers import GPT2Config, GPT2LMHeadModel
     _, n_layer, n_embd, n_head, vocab = SIZES[size]
     if vocab is None:  # rddpo's own builder, as the offline default uses it
-        return rddpo.build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions=args.tokens)
+        return models.build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions=args.tokens)
     eos = tokenizer.eos_token_id  # task ids are valid ids of the larger vocabulary too
     return GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, n_head=n_head,
                                       bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
@@ -125,7 +129,7 @@ def timed(fn, device):
 
 
 def one_off_cost(reference, data, device, amp, rng):
-    """time the pass that rddpo.prepare makes once, before any policy step: the reference's log-probs and
+    """time the pass that experiment.prepare makes once, before any policy step: the reference's log-probs and
     one reward model's scores of all 2N sequences. the K + 1 reward models (the plain one and the family)
     share one architecture, so each costs one such pass."""
     n = len(data.keep)
@@ -173,7 +177,7 @@ def make_steps(policy, opt, data, losses, device, amp):
                 pool = rddpo.pool_batch(policy, data, order, 1, len(order), device) if pooled else ()
                 loss = losses[name](policy_logps, rows, *pool)
             if name != "bare" and not torch.isfinite(loss):  # as train_policy checks
-                raise report.TrainingDiverged(f"{name}: the loss became {loss.item()}")
+                raise rddpo.TrainingDiverged(f"{name}: the loss became {loss.item()}")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -259,16 +263,16 @@ def live_parameters():
 
 def prepare(size, device, dtype, args, rng):
     """the model, the data with its one-off pass done, and one step function per variant."""
-    cfg = rddpo.Config()
+    cfg = experiment.Config()
     def amp():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-    tokenizer = rddpo.build_tokenizer()
+    tokenizer = task.build_tokenizer()
     policy = build_model(size, tokenizer, args).to(device).eval()
     data = make_data(tokenizer, args, rng)
     one_off = one_off_cost(policy, data, device, amp, rng)  # the reference here, before it trains
     gc.collect()  # the reward model is gone; the reference's log-probs are in data, so it becomes the policy
     rddpo.without_dropout(policy).train()  # as rddpo.train_policy trains it
-    opt, losses = torch.optim.AdamW(policy.parameters(), lr=rddpo.report.learning_rate(cfg, policy)), make_losses(data, cfg)
+    opt, losses = torch.optim.AdamW(policy.parameters(), lr=rddpo.learning_rate(cfg, policy)), make_losses(data, cfg)
     return policy, opt, data, losses, make_steps(policy, opt, data, losses, device, amp), one_off
 
 
@@ -362,7 +366,7 @@ def trl_steps(args):
     returned. the same batch and pool rows for the e-DPO steps; TRL's DPO step on the same batch."""
     import rddpo_trl
     torch.manual_seed(args.seeds[0])
-    tokenizer = rddpo.build_tokenizer()
+    tokenizer = task.build_tokenizer()
     model = build_model("tiny", tokenizer, args).eval()
     pairs, pool = rddpo_trl.timing_inputs(model, tokenizer, args.batch_size, args.warmup + args.steps,
                                           max_length=args.tokens, seed=args.seeds[0])
@@ -384,7 +388,7 @@ def run(args):
     """every case, printed as it finishes; returns the JSON object, also written to bench.json in a new
     bench-NNN folder inside args.out. every check runs before any work."""
     todo, t0, threads = cases(args), time.time(), torch.get_num_threads()
-    path = os.path.join(report.new_run_dir(args.out, "bench"), "bench.json")
+    path = os.path.join(records.new_run_dir(args.out, "bench"), "bench.json")
     torch.set_num_threads(args.threads or threads)
     out = dict(machine=machine(), settings=vars(args), cases=[])
     load = out["machine"]["load_average"][0]
@@ -400,11 +404,11 @@ def run(args):
         if args.trl:
             out["trl"] = trl_steps(args)
     except KeyboardInterrupt:
-        raise report.Interrupted(f"interrupted: the {len(out['cases'])} finished cases are kept in {path}") from None
+        raise cli.Interrupted(f"interrupted: the {len(out['cases'])} finished cases are kept in {path}") from None
     finally:  # finished, failed or interrupted: the cases done so far are written
         torch.set_num_threads(threads)  # a caller's process (a test) gets its setting back
         out.update(seconds=time.time() - t0, load_average_end=os.getloadavg())
-        report.write_json(path, out)
+        records.write_json(path, out)
     print(f"done in {out['seconds']:.0f} s (load average {out['machine']['load_average'][0]:.1f} at the start, "
           f"{out['load_average_end'][0]:.1f} at the end, on {out['machine']['cpu_count']} cpus); wrote {path}")
     return out
@@ -412,7 +416,7 @@ def run(args):
 
 def main(argv=None):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded
-    return report.cli(lambda: run(parse_args(argv)), failures=(report.TrainingDiverged,))
+    return cli.cli(lambda: run(parse_args(argv)), failures=(rddpo.TrainingDiverged,))
 
 
 if __name__ == "__main__":

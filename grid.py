@@ -16,8 +16,11 @@ import time
 
 import numpy as np
 
+import cli
+import figures
+import records
 import report
-from report import UsageError
+from cli import UsageError
 
 
 def read_size(text):
@@ -86,7 +89,7 @@ def grid_settings(cfg, given, methods):
             setting = dataclasses.replace(cfg, grid=[], **fields)
             flags = set(given or ()) | set(fields)
             try:
-                report.check_config(setting, methods, flags)
+                cli.check_config(setting, methods, flags)
                 if setting.n_embd % setting.n_head:
                     raise UsageError(f"the width {setting.n_embd} is not a multiple of --n-head {setting.n_head}")
             except UsageError as e:
@@ -126,11 +129,11 @@ def run_grid(cfg, given, argv, run, methods):
     and figure. -> (the grid's results, its folder)"""
     started = time.time()
     rows, distinct = grid_settings(cfg, given, methods)
-    report.check_writable(cfg.out)
-    folder = report.new_run_dir(cfg.out, prefix="grid")
-    grid = dict(run=dict(status="running", **report.run_info(argv, started)), config=dataclasses.asdict(cfg), rows=[])
+    records.check_writable(cfg.out)
+    folder = records.new_run_dir(cfg.out, prefix="grid")
+    grid = dict(run=dict(status="running", **records.run_info(argv, started)), config=dataclasses.asdict(cfg), rows=[])
     done, path = {}, os.path.join(folder, "results.json")
-    report.write_json(path, grid)
+    records.write_json(path, grid)
     plural = lambda n, what: f"{n} {what}{'s' * (n != 1)}"  # noqa: E731
     print(f"grid: {plural(len(distinct), 'setting')} for {plural(len(rows), 'knob value')}, "
           f"{plural(len(cfg.seeds), 'seed')} each; writing to {folder}")
@@ -140,13 +143,13 @@ def run_grid(cfg, given, argv, run, methods):
             print(f"grid: setting {i}/{len(distinct)} ({named})", flush=True)
             done[key] = run(setting, flags, argv)
             grid["rows"] = grid_rows(rows, done)
-            report.write_json(path, grid)
+            records.write_json(path, grid)
     except BaseException as e:
-        grid["run"].update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=report.one_line(e))
-        report.write_json(path, grid)
+        grid["run"].update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=records.one_line(e))
+        records.write_json(path, grid)
         raise
     grid["run"].update(status="finished", wall_seconds=time.time() - started)
-    report.write_json(path, grid)
+    records.write_json(path, grid)
     print_grid(grid["rows"], len(cfg.seeds))
     plot_grid(grid["rows"], os.path.join(folder, "grid.png"), title(grid["config"]))
     print(f"grid done in {time.time() - started:.0f} s; its table in {path}, its figure in {folder}/grid.png")
@@ -186,8 +189,8 @@ def print_grid(rows, n_seeds):
 
 
 def title(config):
-    """the settings around the knobs, for the figure: the run's (report.settings) and, on the task, the bias."""
-    return report.settings(config) + ("" if config.get("data") else f", bias {config['bias']}")
+    """the settings around the knobs, for the figure: the run's (figures.settings) and, on the task, the bias."""
+    return figures.settings(config) + ("" if config.get("data") else f", bias {config['bias']}")
 
 
 def plot_grid(rows, path, heading=""):
@@ -246,7 +249,7 @@ def combine(grids):
 
 def main(argv=None):
     """python grid.py GRID [GRID ...] [--figure PATH]: one table (and figure) from the grid folders given."""
-    p = report.ArgumentParser(description="print one table from grid folders that rddpo.py --grid wrote (several: "
+    p = cli.ArgumentParser(description="print one table from grid folders that rddpo.py --grid wrote (several: "
                                            "their rows in turn, a knob value once), and draw it with --figure")
     p.add_argument("grids", nargs="+", help="grid-NNN folders (or their results.json)")
     p.add_argument("--figure", default="", help="also draw the table's differences into this .png")
@@ -259,7 +262,7 @@ def main(argv=None):
         if args.figure:
             plot_grid(rows, args.figure, title(grids[0][1]["config"]))
             print(f"figure in {args.figure}")
-    return report.cli(show)
+    return cli.cli(show)
 
 
 if __name__ == "__main__":

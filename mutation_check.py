@@ -6,15 +6,15 @@ mutation check: the share of realistic one-line bugs that the fast test suite ca
     python mutation_check.py --only annotate --only gold_reward --jobs 2
     python mutation_check.py --pins --only train_policy   # do test_rddpo.py's pins, at their tolerance, catch them?
 
-Each mutant below is one exact snippet of rddpo.py, report.py or toy_bandit.py, its replacement and what the bug
-is. The clean suite runs first (a broken suite would "catch" everything). Then, for each mutant, the working tree's
-files (those git tracks, and new ones it does not ignore) are copied into a fresh temporary folder, the mutant is
-applied there, and `python -m pytest -q -x -m "not slow" -p no:cacheprovider` runs in that folder on every test
-file, the mutated module's own first (so -x stops early on a catch); the real files are never touched, so an
-interrupted check leaves no mutant behind. A mutant is caught when pytest fails, or runs past --timeout. It prints
-a line per mutant, the share caught and the survivors, and exits 0 when at least 90 % are caught (1 otherwise, 2
-when a snippet no longer occurs exactly once or the clean suite fails). Not part of CI: each surviving mutant costs
-a whole fast-suite run.
+Each mutant below is one exact snippet of a module (rddpo.py, experiment.py, task.py, models.py, data.py, report.py
+or toy_bandit.py), its replacement and what the bug is. The clean suite runs first (a broken suite would "catch"
+everything). Then, for each mutant, the working tree's files (those git tracks, and new ones it does not ignore)
+are copied into a fresh temporary folder, the mutant is applied there, and
+`python -m pytest -q -x -m "not slow" -p no:cacheprovider` runs in that folder on every test file, the mutated module's own first (so -x stops early on a
+catch); the real files are never touched, so an interrupted check leaves no mutant behind. A mutant is caught when
+pytest fails, or runs past --timeout. It prints a line per mutant, the share caught and the survivors, and exits 0
+when at least 90 % are caught (1 otherwise, 2 when a snippet no longer occurs exactly once or the clean suite
+fails). Not part of CI: each surviving mutant costs a whole fast-suite run.
 
 --pins asks another question of the same mutants: test_rddpo.py's end-to-end test compares a --quick run's gold
 reward, win rate, KL and largest margin with pinned numbers, at a tolerance measured to hold on any CPU (issue 21).
@@ -39,7 +39,7 @@ PYTEST = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "n
 TARGET = 0.90
 
 Mutant = namedtuple("Mutant", "file old new description")
-R, T, B = "rddpo.py", "task.py", "toy_bandit.py"  # where most mutants live
+R, E, T, B = "rddpo.py", "experiment.py", "task.py", "toy_bandit.py"  # where most mutants live
 
 MUTANTS = [
     # --- the five losses, the member losses and the forward-KL estimate
@@ -179,45 +179,45 @@ MUTANTS = [
            "for i in range(1, min(cfg.eval_points, cfg.steps))}",
            "train_policy: no checkpoint at the last step"),
     # --- evaluation
-    Mutant(R, "np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))", "np.mean(g >= ev.ref_gold)",
+    Mutant(E, "np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))", "np.mean(g >= ev.ref_gold)",
            "evaluate: ties counted as wins"),
-    Mutant(R, "np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))",
+    Mutant(E, "np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))",
            "np.mean((g > g) + 0.5 * (g == g))",
            "evaluate: win rate of the policy against itself"),
-    Mutant(R, "res = dict(kl=kl.mean().item(),", "res = dict(kl=-kl.mean().item(),",
+    Mutant(E, "res = dict(kl=kl.mean().item(),", "res = dict(kl=-kl.mean().item(),",
            "evaluate: KL sign flipped"),
-    Mutant(R, "sequence_kl(policy, reference, tokens, device)", "sequence_kl(reference, policy, tokens, device)",
+    Mutant(E, "sequence_kl(policy, reference, tokens, device)", "sequence_kl(reference, policy, tokens, device)",
            "evaluate: KL(pi_ref || pi) instead of KL(pi || pi_ref)"),
     Mutant(R, "p * (lp - lq)", "p * (lq - lp)", "sequence_kl: log-ratio sign flipped"),
     Mutant(R, "kl.append(torch.where(on, torch.where(p > 0, p * (lp - lq), 0.0).sum(-1), 0.0).sum(-1).cpu())",
            "kl.append(torch.where(p > 0, p * (lp - lq), 0.0).sum(-1).sum(-1).cpu())",
            "sequence_kl: response mask missing (prompt and padding counted)"),
-    Mutant(R, "tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)",
+    Mutant(E, "tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)",
            "tokens = tokenize(tokenizer, ev.prompts, drawn.texts, max_length)",
            "evaluate: scores the re-tokenised text with an eos added (the old estimator)"),
-    Mutant(R, "((h > 0).float() + 0.5 * (h == 0).float())", "((h > 0).float() + (h == 0).float())",
+    Mutant(E, "((h > 0).float() + 0.5 * (h == 0).float())", "((h > 0).float() + (h == 0).float())",
            "evaluate: held-out accuracy counts ties as right"),
     Mutant(R, "*pairs.rm_family[:, rows].chunk(2, dim=1), cfg.beta).argmin()] += 1",
            "*pairs.rm_family[:, rows].chunk(2, dim=1), cfg.beta).argmax()] += 1",
            "train_policy: e-DPO's member count records the largest loss"),
-    # --- report.py
+    # --- report.py, data.py and models.py
     Mutant("report.py", "float(value[bias, s, method] - value[bias, s, base])",
            "float(value[bias, s, base] - value[bias, s, method])",
            "report.paired: difference sign flipped (base minus method)"),
-    Mutant("report.py", "return [pairs[i] for i in order[n_held:]]", "return [pairs[i] for i in order[n_held - 1:]]",
-           "report.split_pairs: one held-out pair also in training"),
-    Mutant("report.py", "return ids, mask, ids.masked_fill(resp == 0, -100)", "return ids, mask, ids.masked_fill(mask == 0, -100)",
-           "report.fine_tune: the prompt's tokens are learnt too"),
-    Mutant("report.py", "for part in split_pairs(pairs, seed)]", "for part in split_pairs(pairs, seed)[::-1]]",
-           "report.data_reference: pi_ref is fine-tuned on the held-out pairs"),
-    Mutant("report.py", "chat_template=cfg.chat_template, seed=seed,", "chat_template=cfg.chat_template, seed=0,",
-           "report.sft_cache: every seed shares one fine-tuned pi_ref"),
-    Mutant("report.py", "        seed_everything(1234 + seed)\n", "",
-           "report.data_reference: fine-tuning unseeded (depends on what ran before)"),
-    Mutant("report.py", "position_ids=positions, cache=cache", "cache=cache",
-           "report.sample_batch: no position ids (left padding shifts every position)"),
-    Mutant("report.py", "mask = torch.cat([mask, (~done).long()[:, None]], 1)",
-           "mask = torch.cat([mask, done.long()[:, None]], 1)", "report.sample_batch: the new token's mask inverted"),
+    Mutant("data.py", "return [pairs[i] for i in order[n_held:]]", "return [pairs[i] for i in order[n_held - 1:]]",
+           "data.split_pairs: one held-out pair also in training"),
+    Mutant("models.py", "return ids, mask, ids.masked_fill(resp == 0, -100)", "return ids, mask, ids.masked_fill(mask == 0, -100)",
+           "models.fine_tune: the prompt's tokens are learnt too"),
+    Mutant("models.py", "for part in split_pairs(pairs, seed)]", "for part in split_pairs(pairs, seed)[::-1]]",
+           "models.data_reference: pi_ref is fine-tuned on the held-out pairs"),
+    Mutant("models.py", "chat_template=cfg.chat_template, seed=seed,", "chat_template=cfg.chat_template, seed=0,",
+           "models.sft_cache: every seed shares one fine-tuned pi_ref"),
+    Mutant("models.py", "        seed_everything(1234 + seed)\n", "",
+           "models.data_reference: fine-tuning unseeded (depends on what ran before)"),
+    Mutant("models.py", "position_ids=positions, cache=cache", "cache=cache",
+           "models.sample_batch: no position ids (left padding shifts every position)"),
+    Mutant("models.py", "mask = torch.cat([mask, (~done).long()[:, None]], 1)",
+           "mask = torch.cat([mask, done.long()[:, None]], 1)", "models.sample_batch: the new token's mask inverted"),
     Mutant("report.py", "accuracy_labels=float(np.mean(r_w > r_l))", "accuracy_labels=float(np.mean(r_w >= r_l))",
            "report.reward_model_stats: a tie counts as right"),
     Mutant("report.py", "((r_w > r_l) == (g_w > g_l))", "((r_w > r_l) == (g_w < g_l))",
@@ -312,7 +312,7 @@ PINS_CHILD = """
 import json, os, sys, tempfile
 sys.path.insert(0, os.getcwd())
 import test_rddpo
-results, _ = test_rddpo.rddpo.run(test_rddpo.quick(tempfile.mkdtemp(dir="."), methods=test_rddpo.PINNED_METHODS))
+results, _ = test_rddpo.experiment.run(test_rddpo.quick(tempfile.mkdtemp(dir="."), methods=test_rddpo.PINNED_METHODS))
 numbers = test_rddpo.pinned_numbers(results)
 print("PINS " + json.dumps(dict(numbers=numbers, missed=test_rddpo.pins_missed(numbers))))
 """

@@ -4,144 +4,53 @@ rddpo: reward-distilled DPO in one readable file.
 Companion code for "Robust Preference Optimization through Reward Model Distillation"
 (Fisch et al., TMLR 2025, https://arxiv.org/abs/2405.19316). Read it top to bottom beside the paper:
 
-  1. configuration        2. the task: prompts, gold reward, annotator    3. models
-  4. tokenisation and sequence log-probs          5. implicit reward     6. reward models and the family
-  7. the losses and the forward-KL estimate      8. training    9. evaluation    10. main
+  1. seeds and progress bars       2. tokenisation and sequence log-probs       3. implicit reward
+  4. reward models and the family  5. the losses and the forward-KL estimate   6. training the policy
+
+This file is the method alone: it imports numpy, torch and tqdm, and nothing else of this project. The experiment
+around it (the task, sampling, evaluation, run folders, tables and figures) imports it: see docs/layout.md.
 
     python rddpo.py                 # offline: builds and pretrains a small GPT-2, then runs the experiment
     python rddpo.py --model gpt2    # the same on real GPT-2 (needs the Hugging Face hub or a local copy)
 
 The math, and every choice made where the paper is silent (marked `choice:` below), is in docs/METHOD.md.
-What does not teach the method (flags, checks, sampling loops, run folders, tables, figures) is in report.py.
 """
 import copy
-import os
-import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
+import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-import grid
-import report
-from report import UsageError, pad, progress, sample, seed_everything
-from task import (EVAL_TITLES, GOLDS, MAX_SENTENCES, NEGATIVE, NEUTRAL, POSITIVE, TITLES, annotate,  # noqa: F401
-                  build_tokenizer, gold_reward, label_pairs, longest_task_tokens, make_prompts, make_review, reviews,
-                  words)
+from tqdm import tqdm
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")
-N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
 
 # -----------------------------------------------------------------------------
-# 1. configuration
-
-QUICK = dict(n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5, eval_points=3)  # --quick (and report.sft_steps)
+# 1. seeds and progress bars
 
 
-@dataclass
-class Config:
-    model: str = field(default="tiny", metadata={"help": "'tiny' builds and pretrains a small GPT-2 offline; "
-                                                 "or a causal LM name or local path for from_pretrained, e.g. gpt2"})
-    methods: str = field(default=",".join(METHODS), metadata={"help": "comma list of methods to train (any case)"})
-    bias: float = field(default=0.5, metadata={"help": "probability that the annotator prefers the longer response"})
-    gold: str = field(default="careful", metadata={"help": "the gold reader (task.py): careful, whom verbosity and "
-                                                   "repetition put off, or the length-blind neutral control",
-                                                   "choices": GOLDS})
-    seeds: list = field(default_factory=lambda: [0], metadata={"help": "one or more seeds (data, reward models, policies)"})
-    beta: float = field(default=0.1, metadata={"help": "KL strength: implicit reward = beta * log(pi / pi_ref)"})
-    # choice: one gamma serves e-DPO and p-DPO, though p-DPO needs it away from 0 and e-DPO only to break ties
-    gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL penalty in e-DPO and p-DPO"})
-    ensemble: int = field(default=4, metadata={"help": "K, the number of reward models in the e-DPO family"})
-    steps: int = field(default=150, metadata={"help": "policy training steps per method"})
-    batch_size: int = field(default=16, metadata={"help": "preference pairs per step"})
-    lr: float = field(default=None, metadata={"type": float, "help": "policy learning rate (AdamW); default: 1e-4 for "
-                      "the tiny model, 1e-4 x 64 / its width for a --model (report.learning_rate)"})
-    rm_steps: int = field(default=150, metadata={"help": "training steps per reward model"})
-    rm_lr: float = field(default=3e-4, metadata={"help": "reward-model learning rate (AdamW)"})
-    n_pairs: int = field(default=512, metadata={"help": "training pairs sampled from the reference (built-in task)"})
-    n_eval: int = field(default=128, metadata={"help": "held-out prompts for evaluation"})
-    max_length: int = field(default=64, metadata={"help": "tokens per prompt+response; longer responses are truncated"})
-    max_new_tokens: int = field(default=40, metadata={"help": "longest sampled response"})
-    dtype: str = field(default="float32", metadata={"help": "bfloat16 runs the forward passes under autocast (weights "
-                                                    "and optimizer stay float32): faster on a gpu", "choices": report.DTYPES})
-    device: str = field(default="auto", metadata={"help": "auto takes cuda, then mps, then cpu", "choices": report.DEVICES})
-    out: str = field(default="runs", metadata={"help": "output folder: each run writes a new run-NNN folder inside"})
-    data: str = field(default="", metadata={"help": "your own pairs: JSON lines with prompt, chosen, rejected"})
-    sweep: bool = field(default=False, metadata={"help": "run every bias in --sweep-biases and draw the headline figure"})
-    sweep_biases: str = field(default="0,0.25,0.5,0.75,1", metadata={"help": "bias values for --sweep"})
-    grid: list = field(default_factory=list, metadata={"help": "knob=a,b,...: the comparison at each value (grid.py)"})
-    quick: bool = field(default=False, metadata={"help": "on the command line, a tiny budget; flags given beside it win: "
-                                                 + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())})
-    n_layer: int = field(default=2, metadata={"help": "tiny model: layers"})
-    n_embd: int = field(default=64, metadata={"help": "tiny model: width"})
-    n_head: int = field(default=4, metadata={"help": "tiny model: attention heads"})
-    sft_steps: int = field(default=None, metadata={"type": int, "help": "steps of supervised fine-tuning of pi_ref, "
-                           f"cached in --out: on the task's reviews (default {report.TASK_SFT_STEPS}, {report.QUICK_SFT_STEPS} "
-                           "under --quick), or with --data on a --model on each seed's training chosen responses (default 0)"})
-    # choice: unlabelled pairs feed distillation only (d-DPO, e-DPO): DPO, IPO and p-DPO need the labels
-    unlabeled: int = field(default=0, metadata={"help": "pairs sampled from pi_ref, unlabelled, that d-DPO and e-DPO "
-                                                "distil on besides the labelled ones (the paper's rho)"})
-    log_every: int = field(default=25, metadata={"help": "steps between logged training lines"})
-    eval_points: int = field(default=4, metadata={"help": "evaluations along training, evenly spaced, the last at the end"})
-    chat_template: bool = field(default=False, metadata={"help": "--data: wrap each prompt in the model's chat template "
-                                                         "(for instruct models)"})
-    save_policy: bool = field(default=False, metadata={"help": "write each trained policy as a model folder in its run"})
-
-    def method_list(self):
-        return [m.strip().lower() for m in self.methods.split(",") if m.strip()]
+def seed_everything(seed):
+    """python's, numpy's and torch's global generators, for code that draws from them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
-def parse_args(argv=None):
-    """(Config, names of the flags given on the command line)."""
-    return report.parse_config(Config, argv, __doc__.split("\n")[1], QUICK)
+def progress(iterable, desc):
+    """a progress bar on a terminal, silence in logs and tests."""
+    return tqdm(iterable, desc=desc, mininterval=1, disable=None, leave=False)
 
 
 # -----------------------------------------------------------------------------
-# 2. the task, in task.py: short movie reviews, two gold readers (careful, and the neutral control), the biased annotator
-
-# -----------------------------------------------------------------------------
-# 3. models
-
-
-def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
-    from transformers import GPT2Config, GPT2LMHeadModel
-    eos = tokenizer.eos_token_id
-    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd,
-                                      n_layer=n_layer, n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
-
-
-def load_reference(cfg, device, check=lambda tokenizer: None):
-    """the frozen reference pi_ref and its tokenizer. on the built-in task the tiny gpt-2 built in code, or a hub model
-    or folder, is first fine-tuned for --sft-steps on the task's reviews (pi_ref is a supervised model), cached in --out
-    by model and settings; --max-length and check(tokenizer) run first. choice: learning rate 3e-3 (tiny), else 1e-4."""
-    tiny, steps = cfg.model == "tiny", report.sft_steps(cfg)
-    model, tokenizer = (None, build_tokenizer()) if tiny else report.load_pretrained(cfg.model, cfg.max_length)
-    if (tiny or not cfg.data) and cfg.max_length < (need := longest_task_tokens(tokenizer)):  # fine-tuning reads it too
-        raise UsageError(f"--max-length {cfg.max_length} cannot hold the task's longest prompt and review "
-                         f"({need} tokens); raise it")
-    check(tokenizer)
-    if not tiny and (cfg.data or steps == 0):  # your data (fine-tuned per seed, data_reference), or the model as it is
-        return model.to(device).eval(), tokenizer
-    def build():
-        seed_everything(1234)
-        base = build_tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_length) if tiny else model
-        return report.pretrain(base.to(device), tokenizer, reviews, steps, device, lr=3e-3 if tiny else 1e-4), tokenizer
-    name = f"L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}" if tiny else report.slug(cfg.model)
-    model, tokenizer = report.cached_model(os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{steps}"), build)
-    return model.to(device).eval(), tokenizer
+# 2. tokenisation and sequence log-probs
 
 
 def forward(model, input_ids, attention_mask):
     """logits (B, T, V); positions count real tokens only, so left and right padding agree."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-
-
-# -----------------------------------------------------------------------------
-# 4. tokenisation and sequence log-probs
 
 
 @dataclass
@@ -180,6 +89,15 @@ def encode(tokenizer, prompt, response, max_length):
     return None if len(p) >= max_length else (p, r[:max_length - len(p)], len(p) + len(r) > max_length)
 
 
+def pad(rows, pad_id, side="right", masks=None):
+    """lists of ids -> input_ids (N, T) and attention_mask (N, T) [, and each extra mask (N, T)]."""
+    T = max(map(len, rows))
+    def fill(row, value):
+        return [value] * (T - len(row)) + row if side == "left" else row + [value] * (T - len(row))
+    out = [torch.tensor([fill(r, pad_id) for r in rows]), torch.tensor([fill([1] * len(r), 0) for r in rows])]
+    return tuple(out + [torch.tensor([fill(m, 0) for m in ms]) for ms in (masks or [])])
+
+
 def token_rows(prompt_ids, response_ids, pad_id, side="right", truncated=None):
     """lists of prompt ids and response ids -> Tokens, the response mask on the response ids only."""
     ids, mask, resp = pad([p + r for p, r in zip(prompt_ids, response_ids)], pad_id, side,
@@ -193,9 +111,14 @@ def tokenize(tokenizer, prompts, responses, max_length, side="right"):
     return token_rows(p, r, tokenizer.eos_token_id, side, list(cut))
 
 
+def fits(tokenizer, prompt, max_length):
+    """True when the prompt leaves room for at least one response token within max_length."""
+    return len(tokenizer(prompt, add_special_tokens=False).input_ids) < max_length
+
+
 def tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length, side="right"):
     """pairs -> Pairs; pairs whose prompt alone fills the context are skipped."""
-    keep = [i for i, p in enumerate(prompts) if report.fits(tokenizer, p, max_length)]
+    keep = [i for i, p in enumerate(prompts) if fits(tokenizer, p, max_length)]
     tokens = tokenize(tokenizer, [prompts[i] for i in keep] * 2,
                       [chosen[i] for i in keep] + [rejected[i] for i in keep], max_length, side)
     cut = tokens.truncated[:len(keep)] | tokens.truncated[len(keep):]  # (N,)
@@ -246,7 +169,7 @@ def sequence_kl(policy, reference, tokens, device, batch_size=16):
 
 
 # -----------------------------------------------------------------------------
-# 5. implicit reward
+# 3. implicit reward
 
 
 def implicit_reward(policy_logps, reference_logps, beta):
@@ -260,7 +183,7 @@ def logratio_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen
 
 
 # -----------------------------------------------------------------------------
-# 6. reward models and the family
+# 4. reward models and the family
 
 
 class RewardModel(nn.Module):
@@ -348,10 +271,10 @@ def score(rm, tokens, device, batch_size=64):
                       for i in range(0, len(rows), batch_size)])
 
 
-def reward_scores(reference, pairs, held, cfg, seed, device, longer_won):
+def reward_scores(reference, pairs, diagnose, cfg, seed, device, longer_won):
     """train the plain reward model and the family, score every training pair once, and free the models.
-    returns (2N,) plain rewards, (K, 2N) family rewards, and each model's diagnostics on the held-out pairs.
-    choice: the plain model (d-DPO) sees all pairs as labelled."""
+    returns (2N,) plain rewards, (K, 2N) family rewards, and for each model diagnose(model, its (2N,) scores), a dict
+    (the experiment's diagnostics on its held-out pairs). choice: the plain model (d-DPO) sees all pairs as labelled."""
     fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device)
     idx = [np.arange(pairs.labelled)] + [resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))
                                           for k, share in enumerate(family_shares(cfg.ensemble))]
@@ -360,15 +283,13 @@ def reward_scores(reference, pairs, held, cfg, seed, device, longer_won):
         rm = train_reward_model(reference, pairs, idx[k], seed=seed if k == 0 else seed * 1000 + k, **fit,
                                 desc="reward model" + (f" {k} (longer-wins share {share:.2f})" if k else ""))
         scores.append(score(rm, pairs.tokens, device))  # (2N,)
-        diagnostics.append(dict(model=f"member {k}" if k else "plain", share=share, **report.reward_model_stats(
-            score(rm, held.pairs.tokens, device), scores[-1], held.chosen, held.rejected,
-            (lambda y: gold_reward(y, held.gold)) if held.gold else None, cfg.beta)))
+        diagnostics.append(dict(model=f"member {k}" if k else "plain", share=share, **diagnose(rm, scores[-1])))
         del rm
     return scores[0], torch.stack(scores[1:]), diagnostics  # (2N,), (K, 2N), K + 1 dicts
 
 
 # -----------------------------------------------------------------------------
-# 7. the losses and the forward-KL estimate: pure functions of (B,) log-prob tensors, batch means
+# 5. the losses and the forward-KL estimate: pure functions of (B,) log-prob tensors, batch means
 
 
 def forward_kl_estimate(policy_pool_logps, reference_pool_logps):
@@ -424,107 +345,21 @@ def pessimistic_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_c
 
 
 # -----------------------------------------------------------------------------
-# 8. training: the pairs, prepared once, then the policy
+# 6. training the policy: the pairs were prepared once (experiment.py)
 
 
-@dataclass
-class HeldOut:
-    """what every policy and every reward model is evaluated on: held-out prompts (P) and pairs on them (M)."""
-    prompts: list                     # held-out prompts to sample responses for
-    chosen: list                      # the held-out pairs' texts, labelled as the training pairs are
-    rejected: list
-    pairs: Pairs                      # the same pairs, tokenised, with their ref_logps
-    ref_samples: Tokens = None        # (P, T) pi_ref's own response to each prompt
-    ref_samples_logps: torch.Tensor = None  # (P,) their log pi_ref
-    gold: str = None                  # the gold reader (built-in task); None on your own data
-    ref_gold: np.ndarray = None       # (P,) gold reward of pi_ref's response per prompt (built-in task)
-    ref_length: float = None          # pi_ref's mean response length in words (built-in task)
-    ref_shown: list = None            # pi_ref's responses to the first N_SHOW prompts, as samples.jsonl rows
 
 
-def builtin_task(reference, tokenizer, cfg, bias, seed, device):
-    """pairs sampled from pi_ref and labelled by the biased annotator; held-out prompts with pi_ref's sample for
-    each (the baseline), and pairs of it with a second sample labelled alike. -> (prompts, chosen, rejected, HeldOut)"""
-    rng, gen = np.random.default_rng([seed, 1]), dict(max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length)
-    prompts = make_prompts(rng, cfg.n_pairs, TITLES)
-    seed_everything(seed)
-    responses = sample(reference, tokenizer, prompts + prompts, device=device, desc="sample pairs from pi_ref", **gen).texts
-    chosen, rejected = label_pairs(responses[:cfg.n_pairs], responses[cfg.n_pairs:], bias, rng, cfg.gold)
-    eval_prompts = make_prompts(rng, cfg.n_eval, EVAL_TITLES)
-    seed_everything(seed + 7)
-    ref = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out", **gen)
-    other = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out pairs", **gen).texts
-    gold = lambda y: gold_reward(y, cfg.gold)  # noqa: E731
-    ev = held_out(eval_prompts, *label_pairs(ref.texts, other, bias, np.random.default_rng([seed, 2]), cfg.gold),
-                  reference, tokenizer, cfg.max_length, device, ref, gold=cfg.gold,
-                  ref_gold=np.array([gold(y) for y in ref.texts]), ref_length=float(np.mean([len(words(y)) for y in ref.texts])),
-                  ref_shown=report.sample_rows(eval_prompts[:N_SHOW], ref, tokenizer.eos_token_id, gold))
-    return prompts, chosen, rejected, ev
 
 
-def held_out(prompts, chosen, rejected, reference, tokenizer, max_length, device, ref, **baseline):
-    """HeldOut of held-out pairs (prompts, chosen, rejected) and pi_ref's responses `ref` (Sampled) to the prompts,
-    all scored by pi_ref once; the pairs' prompts are the ones the policies answer."""
-    pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length)
-    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2M,)
-    samples = token_rows([ref.prompt_ids[i] for i in pairs.keep], [ref.response_ids[i] for i in pairs.keep],
-                         tokenizer.eos_token_id)  # (P, T), exactly the ids drawn
-    return HeldOut(*([x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)), pairs=pairs, ref_samples=samples,
-                   ref_samples_logps=all_logps(reference, samples, np.arange(len(pairs.keep)), device), **baseline)
 
 
-def user_task(pairs, reference, tokenizer, cfg, seed, device):
-    """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split."""
-    train, held = report.split_pairs(pairs, seed)
-    held = [row for row in held if report.fits(tokenizer, row[0], cfg.max_length)]
-    seed_everything(seed + 7)
-    drawn = sample(reference, tokenizer, [row[0] for row in held], cfg.max_new_tokens, cfg.max_length, device, "pi_ref")
-    ev = held_out(*([row[i] for row in held] for i in range(3)), reference, tokenizer, cfg.max_length, device, drawn)
-    ev.ref_shown = report.sample_rows(ev.prompts[:N_SHOW], drawn, tokenizer.eos_token_id)
-    return (*([row[i] for row in train] for i in range(3)), ev)
 
 
-def drawn_pairs(reference, tokenizer, prompts, cfg, seed, device):
-    """--unlabeled: two responses from pi_ref to each of cfg.unlabeled prompts (the built-in task's, or the training
-    prompts in turn). -> (prompts, first, second). no one labels them: distillation needs only the reward models."""
-    extra = make_prompts(np.random.default_rng([seed, 3]), cfg.unlabeled, TITLES) if cfg.data == "" \
-        else [prompts[i % len(prompts)] for i in range(cfg.unlabeled)]
-    seed_everything(seed + 13)
-    drawn = sample(reference, tokenizer, extra + extra, cfg.max_new_tokens, cfg.max_length, device, "unlabelled pairs").texts
-    return extra, drawn[:cfg.unlabeled], drawn[cfg.unlabeled:]
 
 
-def kl_pool(reference, tokenizer, prompts, cfg, seed, device):
-    """the forward-KL term's sample: steps * batch_size responses drawn from pi_ref on the training prompts in turn,
-    once before training, so that each is used once. -> Tokens (P, T), their log pi_ref (P,)"""
-    seed_everything(seed + 11)
-    drawn = sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(cfg.steps * cfg.batch_size)],
-                   cfg.max_new_tokens, cfg.max_length, device, "forward-KL pool from pi_ref")
-    pool = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # (P, T): exactly the ids drawn
-    return pool, all_logps(reference, pool, np.arange(len(drawn.texts)), device)
 
 
-def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
-    """one (bias, seed)'s training pairs with reference log-probs, reward scores and the forward-KL pool, its HeldOut,
-    what results.json keeps of the data (pairs, unlabeled, skipped, truncated, longer_won, heldout_pairs) and the
-    reward models' diagnostics."""
-    prompts, chosen, rejected, ev = builtin_task(reference, tokenizer, cfg, bias, seed, device) if user_pairs is None \
-        else user_task(user_pairs, reference, tokenizer, cfg, seed, device)
-    distil, fit = {"d-dpo", "e-dpo"} & set(cfg.method_list()), report.fitting(tokenizer, prompts, cfg.max_length)
-    extra = drawn_pairs(reference, tokenizer, fit, cfg, seed, device) if cfg.unlabeled and distil else ([], [], [])
-    pairs = tokenize_pairs(tokenizer, prompts + extra[0], chosen + extra[1], rejected + extra[2], cfg.max_length)
-    pairs.labelled = sum(i < len(prompts) for i in pairs.keep)  # kept pairs are in order: the labelled ones first
-    report.note_cut(pairs.n_truncated, pairs.skipped, cfg.max_length)
-    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2N,), computed once
-    longer_won = np.array([len(words(chosen[i])) > len(words(rejected[i])) for i in pairs.keep[:pairs.labelled]])  # (N,)
-    diagnostics = []
-    if distil:  # reward models only for the methods that distil them, trained on the labelled pairs only
-        pairs.rm_plain, pairs.rm_family, diagnostics = reward_scores(reference, pairs, ev, cfg, seed, device, longer_won)
-    if {"e-dpo", "p-dpo"} & set(cfg.method_list()):  # sampled on the prompts that leave room for a response
-        pairs.pool, pairs.pool_ref_logps = kl_pool(reference, tokenizer, fit, cfg, seed, device)
-    info = dict(pairs=pairs.labelled, unlabeled=len(pairs.keep) - pairs.labelled, skipped=pairs.skipped,
-                truncated=pairs.n_truncated, longer_won=float(longer_won.mean()), heldout_pairs=len(ev.pairs.keep))
-    return pairs, ev, info, [dict(bias=bias, seed=seed, **d) for d in diagnostics]
 
 
 def policy_loss(method, policy_logps, rows, pairs, beta, gamma, pool_logps=None, pool_rows=None):
@@ -554,13 +389,43 @@ def pool_batch(policy, pairs, order, step, batch_size, device):
     return sequence_logps(forward(policy, ids, mask), ids, resp), rows
 
 
+class TrainingDiverged(Exception):
+    """a nan or inf loss: training stops, and what was written so far is kept (exit status 1)."""
+
+
+def learning_rate(cfg, model):
+    """--lr, or its default. choice: 1e-4 for the tiny model at any size (the rate its results were made at); for a
+    --model, 1e-4 x 64 / its width (hidden size), the rate that suits the 64-wide tiny model scaled down as the
+    width grows: Adam moves every weight by about the rate, and each unit sums `width` such moves."""
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.model == "tiny":
+        return 1e-4
+    width = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd")
+    return 1e-4 * 64 / width
+
+
+def batch_metrics(loss, policy_logps, reference_logps, beta, forward_kl=None):
+    """a training step's log line under trl's names for the usual dpo diagnostics, plus the change of the log-probs
+    from the reference and, for e-DPO and p-DPO, the forward-KL term on the step's pool responses (forward_kl).
+    policy_logps, reference_logps (2B,): the batch's chosen rows, then its rejected rows."""
+    pc, pr = policy_logps.detach().cpu().chunk(2)
+    rc, rr = reference_logps.chunk(2)
+    r_w, r_l = beta * (pc - rc), beta * (pr - rr)  # (B,), (B,): the implicit rewards
+    return {"loss": loss.item(), "rewards/chosen": r_w.mean().item(), "rewards/rejected": r_l.mean().item(),
+            "rewards/margins": (r_w - r_l).mean().item(), "rewards/accuracies": (r_w > r_l).float().mean().item(),
+            "logps/chosen": pc.mean().item(), "logps/rejected": pr.mean().item(),
+            "logps/chosen_change": (pc - rc).mean().item(), "logps/rejected_change": (pr - rr).mean().item(),
+            **({"kl/forward": forward_kl} if forward_kl is not None else {})}
+
+
 def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=lambda step, policy: None):
     """train a copy of the reference with `method` for cfg.steps steps; log(step, metrics) every log_every and
     checkpoint(step, policy) at eval_points (at most steps) evenly spaced steps. -> (policy, for e-DPO the share of steps
     at which each family member was the minimum, else None)"""
     seed_everything(seed)
     policy = without_dropout(copy.deepcopy(reference).to(device).train())
-    opt = torch.optim.AdamW(policy.parameters(), lr=report.learning_rate(cfg, reference))
+    opt = torch.optim.AdamW(policy.parameters(), lr=learning_rate(cfg, reference))
     n, rng = len(pairs.keep), np.random.default_rng([seed, METHODS.index(method)])
     drawn_from = n if method in ("d-dpo", "e-dpo") else pairs.labelled  # only distillation uses unlabelled pairs
     pooled = method in ("e-dpo", "p-dpo")
@@ -576,7 +441,7 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
         pool_logps, pool_rows = pool_batch(policy, pairs, order, step, cfg.batch_size, device) if pooled else (None, None)
         loss = policy_loss(method, policy_logps, rows, pairs, cfg.beta, cfg.gamma, pool_logps, pool_rows)
         if not torch.isfinite(loss):
-            raise report.TrainingDiverged(f"{method}: the loss became {loss.item()} at step {step}; try a lower --lr")
+            raise TrainingDiverged(f"{method}: the loss became {loss.item()} at step {step}; try a lower --lr")
         if method == "e-dpo":  # which member the minimum picked at this step
             rc, rr = pairs.ref_logps[rows].chunk(2)
             picked[distill_member_losses(*policy_logps.detach().cpu().chunk(2), rc, rr,
@@ -586,7 +451,7 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
         opt.step()
         if step == 1 or step % cfg.log_every == 0 or step == cfg.steps:  # step 1: the policy is the reference
             fkl = forward_kl_estimate(pool_logps.detach().cpu(), pairs.pool_ref_logps[pool_rows]).item() if pooled else None
-            metrics = report.batch_metrics(loss, policy_logps, pairs.ref_logps[rows], cfg.beta, fkl)
+            metrics = batch_metrics(loss, policy_logps, pairs.ref_logps[rows], cfg.beta, fkl)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", margin=f"{metrics['rewards/margins']:.2f}")
             log(step, metrics)
         if step in at:  # without dropout, training mode computes what eval mode does
@@ -594,107 +459,6 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
     return policy.eval(), (picked / picked.sum()).tolist() if len(picked) else None
 
 
-# -----------------------------------------------------------------------------
-# 9. evaluation
-
-
-@torch.no_grad()
-def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_length, device, n_show=0):
-    """-> (a dict of floats, the first n_show samples as dicts). on held-out prompts, of the policy's samples: kl
-    (KL(pi || pi_ref) per response, nats), kl_per_token, tokens and length (words); of pi_ref's samples: fkl_heldout
-    (KL(pi_ref || pi), nats); on the built-in task also gold_reward, gold_ref, length_ref and win_rate (against pi_ref's
-    samples, ties half). on the labelled training pairs: logps_chosen_change, logps_rejected_change, fkl_train (the
-    mean of log pi_ref - log pi over their responses), margin_mean and margin_max (beta h); heldout_accuracy: the
-    share of held-out pairs with h > 0, ties (h = 0, as for pi_ref) half."""
-    drawn = sample(policy, tokenizer, ev.prompts, max_new_tokens, max_length, device, "evaluate")
-    tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # exactly the ids drawn
-    (kl, logratio), n_tokens = sequence_kl(policy, reference, tokens, device), tokens.response_mask.sum(-1).float()  # (P,)
-    fkl = ev.ref_samples_logps - all_logps(policy, ev.ref_samples, np.arange(len(ev.ref_samples_logps)), device)  # (P,)
-    res = dict(kl=kl.mean().item(), kl_per_token=(kl.sum() / n_tokens.sum()).item(), tokens=n_tokens.mean().item(),
-               length=float(np.mean([len(words(t)) for t in drawn.texts])), fkl_heldout=fkl.mean().item())
-    lab = np.arange(pairs.labelled)  # (N,)
-    pc, pr = all_logps(policy, pairs.tokens, np.concatenate([lab, lab + len(pairs.keep)]), device).chunk(2)  # (N,) each
-    rc, rr = pairs.ref_logps[lab], pairs.ref_logps[lab + len(pairs.keep)]  # (N,) each
-    margins = beta * logratio_margin(pc, pr, rc, rr)  # (N,)
-    res.update(logps_chosen_change=(pc - rc).mean().item(), logps_rejected_change=(pr - rr).mean().item(),
-               fkl_train=((rc - pc) + (rr - pr)).mean().item() / 2, margin_mean=margins.mean().item(),
-               margin_max=margins.max().item())
-    gold = (lambda y: gold_reward(y, ev.gold)) if ev.gold else None
-    if gold:
-        g = np.array([gold(t) for t in drawn.texts])  # (P,)
-        res.update(gold_reward=float(g.mean()), gold_ref=float(ev.ref_gold.mean()), length_ref=ev.ref_length,
-                   win_rate=float(np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))))
-    h = logratio_margin(*all_logps(policy, ev.pairs.tokens, np.arange(2 * len(ev.pairs.keep)), device).chunk(2),
-                        *ev.pairs.ref_logps.chunk(2))  # (M,)
-    res["heldout_accuracy"] = ((h > 0).float() + 0.5 * (h == 0).float()).mean().item()
-    return res, report.sample_rows(ev.prompts[:n_show], drawn, tokenizer.eos_token_id, gold, logratio.tolist())
-
-
-# -----------------------------------------------------------------------------
-# 10. main
-
-
-def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log, save_dir=None):
-    """one method from the reference on the prepared pairs -> (its record, its samples). the record: bias, seed,
-    method, train_seconds, the last evaluation's numbers, checkpoints (each evaluation, with its step) and for
-    e-DPO member_min_share. every evaluation draws the same random numbers (common random numbers along training)."""
-    checkpoints, shown, t0 = [], [], time.time()
-    def checkpoint(step, policy):
-        reference.to(device)
-        seed_everything(seed * 100 + METHODS.index(method))
-        metrics, shown[:] = evaluate(policy, reference, tokenizer, pairs, ev, cfg.beta, cfg.max_new_tokens,
-                                     cfg.max_length, device, N_SHOW)
-        checkpoints.append(dict(step=step, **metrics))
-        reference.cpu()  # while a policy trains, only the policy is on the device
-    reference.cpu()
-    tag = dict(bias=bias, seed=seed, method=method)  # on every logged row
-    policy, member_min_share = train_policy(reference, pairs, method, cfg, seed, device, checkpoint=checkpoint,
-                                            log=lambda step, m: log(dict(tag, step=step, **m)))
-    reference.to(device)
-    for part in (policy, tokenizer) if save_dir else ():  # a model folder that from_pretrained loads
-        part.save_pretrained(os.path.join(save_dir, f"policy-{method}{'' if bias is None else f'-bias{bias}'}-seed{seed}"))
-    record = dict(bias=bias, seed=seed, method=method, train_seconds=time.time() - t0, checkpoints=checkpoints,
-                  **{k: v for k, v in checkpoints[-1].items() if k != "step"},
-                  **({"member_min_share": member_min_share} if member_min_share else {}))
-    return record, [dict(bias=bias, seed=seed, policy=method, **row) for row in shown]
-
-
-def run(cfg, given=None, argv=None):
-    """the whole experiment; returns (results, run folder). every check runs before any work."""
-    if cfg.grid:  # each setting is a run of its own
-        return grid.run_grid(cfg, given, argv, run, METHODS)
-    started = time.time()
-    report.check_config(cfg, METHODS, given)
-    cfg = replace(cfg, methods=",".join(cfg.method_list()), sft_steps=report.sft_steps(cfg))
-    device = report.pick_device(cfg.device)
-    amp = report.precision(device, cfg.dtype)
-    user_pairs = report.user_pairs(cfg)  # your own pairs (--data), or None
-    splits = [report.split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
-    report.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
-    report.check_writable(cfg.out)
-    reference, tokenizer = load_reference(cfg, device, check=lambda tok: report.check_data(user_pairs, splits, tok, cfg))
-    cfg = replace(cfg, lr=report.learning_rate(cfg, reference))  # results.json records the rate used
-    biases, info = [None] if cfg.data else report.sweep_bias_list(cfg), report.run_info(argv, started)  # no annotator
-    config = {k: v for k, v in asdict(cfg).items() if not (cfg.data and k in report.TASK_ONLY)}
-    with report.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started) as record, amp:
-        for bias in biases:
-            for seed in cfg.seeds:  # every method from the same reference, on the same pairs
-                ref, sft = report.data_reference(reference, tokenizer, cfg, user_pairs, seed, device, tokenize, all_logps)
-                pairs, ev, data, diagnostics = prepare(ref, tokenizer, cfg, bias, seed, device, user_pairs)
-                record.samples += [dict(bias=bias, seed=seed, policy="pi_ref", **row) for row in ev.ref_shown]
-                record.results["reward_models"] += diagnostics
-                for method in cfg.method_list():  # each record is kept as soon as it is made
-                    record.add(*train_and_evaluate(ref, tokenizer, pairs, ev, method, cfg, bias, seed, device,
-                                                   record.log, record.dir if cfg.save_policy else None))
-                record.results["data"].append(dict(bias=bias, seed=seed, **data, **({"sft": sft} if sft else {})))
-    record.finish(METHODS)
-    return record.results, record.dir
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    return report.cli(lambda: run(*parse_args(argv), argv=argv), failures=(report.TrainingDiverged,))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # the command line runs the experiment, which imports this file
+    import experiment
+    raise SystemExit(experiment.main())

@@ -42,8 +42,10 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+import experiment
+import models
+import task
 import rddpo
-import report
 
 METHODS = ("d-dpo", "e-dpo", "p-dpo")
 SCORES = ("rm_chosen", "rm_rejected")  # the score columns: K floats per pair each
@@ -111,11 +113,11 @@ def add_reward_scores(pairs, reward_models, tokenizer=None, max_length=1024, dev
 
 
 def sample_pool(reference, tokenizer, prompts, n, max_new_tokens, max_length, seed, device):
-    """n responses drawn from pi_ref on the prompts in turn, as rddpo.kl_pool draws them (same seed, same sampler:
-    report.sample), kept as the exact token ids drawn -> Dataset of prompt_ids, completion_ids (eos included unless
-    cut off at max_new_tokens). rddpo.kl_pool takes n = steps * batch_size."""
-    report.seed_everything(seed + 11)  # rddpo.kl_pool's seed
-    drawn = report.sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(n)], max_new_tokens,
+    """n responses drawn from pi_ref on the prompts in turn, as experiment.kl_pool draws them (same seed, same sampler:
+    models.sample), kept as the exact token ids drawn -> Dataset of prompt_ids, completion_ids (eos included unless
+    cut off at max_new_tokens). experiment.kl_pool takes n = steps * batch_size."""
+    rddpo.seed_everything(seed + 11)  # experiment.kl_pool's seed
+    drawn = models.sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(n)], max_new_tokens,
                           max_length, device, "forward-KL pool from pi_ref")
     return Dataset.from_dict(dict(prompt_ids=drawn.prompt_ids, completion_ids=drawn.response_ids))
 
@@ -391,9 +393,9 @@ def timing_inputs(model, tokenizer, batch_size=16, steps=10, k=4, max_new_tokens
     scores from k reward models (the timing does not depend on their values), and a pool drawn from `model`, one
     batch per step. -> (pairs Dataset, pool Dataset)"""
     rng = np.random.default_rng(seed)
-    prompts = rddpo.make_prompts(rng, batch_size, rddpo.TITLES)
-    pairs = Dataset.from_dict(dict(prompt=prompts, chosen=[rddpo.make_review(rng) for _ in prompts],
-                                   rejected=[rddpo.make_review(rng) for _ in prompts],
+    prompts = task.make_prompts(rng, batch_size, task.TITLES)
+    pairs = Dataset.from_dict(dict(prompt=prompts, chosen=[task.make_review(rng) for _ in prompts],
+                                   rejected=[task.make_review(rng) for _ in prompts],
                                    rm_chosen=rng.normal(size=(batch_size, k)).tolist(),
                                    rm_rejected=rng.normal(size=(batch_size, k)).tolist()))
     return pairs, sample_pool(model, tokenizer, prompts, steps * batch_size, max_new_tokens, max_length, seed, "cpu")
@@ -436,11 +438,11 @@ def time_steps(model, tokenizer, pairs, pool, steps=10, batch_size=8, max_length
 @dataclass
 class Args:
     model: str = field(default="tiny", metadata={"help": "'tiny' (the cached runs/reference-L2-E64-H4-T64-S600, or "
-                                                 "built offline by rddpo.load_reference), or a causal LM name or folder"})
+                                                 "built offline by models.load_reference), or a causal LM name or folder"})
     method: str = field(default="e-dpo", metadata={"help": "d-dpo, e-dpo or p-dpo"})
     steps: int = field(default=15, metadata={"help": "training steps"})
     batch_size: int = field(default=16, metadata={"help": "pairs per step and process (and pool rows)"})
-    n_pairs: int = field(default=64, metadata={"help": "pairs sampled from pi_ref and labelled (rddpo.builtin_task)"})
+    n_pairs: int = field(default=64, metadata={"help": "pairs sampled from pi_ref and labelled (experiment.builtin_task)"})
     ensemble: int = field(default=4, metadata={"help": "K, reward models in the e-DPO family"})
     rm_steps: int = field(default=15, metadata={"help": "training steps per reward model"})
     bias: float = field(default=0.5, metadata={"help": "probability that the annotator prefers the longer response"})
@@ -461,7 +463,7 @@ def parse_args(argv=None):
 
 def rddpo_config(a):
     """rddpo.py's Config for the same budget; the tiny model's defaults key the cached reference."""
-    return rddpo.Config(model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs,
+    return experiment.Config(model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs,
                         n_eval=8, ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma, out=a.out)
 
 
@@ -469,12 +471,12 @@ def prepare(a, reference, tokenizer, world, device):
     """the built-in task's pairs, scored once by the reward models rddpo.reward_scores would train (the plain one for
     d-DPO, the family for e-DPO), and the forward-KL pool for this run's steps -> (pairs, pool or None) Datasets."""
     cfg = rddpo_config(a)
-    prompts, chosen, rejected, ev = rddpo.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
+    prompts, chosen, rejected, ev = experiment.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
     pairs = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
     data = Dataset.from_dict({k: [v[i] for i in pairs.keep] for k, v in
                               dict(prompt=prompts, chosen=chosen, rejected=rejected).items()})
     if a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
-        longer = np.array([len(rddpo.words(c)) > len(rddpo.words(r)) for c, r in zip(data["chosen"], data["rejected"])])
+        longer = np.array([len(task.words(c)) > len(task.words(r)) for c, r in zip(data["chosen"], data["rejected"])])
         plain, family, _ = rddpo.reward_scores(reference, pairs, ev, cfg, a.seed, device, longer)  # (2N,), (K, 2N)
         scores_w, scores_l = (plain[None] if a.method == "d-dpo" else family).chunk(2, dim=1)  # (K, N) each
         data = data.add_column(SCORES[0], scores_w.T.tolist()).add_column(SCORES[1], scores_l.T.tolist())
@@ -489,7 +491,7 @@ def prepared(a, state):
     from datasets import load_from_disk
     path = os.path.join(a.out, f"trl-data-{a.method}")
     with state.main_process_first():
-        reference, tokenizer = rddpo.load_reference(rddpo_config(a), state.device)
+        reference, tokenizer = models.load_reference(rddpo_config(a), state.device)
         if state.num_processes == 1:
             return (reference, tokenizer, *prepare(a, reference, tokenizer, 1, state.device))
         if state.is_main_process:
@@ -513,7 +515,7 @@ def train(a, reference, tokenizer, data, pool, use_cpu):
                 print(f"step {state.global_step:4d}  " + "  ".join(f"{k} {logs[k]:.4f}" for k in keys if k in logs))
     args = DistilledDPOConfig(output_dir=os.path.join(a.out, f"trl-{a.method}"), method=a.method, gamma=a.gamma,
                               beta=a.beta, learning_rate=a.lr, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
-                              max_length=rddpo.Config.max_length, lr_scheduler_type="constant", weight_decay=0.01,
+                              max_length=experiment.Config.max_length, lr_scheduler_type="constant", weight_decay=0.01,
                               max_grad_norm=0.0, logging_steps=a.log_every, save_strategy="no", report_to="none",
                               seed=a.seed, use_cpu=use_cpu, disable_tqdm=True)
     trainer = DistilledDPOTrainer(copy.deepcopy(reference), args=args, train_dataset=data, pool_dataset=pool,

@@ -11,13 +11,12 @@ Two gold readers say what a response is really worth, and a biased annotator lab
 - neutral (the control): the share of positive adjectives, blind to length, repetition and word salad. Here
   the length bias is only label noise.
 
-rddpo.py imports everything below; docs/METHOD.md#task states each choice and its reason.
+experiment.py imports everything below (rddpo.py, the method, imports none of it); docs/METHOD.md#task states
+each choice and its reason.
 """
 import re
 
 import numpy as np
-
-import report
 
 POSITIVE = "great wonderful brilliant moving superb delightful charming clever beautiful excellent".split()
 NEGATIVE = "awful boring dull terrible weak clumsy tedious bland messy forgettable".split()
@@ -94,16 +93,34 @@ def reviews(rng, n=64):
     return [p + make_review(rng) for p in make_prompts(rng, n, TITLES + EVAL_TITLES)]
 
 
+def word_tokenizer(words):
+    """a word-level tokenizer over a closed vocabulary, built in code (nothing downloaded); eos pads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    vocab = {w: i for i, w in enumerate(["<|endoftext|>", "<unk>"] + sorted(set(words)))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+                                   unk_token="<unk>")
+
+
 def build_tokenizer():
     """a word-level tokenizer built in code over the task's closed vocabulary (nothing downloaded)."""
-    return report.word_tokenizer(POSITIVE + NEGATIVE + NEUTRAL + NOUNS + ADVERBS + ["the", "was", ".", ":"]
+    return word_tokenizer(POSITIVE + NEGATIVE + NEUTRAL + NOUNS + ADVERBS + ["the", "was", ".", ":"]
                                  + " ".join(TITLES + EVAL_TITLES + OPENERS).split())
+
+
+def longest_text_tokens(tokenizer, slots):
+    """tokens in the longest text made by taking, for each slot (a list of words), its word with the most tokens."""
+    def n(text):
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+    return n("".join(" " + max(words, key=lambda w: n(" " + w)) for words in slots).lstrip())
 
 
 def longest_task_tokens(tokenizer):
     """tokens in the longest prompt + review the task can generate, with eos: what --max-length must hold."""
     sentence = [["the"], NOUNS, ["was"], ADVERBS, POSITIVE + NEGATIVE + NEUTRAL, ["."]]
-    return report.longest_text_tokens(tokenizer, [OPENERS, TITLES + EVAL_TITLES, [":"]] + sentence * MAX_SENTENCES) + 1
+    return longest_text_tokens(tokenizer, [OPENERS, TITLES + EVAL_TITLES, [":"]] + sentence * MAX_SENTENCES) + 1
 
 
 def annotate(gold1, gold2, len1, len2, bias, rng):

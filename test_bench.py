@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import bench
+import experiment
 import rddpo
 
 
@@ -75,7 +76,7 @@ def test_timed_steps_compute_rddpo_losses_and_step_the_policy(prepared):
     four, which differs here; p-DPO, DPO and the bare floor (sum of the sequence log-probs) match too; and each step
     moves the policy's weights."""
     args, policy, data, steps = prepared
-    cfg, n = rddpo.Config(), len(data.keep)
+    cfg, n = experiment.Config(), len(data.keep)
     assert data.rm_family.shape == (16, 2 * n)
     rows = np.concatenate([np.arange(args.batch_size), np.arange(args.batch_size) + n])
     with torch.no_grad():  # move the policy off the reference, so that h and the pool's kl term are not 0

@@ -8,6 +8,7 @@ import time
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
+import experiment  # noqa: E402
 import grid  # noqa: E402
 import rddpo  # noqa: E402
 
@@ -32,7 +33,7 @@ import rddpo  # noqa: E402
 def test_bad_grid_is_one_error_line_before_any_work(tmp_path, capsys, args, says):
     """each bad grid: exit 2 within seconds, one `error:` line that names the problem, no folder written."""
     t0 = time.time()
-    assert rddpo.main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert experiment.main([*args, "--out", str(tmp_path / "out")]) == 2
     assert time.time() - t0 < 10
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
@@ -42,12 +43,12 @@ def test_bad_grid_is_one_error_line_before_any_work(tmp_path, capsys, args, says
 def test_each_knob_value_changes_only_its_own_fields_and_shared_settings_run_once():
     """beta 0.05 and 0.1, gamma 0.1 and 1, size 4x128: beta=0.1 and gamma=0.1 are both the defaults, so 5 values
     name 4 settings; each differs from the command's flags in its knob's fields alone."""
-    cfg = rddpo.Config(grid=["beta=0.05,0.1", "gamma=0.1,1", "size=4x128"], methods="dpo,e-dpo", seeds=[3, 1])
+    cfg = experiment.Config(grid=["beta=0.05,0.1", "gamma=0.1,1", "size=4x128"], methods="dpo,e-dpo", seeds=[3, 1])
     rows, distinct = grid.grid_settings(cfg, {"grid", "methods", "seeds"}, rddpo.METHODS)
     assert [(k, t) for k, t, _ in rows] == [("beta", "0.05"), ("beta", "0.1"), ("gamma", "0.1"), ("gamma", "1"),
                                            ("size", "4x128")]
     assert len(distinct) == 4 and rows[1][2] == rows[2][2]
-    base = rddpo.Config(methods="dpo,e-dpo", seeds=[3, 1])
+    base = experiment.Config(methods="dpo,e-dpo", seeds=[3, 1])
     changed = [{f: v for f, v in vars(c).items() if v != getattr(base, f)} for c, _ in distinct.values()]
     assert changed == [{"beta": 0.05}, {}, {"gamma": 1.0}, {"n_layer": 4, "n_embd": 128}]
     assert [sorted(flags - {"grid", "methods", "seeds"}) for _, flags in distinct.values()] == \
@@ -58,7 +59,7 @@ BASE = {"dpo": 0.30, "d-dpo": 0.35, "e-dpo": 0.40, "p-dpo": 0.45}
 
 
 def fake_run(calls):
-    """a stand-in for rddpo.run: records whose numbers tell the setting, the seed and the method apart. win rate:
+    """a stand-in for experiment.run: records whose numbers tell the setting, the seed and the method apart. win rate:
     the method's base number + beta + seed / 100, and e-dpo gains another seed / 10; KL: 10 * beta + the seed for
     every method but p-dpo, which adds the seed again. the seeds come out of order, as nothing promises them."""
     def run(cfg, given, argv):
@@ -81,7 +82,7 @@ def test_grid_pairs_each_method_with_its_base_at_the_same_seed_in_the_setting_it
     is 0.15 whatever the seed, e-dpo - d-dpo 0.05 + seed / 10; KL: p-dpo - dpo is the seed (0, 2, 5), e-dpo - dpo 0.
     a pairing across seeds, or numbers from the other setting, would give other differences."""
     calls = []
-    cfg = rddpo.Config(grid=["beta=0.05,0.2"], methods="dpo,d-dpo,e-dpo,p-dpo", seeds=[0, 2, 5], out=str(tmp_path))
+    cfg = experiment.Config(grid=["beta=0.05,0.2"], methods="dpo,d-dpo,e-dpo,p-dpo", seeds=[0, 2, 5], out=str(tmp_path))
     out, folder = grid.run_grid(cfg, {"grid", "methods", "seeds", "out"}, ["--grid", "beta=0.05,0.2"], fake_run(calls),
                                 rddpo.METHODS)
     assert [c.beta for c, _ in calls] == [0.05, 0.2] and all(c.grid == [] for c, _ in calls)
@@ -114,7 +115,7 @@ def test_a_failed_setting_leaves_the_grid_record_saying_so(tmp_path):
             raise RuntimeError("the loss became nan")
         return inner(cfg, given, argv)
     inner = fake_run(calls)
-    cfg = rddpo.Config(grid=["beta=0.05,0.2"], methods="dpo,e-dpo", seeds=[0, 1], out=str(tmp_path))
+    cfg = experiment.Config(grid=["beta=0.05,0.2"], methods="dpo,e-dpo", seeds=[0, 1], out=str(tmp_path))
     with pytest.raises(RuntimeError):
         grid.run_grid(cfg, {"grid"}, [], run, rddpo.METHODS)
     with open(os.path.join(tmp_path, "grid-001", "results.json")) as fh:
@@ -129,7 +130,7 @@ def test_grid_py_prints_one_table_from_two_grids_each_knob_value_once(tmp_path, 
     line, exit 2."""
     grids = []
     for name, knobs in (("a", ["beta=0.05,0.1"]), ("b", ["beta=0.1", "K=2"])):
-        cfg = rddpo.Config(grid=knobs, methods="dpo,e-dpo", seeds=[0, 1], out=str(tmp_path / name))
+        cfg = experiment.Config(grid=knobs, methods="dpo,e-dpo", seeds=[0, 1], out=str(tmp_path / name))
         out, folder = grid.run_grid(cfg, {"grid"}, [], fake_run([]), rddpo.METHODS)
         grids.append(folder)
     capsys.readouterr()
@@ -142,7 +143,7 @@ def test_grid_py_prints_one_table_from_two_grids_each_knob_value_once(tmp_path, 
         unfinished = dict(json.load(fh), run=dict(status="running"))
     with open(tmp_path / "unfinished.json", "w") as fh:
         json.dump(unfinished, fh)
-    cfg = rddpo.Config(grid=["K=8"], methods="dpo,e-dpo", seeds=[0, 1, 2], out=str(tmp_path / "c"))
+    cfg = experiment.Config(grid=["K=8"], methods="dpo,e-dpo", seeds=[0, 1, 2], out=str(tmp_path / "c"))
     other_seeds = grid.run_grid(cfg, {"grid"}, [], fake_run([]), rddpo.METHODS)[1]
     (tmp_path / "run-001").mkdir()
     (tmp_path / "run-001" / "results.json").write_text(json.dumps(dict(run=dict(status="finished"), runs=[])))

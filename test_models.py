@@ -11,6 +11,8 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import convert_gguf  # noqa: E402
+import experiment  # noqa: E402
+import models  # noqa: E402
 import rddpo  # noqa: E402
 
 EOS = "</s>"  # id 2, and no pad token: unlike gpt-2, whose eos is its last id and doubles as bos and pad
@@ -216,7 +218,7 @@ def test_sampling_stops_at_this_models_eos(llama_folder):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     model, tok = AutoModelForCausalLM.from_pretrained(llama_folder).eval(), AutoTokenizer.from_pretrained(llama_folder)
     torch.manual_seed(0)
-    drawn = rddpo.sample(model, tok, [r["prompt"] for r in make_pairs()[:16]], max_new_tokens=16, max_length=48,
+    drawn = models.sample(model, tok, [r["prompt"] for r in make_pairs()[:16]], max_new_tokens=16, max_length=48,
                          device="cpu")
     assert all(tok.eos_token_id not in ids[:-1] for ids in drawn.response_ids)
     assert sum(ids[-1] == tok.eos_token_id for ids in drawn.response_ids) >= 8
@@ -225,14 +227,14 @@ def test_sampling_stops_at_this_models_eos(llama_folder):
 
 @pytest.mark.slow
 def test_whole_pipeline_runs_on_a_llama_with_its_own_tokenizer_and_eos(llama_folder, tmp_path):
-    """rddpo.run with --model FOLDER --data PAIRS: every method trains and is evaluated, every number is finite,
+    """experiment.run with --model FOLDER --data PAIRS: every method trains and is evaluated, every number is finite,
     and sampling stops at this model's eos: some responses end early, and none holds the text '</s>' (which a
     sampler that waited for another id would write out and go on)."""
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in make_pairs()))
     settings = dict(model=str(llama_folder), data=str(data), out=str(tmp_path / "runs"), steps=3, rm_steps=3,
                     batch_size=4, eval_points=1, ensemble=2, max_length=48, max_new_tokens=16, device="cpu")
-    results, run_dir = rddpo.run(rddpo.Config(**settings), given=set(settings))
+    results, run_dir = experiment.run(experiment.Config(**settings), given=set(settings))
     assert results["run"]["status"] == "finished"
     assert sorted(r["method"] for r in results["runs"]) == sorted(rddpo.METHODS)
     for record in results["runs"]:

@@ -14,6 +14,13 @@ import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
+import cli  # noqa: E402
+import data  # noqa: E402
+import experiment  # noqa: E402
+import models  # noqa: E402
+import records  # noqa: E402
+import report  # noqa: E402
+import task  # noqa: E402
 import rddpo  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,14 +33,14 @@ def logps(*values, dtype=torch.float64, grad=False):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return rddpo.build_tokenizer()
+    return task.build_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
     """a small gpt-2 with random weights (no pretraining needed for these tests)."""
     torch.manual_seed(0)
-    return rddpo.build_tiny_gpt2(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=64).eval()
+    return models.build_tiny_gpt2(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=64).eval()
 
 
 # -----------------------------------------------------------------------------
@@ -463,7 +470,7 @@ def test_reward_model_learns_to_rank_a_tiny_synthetic_set(tiny, tokenizer):
     """chosen responses carry positive words, rejected ones negative words; after training, the bt loss has
     dropped well below ln 2 and every pair is ranked correctly."""
     rng = np.random.default_rng(0)
-    pos, neg = rddpo.POSITIVE[:5], rddpo.NEGATIVE[:5]
+    pos, neg = task.POSITIVE[:5], task.NEGATIVE[:5]
     chosen = [f" the plot was {pos[rng.integers(5)]} ." for _ in range(24)]
     rejected = [f" the plot was {neg[rng.integers(5)]} ." for _ in range(24)]
     data = rddpo.tokenize_pairs(tokenizer, PROMPTS * 8, chosen, rejected, 64)
@@ -492,14 +499,14 @@ def test_resample_has_the_requested_share_of_longer_wins(share):
 # the command line and an end-to-end run
 
 
-def cli(*args, timeout=120):
+def run_cli(*args, timeout=120):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     return subprocess.run([sys.executable, os.path.join(HERE, "rddpo.py"), *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
 def test_help_lists_every_flag_with_its_default():
-    out = cli("--help").stdout
+    out = run_cli("--help").stdout
     for flag in ("--model", "--methods", "--bias", "--seeds", "--beta", "--gamma", "--ensemble", "--steps",
                  "--batch-size", "--lr", "--device", "--out", "--data", "--sweep", "--quick"):
         assert flag in out
@@ -508,7 +515,7 @@ def test_help_lists_every_flag_with_its_default():
 
 def test_unreachable_hub_is_one_clear_line_within_seconds(tmp_path):
     t0 = time.time()
-    r = cli("--model", "gpt2", "--out", str(tmp_path), "--quick")
+    r = run_cli("--model", "gpt2", "--out", str(tmp_path), "--quick")
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and len(r.stderr.strip().splitlines()) == 1
     assert "Traceback" not in r.stderr and "hub" in r.stderr
@@ -535,7 +542,7 @@ def test_unreachable_hub_is_one_clear_line_within_seconds(tmp_path):
     (["--unlabeled", "8", "--methods", "dpo,p-dpo"], "--unlabeled applies to d-dpo and e-dpo only"),
 ])
 def test_bad_flag_is_one_error_line_and_exit_2(tmp_path, args, says):
-    r = cli(*args, "--out", str(tmp_path / "out"))
+    r = run_cli(*args, "--out", str(tmp_path / "out"))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], r.stderr
@@ -544,7 +551,7 @@ def test_bad_flag_is_one_error_line_and_exit_2(tmp_path, args, says):
 
 def test_unwritable_output_folder_is_an_error(tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    r = cli("--out", str(tmp_path / "file" / "out"))
+    r = run_cli("--out", str(tmp_path / "file" / "out"))
     assert r.returncode == 2 and r.stderr.startswith("error: cannot create --out")
 
 
@@ -564,7 +571,7 @@ def test_bad_data_file_is_one_error_line_and_exit_2(tmp_path, capsys, lines, say
     path = tmp_path / "pairs.jsonl"
     if lines is not None:
         path.write_text("\n".join(lines) + "\n")
-    assert rddpo.main(["--data", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert experiment.main(["--data", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
 
@@ -576,7 +583,7 @@ def runs_dir(tmp_path_factory):
 
 
 def quick(runs_dir, **kw):
-    return rddpo.Config(**{**rddpo.QUICK, "quick": True, "out": runs_dir, **kw})
+    return experiment.Config(**{**experiment.QUICK, "quick": True, "out": runs_dir, **kw})
 
 
 # --quick's numbers per method: gold reward, win rate, KL and the largest margin, under the careful gold reader, with
@@ -626,14 +633,58 @@ def pins_missed(numbers):
 SAME_PLATFORM = torch.__version__ == "2.13.0+cpu" and sys.platform == "linux" and os.uname().machine == "x86_64"
 
 
+@pytest.fixture(scope="module")
+def pinned_run(runs_dir):
+    """the pinned --quick run (every method, policies saved), made once for the tests that read it."""
+    return experiment.run(quick(runs_dir, methods=PINNED_METHODS, save_policy=True))
+
+
+# what a run records about itself (times, versions, paths, the command), not what it computed
+RUN_SPECIFIC = {"run", "seconds", "train_seconds", "train_seconds_mean", "train_seconds_std", "out"}
+
+
+def differences(before, after, where="", rel=3e-4):
+    """where two results.json-like values differ: keys, lengths and texts exactly, numbers within rel (and 1e-6
+    absolute, for values near 0) as PIN_TOLERANCE's continuous numbers; the run's own times and paths are skipped."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = (set(before) | set(after)) - RUN_SPECIFIC
+        return [d for k in sorted(keys, key=str) for d in (differences(before.get(k), after.get(k), f"{where}.{k}", rel)
+                                                           if k in before and k in after else [f"{where}.{k}: missing"])]
+    if isinstance(before, list) and isinstance(after, list):
+        if len(before) != len(after):
+            return [f"{where}: {len(before)} items, now {len(after)}"]
+        return [d for i, (b, a) in enumerate(zip(before, after)) for d in differences(b, a, f"{where}[{i}]", rel)]
+    if isinstance(before, float) and isinstance(after, (int, float)) and not isinstance(after, bool):
+        return [] if abs(after - before) <= rel * abs(before) + 1e-6 else [f"{where}: {before!r}, now {after!r}"]
+    return [] if before == after else [f"{where}: {before!r}, now {after!r}"]
+
+
 @pytest.mark.slow
-def test_quick_run_end_to_end(runs_dir):
+def test_the_quick_run_gives_what_it_gave_before_the_layout_redesign(pinned_run):
+    """issue 23 moved code between files and changed no computation: the pinned --quick run's results.json and
+    samples.jsonl hold the same keys, texts and counts as test_fixtures/quick_before.json (made by the code before
+    the move), and, on the platform the pins came from, the same numbers within the pins' tolerance."""
+    results, run_dir = pinned_run
+    with open(os.path.join(HERE, "test_fixtures", "quick_before.json")) as fh:
+        before = json.load(fh)
+    after = dict(results=json.loads(open(os.path.join(run_dir, "results.json")).read()),
+                 samples=records.read_samples(os.path.join(run_dir, "samples.jsonl")))
+    shape = lambda x: {k: shape(v) for k, v in x.items() if k not in RUN_SPECIFIC} if isinstance(x, dict) \
+        else [shape(v) for v in x] if isinstance(x, list) else type(x).__name__  # noqa: E731
+    assert shape(after["results"]) == shape(before["results"])
+    if SAME_PLATFORM:
+        assert differences(before["results"], after["results"]) == []
+        assert differences(before["samples"], after["samples"]) == []
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(pinned_run):
     """python rddpo.py --quick, with the method names in other cases: every method trains and is evaluated at its 3
     checkpoints (the last is its record), e-DPO says which member was the minimum, every reward model has its
     diagnostics, samples.jsonl holds pi_ref's and every method's responses, results.json says the run finished, the
     policies are saved as model folders that from_pretrained loads; on the platform they came from, the pinned numbers
     within their measured tolerance."""
-    results, run_dir = rddpo.run(quick(runs_dir, methods="DPO,IPO,D-DPO,e-DPO,p-dpo", save_policy=True))
+    results, run_dir = pinned_run
     assert [r["method"] for r in results["runs"]] == list(rddpo.METHODS)
     if SAME_PLATFORM:
         assert pins_missed(pinned_numbers(results)) == []
@@ -649,14 +700,14 @@ def test_quick_run_end_to_end(runs_dir):
     assert all(0 <= m["accuracy_labels"] <= 1 and m["heldout_pairs"] == 32 for m in results["reward_models"])
     with open(os.path.join(run_dir, "results.json")) as fh:
         saved = json.load(fh)
-    assert saved["config"]["steps"] == rddpo.QUICK["steps"] and saved["run"]["status"] == "finished"
+    assert saved["config"]["steps"] == experiment.QUICK["steps"] and saved["run"]["status"] == "finished"
     assert saved["config"]["lr"] == 1e-4  # the default rate, as used, is in the record
-    samples = rddpo.report.read_samples(os.path.join(run_dir, "samples.jsonl"))
-    assert [s["policy"] for s in samples] == [p for p in ["pi_ref", *rddpo.METHODS] for _ in range(rddpo.N_SHOW)]
-    assert all(s["logratio"] == 0 for s in samples[:rddpo.N_SHOW])
+    samples = records.read_samples(os.path.join(run_dir, "samples.jsonl"))
+    assert [s["policy"] for s in samples] == [p for p in ["pi_ref", *rddpo.METHODS] for _ in range(experiment.N_SHOW)]
+    assert all(s["logratio"] == 0 for s in samples[:experiment.N_SHOW])
     from transformers import AutoModelForCausalLM
     saved_policy = AutoModelForCausalLM.from_pretrained(os.path.join(run_dir, "policy-e-dpo-bias0.5-seed0"))
-    assert saved_policy.config.n_layer == rddpo.Config().n_layer
+    assert saved_policy.config.n_layer == experiment.Config().n_layer
     with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
         rows = [json.loads(line) for line in fh]
     assert {"rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"} <= set(rows[0])
@@ -675,7 +726,7 @@ def test_grid_runs_each_setting_as_a_run_of_its_own_and_reads_its_differences_fr
     run's own records, seed by seed."""
     args = ["--quick", "--grid", "K=2,3", "--methods", "dpo,e-dpo", "--seeds", "0", "1", "--steps", "4", "--rm-steps",
             "4", "--eval-points", "1", "--n-eval", "8", "--out", runs_dir]
-    assert rddpo.main(args) == 0
+    assert experiment.main(args) == 0
     folder = os.path.join(runs_dir, max(d for d in os.listdir(runs_dir) if d.startswith("grid-")))
     with open(os.path.join(folder, "results.json")) as fh:
         saved = json.load(fh)
@@ -686,7 +737,7 @@ def test_grid_runs_each_setting_as_a_run_of_its_own_and_reads_its_differences_fr
         assert run["config"]["ensemble"] == k and len(row["member_min_share"]) == k
         assert len([m for m in run["reward_models"] if m["seed"] == 0]) == k + 1
         for key in ("win_rate", "kl"):
-            want = rddpo.report.paired(run["runs"], key, "dpo")[0]
+            want = report.paired(run["runs"], key, "dpo")[0]
             got = [p for p in row["differences"] if p["key"] == key and p["base"] == "dpo"][0]
             assert got["seeds"] == [0, 1] and got["diffs"] == pytest.approx(want["diffs"], abs=0)
     assert os.path.getsize(os.path.join(folder, "grid.png")) > 1000
@@ -704,7 +755,7 @@ def test_bfloat16_runs_the_forward_passes_in_bfloat16_and_keeps_log_probs_and_we
         assert out.dtype == torch.float32
         return out
     monkeypatch.setattr(rddpo, "sequence_logps", spy)
-    results, _ = rddpo.run(quick(runs_dir, methods="dpo,e-dpo", steps=2, dtype="bfloat16"))  # e-dpo: reward models too
+    results, _ = experiment.run(quick(runs_dir, methods="dpo,e-dpo", steps=2, dtype="bfloat16"))  # e-dpo: reward models too
     assert torch.bfloat16 in seen and all(math.isfinite(r[k]) for r in results["runs"] for k in ("kl", "win_rate"))
     assert all(math.isfinite(m["reward_diff"]) for m in results["reward_models"])
 
@@ -733,11 +784,11 @@ def test_same_seed_reproduces_results_and_another_seed_does_not(runs_dir):
     """two runs of the same command land in two run folders (nothing overwritten) with identical results,
     times excepted; seed 1 gives different numbers. dpo and e-dpo: between them every random draw (pairs, labels,
     reward models, the pool, training order, sampling)."""
-    (a, dir_a), (b, dir_b) = (rddpo.run(quick(runs_dir, methods="dpo,e-dpo")) for _ in range(2))
+    (a, dir_a), (b, dir_b) = (experiment.run(quick(runs_dir, methods="dpo,e-dpo")) for _ in range(2))
     assert dir_a != dir_b
     with open(os.path.join(dir_a, "results.json")) as fa, open(os.path.join(dir_b, "results.json")) as fb:
         assert without_times(json.load(fa)) == without_times(json.load(fb))
-    c, _ = rddpo.run(quick(runs_dir, seeds=[1], methods="dpo,e-dpo"))
+    c, _ = experiment.run(quick(runs_dir, seeds=[1], methods="dpo,e-dpo"))
     assert [r["gold_reward"] for r in c["runs"]] != [r["gold_reward"] for r in a["runs"]]
 
 
@@ -745,7 +796,7 @@ def test_same_seed_reproduces_results_and_another_seed_does_not(runs_dir):
 def test_nan_loss_stops_with_method_and_step_and_keeps_finished_results(runs_dir, monkeypatch, capsys):
     """ipo returns nan: training stops at ipo's step 1 with a message; dpo, trained before it, is in results.json."""
     monkeypatch.setattr(rddpo, "ipo_loss", lambda *a: torch.tensor(float("nan"), requires_grad=True))
-    assert rddpo.main(["--quick", "--methods", "dpo,ipo", "--out", runs_dir]) == 1
+    assert experiment.main(["--quick", "--methods", "dpo,ipo", "--out", runs_dir]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ipo:") and "step 1" in err
     run_dir = max(p for p in os.listdir(runs_dir) if p.startswith("run-"))
@@ -758,12 +809,12 @@ def test_own_data_file_runs_and_reports_truncation(runs_dir, tmp_path, capsys):
     """20 pairs in trl's format, one with a response longer than the context: it is truncated and reported;
     without a gold reward the results hold held-out preference accuracy instead."""
     rng = np.random.default_rng(0)
-    rows = [{"prompt": rddpo.make_prompts(rng, 1, rddpo.TITLES)[0], "chosen": " the plot was great .",
-             "rejected": f" the plot was {rddpo.NEGATIVE[i % 5]} ."} for i in range(20)]
+    rows = [{"prompt": task.make_prompts(rng, 1, task.TITLES)[0], "chosen": " the plot was great .",
+             "rejected": f" the plot was {task.NEGATIVE[i % 5]} ."} for i in range(20)]
     rows[3]["chosen"] = " the plot was great ." * 20
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results, run_dir = rddpo.run(quick(runs_dir, data=str(path), methods="dpo,e-dpo", batch_size=4, seeds=[0, 1]))
+    results, run_dir = experiment.run(quick(runs_dir, data=str(path), methods="dpo,e-dpo", batch_size=4, seeds=[0, 1]))
     out = capsys.readouterr().out
     assert "1 pairs truncated" in out
     assert all("heldout_accuracy" in r and "gold_reward" not in r for r in results["runs"])
@@ -779,17 +830,17 @@ def test_own_data_file_runs_and_reports_truncation(runs_dir, tmp_path, capsys):
 
 def test_quick_sets_defaults_only_and_a_flag_given_beside_it_wins():
     """--quick --steps 3 trains 3 steps; the preset's other values still apply; without --quick, the defaults."""
-    cfg, given = rddpo.parse_args(["--quick", "--steps", "3"])
+    cfg, given = experiment.parse_args(["--quick", "--steps", "3"])
     assert cfg.steps == 3 and given == {"quick", "steps"}
-    assert cfg.rm_steps == rddpo.QUICK["rm_steps"] and cfg.n_pairs == rddpo.QUICK["n_pairs"]
-    assert rddpo.parse_args(["--quick"])[0].steps == rddpo.QUICK["steps"]
-    assert rddpo.parse_args(["--quick", "--steps", "150"])[0].steps == 150  # given, though equal to the default
-    assert rddpo.parse_args(["--steps", "3"])[0].rm_steps == rddpo.Config().rm_steps
+    assert cfg.rm_steps == experiment.QUICK["rm_steps"] and cfg.n_pairs == experiment.QUICK["n_pairs"]
+    assert experiment.parse_args(["--quick"])[0].steps == experiment.QUICK["steps"]
+    assert experiment.parse_args(["--quick", "--steps", "150"])[0].steps == 150  # given, though equal to the default
+    assert experiment.parse_args(["--steps", "3"])[0].rm_steps == experiment.Config().rm_steps
 
 
 def test_method_names_are_case_insensitive():
-    assert rddpo.Config(methods="DPO, e-DPO,P-dpo").method_list() == ["dpo", "e-dpo", "p-dpo"]
-    rddpo.report.check_config(rddpo.Config(methods="IPO,D-DPO"), rddpo.METHODS)  # no error
+    assert experiment.Config(methods="DPO, e-DPO,P-dpo").method_list() == ["dpo", "e-dpo", "p-dpo"]
+    cli.check_config(experiment.Config(methods="IPO,D-DPO"), rddpo.METHODS)  # no error
 
 
 def test_data_with_words_the_tiny_model_does_not_know_is_refused_before_any_work(tmp_path, capsys):
@@ -797,7 +848,7 @@ def test_data_with_words_the_tiny_model_does_not_know_is_refused_before_any_work
     tokens and what to pass instead, exit 2, and no run folder."""
     path = tmp_path / "pairs.jsonl"
     path.write_text((json.dumps(GOOD) + "\n") * 19 + json.dumps({**GOOD, "chosen": " the popcorn was great ."}) + "\n")
-    assert rddpo.main(["--data", str(path), "--quick", "--out", str(tmp_path / "out")]) == 2
+    assert experiment.main(["--data", str(path), "--quick", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown to the built-in tiny model" in err[0] and "--model" in err[0], err
     assert "0%" not in err[0].split(" of the tokens")[0] and not (tmp_path / "out").exists()
@@ -818,7 +869,7 @@ def test_a_builtin_task_flag_with_data_is_an_error(tmp_path, capsys, args, says)
     path.write_text((json.dumps(GOOD) + "\n") * 20)
     if "whose prompt fits" in says:  # every prompt longer than the context: found before pretraining starts
         path.write_text((json.dumps({**GOOD, "prompt": "the " * 60}) + "\n") * 20)
-    assert rddpo.main(["--data", str(path), *args, "--out", str(tmp_path / "out")]) == 2
+    assert experiment.main(["--data", str(path), *args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert not (tmp_path / "out").exists()
@@ -841,7 +892,7 @@ def test_a_builtin_task_flag_with_data_is_an_error(tmp_path, capsys, args, says)
 def test_flag_errors_come_before_any_work_and_leave_no_run_folder(tmp_path, capsys, args, says):
     """each fails within a second or two (no pretraining: --max-length is checked before it), with one line."""
     t0 = time.time()
-    assert rddpo.main([*args, "--out", str(tmp_path / "out")]) == 2
+    assert experiment.main([*args, "--out", str(tmp_path / "out")]) == 2
     assert time.time() - t0 < 10
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], lines
@@ -851,9 +902,9 @@ def test_flag_errors_come_before_any_work_and_leave_no_run_folder(tmp_path, caps
 def test_longest_task_text_is_45_tokens_of_the_word_level_tokenizer(tokenizer):
     """'a few words about' (4) + a 3-word title + ':' = 8; six sentences 'the NOUN was ADVERB ADJ .' = 36; eos 1.
     the task really generates no longer text: the longest of 20000 generated reviews is within it."""
-    assert rddpo.longest_task_tokens(tokenizer) == 45
+    assert task.longest_task_tokens(tokenizer) == 45
     rng = np.random.default_rng(0)
-    texts = [p + rddpo.make_review(rng) for p in rddpo.make_prompts(rng, 20000, rddpo.TITLES + rddpo.EVAL_TITLES)]
+    texts = [p + task.make_review(rng) for p in task.make_prompts(rng, 20000, task.TITLES + task.EVAL_TITLES)]
     assert max(len(tokenizer(t).input_ids) + 1 for t in texts) <= 45
 
 
@@ -864,7 +915,7 @@ def test_longest_task_text_is_45_tokens_of_the_word_level_tokenizer(tokenizer):
 def test_a_data_file_that_is_not_json_lines_is_one_error_line(tmp_path, capsys, content, says):
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(content)
-    assert rddpo.main(["--data", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert experiment.main(["--data", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
 
@@ -877,11 +928,11 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_where_in_one_line(tmp_path, mon
         if seed == 1:
             raise KeyboardInterrupt
         return dict(bias=bias, seed=seed, method="dpo", kl=0.0, length=1.0, train_seconds=0.0), []
-    monkeypatch.setattr(rddpo, "load_reference", lambda cfg, device, check: (None, None))
-    held = rddpo.HeldOut([], [], [], None, ref_shown=[])
-    monkeypatch.setattr(rddpo, "prepare", lambda *args: (None, held, dict(pairs=1), []))
-    monkeypatch.setattr(rddpo, "train_and_evaluate", fake_train_and_evaluate)
-    assert rddpo.main(["--seeds", "0", "1", "--methods", "dpo", "--out", str(tmp_path)]) == 130
+    monkeypatch.setattr(experiment, "load_reference", lambda cfg, device, check: (None, None))
+    held = experiment.HeldOut([], [], [], None, ref_shown=[])
+    monkeypatch.setattr(experiment, "prepare", lambda *args: (None, held, dict(pairs=1), []))
+    monkeypatch.setattr(experiment, "train_and_evaluate", fake_train_and_evaluate)
+    assert experiment.main(["--seeds", "0", "1", "--methods", "dpo", "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     path = tmp_path / "run-001" / "results.json"
     assert calls == [0, 1] and len(err) == 1 and "interrupted" in err[0] and str(path) in err[0], err
@@ -891,8 +942,8 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_where_in_one_line(tmp_path, mon
 def test_a_run_folder_taken_at_the_same_moment_is_skipped(tmp_path, monkeypatch):
     """another run made run-001 after this one listed the folder: this one takes run-002."""
     (tmp_path / "run-001").mkdir()
-    monkeypatch.setattr(rddpo.report.os, "listdir", lambda path: [])  # the stale listing
-    assert rddpo.report.new_run_dir(str(tmp_path)) == str(tmp_path / "run-002")
+    monkeypatch.setattr(records.os, "listdir", lambda path: [])  # the stale listing
+    assert records.new_run_dir(str(tmp_path)) == str(tmp_path / "run-002")
 
 
 def test_a_reference_cached_by_another_run_meanwhile_is_used_and_no_temporary_folder_is_left(tmp_path, tiny, tokenizer):
@@ -904,7 +955,7 @@ def test_a_reference_cached_by_another_run_meanwhile_is_used_and_no_temporary_fo
         other.save_pretrained(path)
         tokenizer.save_pretrained(path)
         return copy.deepcopy(tiny), tokenizer
-    model, _ = rddpo.report.cached_model(path, build)
+    model, _ = models.cached_model(path, build)
     assert torch.equal(model.lm_head.weight, other.lm_head.weight)
     assert os.listdir(tmp_path) == ["reference"]
 
@@ -927,7 +978,7 @@ def test_a_data_file_with_a_byte_order_mark_or_unicode_line_separators_reads_as_
     row = {**GOOD, "chosen": " the plot was great .\u2028 really ."}
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row, ensure_ascii=False) + "\n" + json.dumps(GOOD) + "\n").encode())
-    assert rddpo.report.read_pairs(str(path)) == [(row["prompt"], row["chosen"], row["rejected"]),
+    assert data.read_pairs(str(path)) == [(row["prompt"], row["chosen"], row["rejected"]),
                                                   (GOOD["prompt"], GOOD["chosen"], GOOD["rejected"])]
 
 
@@ -937,7 +988,7 @@ def test_an_interrupted_cache_write_leaves_no_temporary_folder(tmp_path, tiny, t
         raise KeyboardInterrupt
     monkeypatch.setattr(type(tokenizer), "save_pretrained", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        rddpo.report.cached_model(str(tmp_path / "reference"), lambda: (tiny, tokenizer))
+        models.cached_model(str(tmp_path / "reference"), lambda: (tiny, tokenizer))
     assert os.listdir(tmp_path) == []
 
 
@@ -973,13 +1024,12 @@ def test_every_choice_in_the_code_is_in_method_md_and_every_link_to_it_resolves(
     import re
     doc = open(os.path.join(HERE, "docs/METHOD.md")).read()
     choices = doc[doc.index('<a id="choices">'):doc.index('<a id="task">')]
-    owners = {(name, next(n for n in groups if n)) for name in ("rddpo.py", "task.py", "report.py", "bench.py", "rddpo_trl.py", "toy_bandit.py")
-              for groups in choice_owners(os.path.join(HERE, name))}
+    modules = [os.path.basename(p) for p in glob.glob(os.path.join(HERE, "*.py")) if not os.path.basename(p).startswith("test_")]
+    owners = {(name, next(n for n in groups if n)) for name in modules for groups in choice_owners(os.path.join(HERE, name))}
     assert len(owners) >= 15
     assert [o for o in owners if f"`{o[1]}" not in choices] == []
     anchors = set(re.findall(r'<a id="([^"]+)">', doc))
-    files = [os.path.join(HERE, f) for f in ("README.md", "rddpo.py", "task.py", "report.py", "toy_bandit.py",
-                                             "bench.py")]
+    files = [os.path.join(HERE, f) for f in ["README.md", *modules]] + glob.glob(os.path.join(HERE, "docs", "*.md"))
     for path in files + glob.glob(os.path.join(HERE, "test_*.py")) + glob.glob(os.path.join(HERE, "notebooks", "*.py")):
         for match in re.finditer(r"([\w./]*)METHOD\.md(#[\w-]+)?", open(path).read()):
             assert match.group(1).endswith("docs/"), (path, match.group(0))
@@ -992,12 +1042,12 @@ def test_each_seeds_split_needs_a_batch_of_fitting_training_pairs_and_one_fittin
     short, long = ("p", "c", "r"), ("p" * 50, "c", "r")
     fits = lambda prompt: len(prompt) < 10  # noqa: E731
     ok = ([short] * 3 + [long], [short, long])
-    rddpo.report.check_splits([ok], fits, batch_size=3, max_length=10)
-    with pytest.raises(rddpo.UsageError, match="--batch-size 4 is larger than the 3 training pairs"):
-        rddpo.report.check_splits([ok], fits, batch_size=4, max_length=10)
-    with pytest.raises(rddpo.UsageError, match="no held-out prompt fits"):
-        rddpo.report.check_splits([ok, ([short] * 3, [long])], fits, batch_size=3, max_length=10)
-    rddpo.report.check_splits([([long] * 3, [long])], None, batch_size=3, max_length=10)  # None: all fit
+    data.check_splits([ok], fits, batch_size=3, max_length=10)
+    with pytest.raises(cli.UsageError, match="--batch-size 4 is larger than the 3 training pairs"):
+        data.check_splits([ok], fits, batch_size=4, max_length=10)
+    with pytest.raises(cli.UsageError, match="no held-out prompt fits"):
+        data.check_splits([ok, ([short] * 3, [long])], fits, batch_size=3, max_length=10)
+    data.check_splits([([long] * 3, [long])], None, batch_size=3, max_length=10)  # None: all fit
 
 
 # -----------------------------------------------------------------------------
@@ -1007,7 +1057,7 @@ def test_each_seeds_split_needs_a_batch_of_fitting_training_pairs_and_one_fittin
 def sample_without_cache(model, tokenizer, prompts, max_new_tokens):
     """the plain loop: the whole sequence through the model for every new token; response ids as drawn."""
     eos = tokenizer.eos_token_id
-    ids, mask = rddpo.report.pad([tokenizer(p, add_special_tokens=False).input_ids for p in prompts], eos, side="left")
+    ids, mask = rddpo.pad([tokenizer(p, add_special_tokens=False).input_ids for p in prompts], eos, side="left")
     done, start = torch.zeros(len(ids), dtype=torch.bool), ids.shape[1]
     with torch.no_grad():
         for _ in range(max_new_tokens):
@@ -1024,7 +1074,7 @@ def test_sampling_with_a_key_value_cache_draws_what_the_plain_loop_draws(tiny, t
     """same seed, same prompts of different lengths (left padding): the same token ids, cut-off ones without eos."""
     prompts = PROMPTS + ["a few words about the glass house :"]
     torch.manual_seed(3)
-    drawn = rddpo.report.sample(tiny, tokenizer, prompts, max_new_tokens=12, max_length=64, device="cpu")
+    drawn = models.sample(tiny, tokenizer, prompts, max_new_tokens=12, max_length=64, device="cpu")
     torch.manual_seed(3)
     assert drawn.response_ids == sample_without_cache(tiny, tokenizer, prompts, 12)
     assert any(tokenizer.eos_token_id not in r for r in drawn.response_ids)  # a random model rarely stops: cut-offs
@@ -1061,7 +1111,7 @@ def test_kl_of_sampled_responses_is_never_negative_and_its_mean_is_the_exact_kl(
     kl2 = (lp2.exp() * (lp2 - lq2)).sum(-1)  # (V,)
     exact = (kl1 + (lp1[0].exp() * kl2)[torch.arange(V) != eos].sum()).item()
     torch.manual_seed(0)
-    drawn = rddpo.report.sample(policy, tokenizer, [PROMPTS[0]] * 3000, max_new_tokens=2, max_length=64, device="cpu")
+    drawn = models.sample(policy, tokenizer, [PROMPTS[0]] * 3000, max_new_tokens=2, max_length=64, device="cpu")
     kl, logratio = rddpo.sequence_kl(policy, tiny, rddpo.token_rows(drawn.prompt_ids, drawn.response_ids, eos), "cpu")
     assert (kl >= 0).all() and exact > 0.5
     assert abs(kl.mean().item() - exact) < 4 * kl.std().item() / math.sqrt(len(kl)), (kl.mean().item(), exact)
@@ -1071,7 +1121,7 @@ def test_kl_of_sampled_responses_is_never_negative_and_its_mean_is_the_exact_kl(
 def test_token_rows_hold_exactly_the_ids_drawn_and_add_no_eos_to_a_cut_off_response(tokenizer):
     """a cut-off response [5, 6] keeps its two tokens; an ended one [7, eos] keeps its eos; prompts masked out."""
     eos = tokenizer.eos_token_id
-    drawn = rddpo.report.Sampled(["", ""], [[1, 2, 3], [4]], [[5, 6], [7, eos]])
+    drawn = models.Sampled(["", ""], [[1, 2, 3], [4]], [[5, 6], [7, eos]])
     tokens = rddpo.token_rows(drawn.prompt_ids, drawn.response_ids, eos)
     assert tokens.input_ids.tolist() == [[1, 2, 3, 5, 6], [4, 7, eos, eos, eos]]
     assert tokens.response_mask.tolist() == [[0, 0, 0, 1, 1], [0, 1, 1, 0, 0]]
@@ -1086,7 +1136,7 @@ def test_neutral_gold_hand_values():
     """(positive - negative) / (positive + negative + neutral adjectives): 'great' and 'dull' -> 0; 'great' and
     the neutral 'quiet' -> 1/2; 'awful' alone -> -1; no adjective -> 0; word salad 'great great boring' -> 1/3."""
     def gold(text):
-        return rddpo.gold_reward(text, "neutral")
+        return task.gold_reward(text, "neutral")
     assert gold(" the acting was great . the plot was dull .") == 0.0
     assert gold(" the plot was great . the music was quiet .") == 0.5
     assert gold(" the plot was awful .") == -1.0
@@ -1101,18 +1151,18 @@ def test_careful_gold_hand_values():
     past 3. 'great' and 'dull' -> 0 - 0 - 0 = 0; the same sentence three times -> 1 - 2/3 = 1/3; five distinct
     positive sentences -> 1 - 0 - 0.25 * 2 = 0.5; word salad 'great great boring' (one garbled sentence) -> 0 - 1 = -1;
     a garbled sentence beside a good one -> 1 - 1/2 = 0.5; nothing -> 0."""
-    assert rddpo.gold_reward(" the acting was great . the plot was dull .") == 0.0
-    assert rddpo.gold_reward(" the plot was great . " * 3) == pytest.approx(1 / 3)
+    assert task.gold_reward(" the acting was great . the plot was dull .") == 0.0
+    assert task.gold_reward(" the plot was great . " * 3) == pytest.approx(1 / 3)
     five = " the plot was great . the cast was superb . the music was moving . the ending was clever . the script was fun ."
-    assert rddpo.gold_reward(five) == pytest.approx(1 - 1 / 5 - 0.25 * 2)  # 'fun' is no adjective of the task: garbled
-    assert rddpo.gold_reward(five.replace("fun", "charming")) == pytest.approx(0.5)
-    assert rddpo.gold_reward(" great great boring") == -1.0
-    assert rddpo.gold_reward(" the plot was great . harbor : harbor the") == 0.5
-    assert rddpo.gold_reward("") == 0.0
-    assert rddpo.gold_reward("The acting was GREAT. The plot was very dull!") == 0.0  # any tokenizer's text
-    assert rddpo.gold_reward("The acting was great.") == rddpo.gold_reward(" the acting was great .") == 1.0
+    assert task.gold_reward(five) == pytest.approx(1 - 1 / 5 - 0.25 * 2)  # 'fun' is no adjective of the task: garbled
+    assert task.gold_reward(five.replace("fun", "charming")) == pytest.approx(0.5)
+    assert task.gold_reward(" great great boring") == -1.0
+    assert task.gold_reward(" the plot was great . harbor : harbor the") == 0.5
+    assert task.gold_reward("") == 0.0
+    assert task.gold_reward("The acting was GREAT. The plot was very dull!") == 0.0  # any tokenizer's text
+    assert task.gold_reward("The acting was great.") == task.gold_reward(" the acting was great .") == 1.0
     with pytest.raises(ValueError, match="careful, neutral"):
-        rddpo.gold_reward("x", "kind")
+        task.gold_reward("x", "kind")
 
 
 def test_length_hurts_under_the_careful_gold_and_not_under_the_neutral_one():
@@ -1120,9 +1170,9 @@ def test_length_hurts_under_the_careful_gold_and_not_under_the_neutral_one():
     (correlation below -0.3) while the neutral one does not depend on it (|correlation| < 0.05): only under the
     careful reader can the annotator's taste for length do harm."""
     rng = np.random.default_rng(0)
-    texts = [rddpo.make_review(rng) for _ in range(3000)]
+    texts = [task.make_review(rng) for _ in range(3000)]
     n = np.array([t.count(".") for t in texts])
-    careful, neutral = (np.array([rddpo.gold_reward(t, g) for t in texts]) for g in ("careful", "neutral"))
+    careful, neutral = (np.array([task.gold_reward(t, g) for t in texts]) for g in ("careful", "neutral"))
     assert np.corrcoef(careful, n)[0, 1] < -0.3
     assert abs(np.corrcoef(neutral, n)[0, 1]) < 0.05
 
@@ -1133,10 +1183,10 @@ def test_the_annotator_follows_gold_at_bias_0_length_at_bias_1_and_a_coin_on_tie
     gold1, gold2 = np.array([1.0, 0.0] + [0.5] * 400), np.array([0.0, 1.0] + [0.5] * 400)
     len1, len2 = np.array([3, 10] + [5] * 400), np.array([10, 3] + [5] * 400)
     for bias, expect in ((0.0, [True, False]), (1.0, [False, True])):
-        wins = rddpo.annotate(gold1, gold2, len1, len2, bias, np.random.default_rng(0))
+        wins = task.annotate(gold1, gold2, len1, len2, bias, np.random.default_rng(0))
         assert wins[:2].tolist() == expect, bias
         assert 0.4 < wins[2:].mean() < 0.6
-    wins = rddpo.annotate(np.tile(gold1[:2], 500), np.tile(gold2[:2], 500), np.tile(len1[:2], 500),
+    wins = task.annotate(np.tile(gold1[:2], 500), np.tile(gold2[:2], 500), np.tile(len1[:2], 500),
                           np.tile(len2[:2], 500), 0.3, np.random.default_rng(1))  # bias 0.3: the longer (second of pair 1) wins 30 % of the time
     assert abs((~wins[::2]).mean() - 0.3) < 0.05 and abs(wins[1::2].mean() - 0.3) < 0.05
 
@@ -1158,7 +1208,7 @@ def test_train_policy_takes_the_documented_adamw_steps_from_the_reference_and_le
     pairs = easy_pairs(tokenizer)
     pairs.ref_logps = rddpo.all_logps(reference, pairs.tokens, np.arange(16), "cpu")
     before = copy.deepcopy(reference.state_dict())
-    cfg = rddpo.Config(steps=3, batch_size=4, lr=1e-2, log_every=1, eval_points=1)
+    cfg = experiment.Config(steps=3, batch_size=4, lr=1e-2, log_every=1, eval_points=1)
     logged = []
     policy, shares = rddpo.train_policy(reference, pairs, "dpo", cfg, seed=0, device="cpu",
                                         log=lambda step, m: logged.append(m))
@@ -1189,7 +1239,7 @@ def test_edpo_training_counts_which_member_was_the_minimum(tiny, tokenizer):
     pairs.rm_family[1, :8], pairs.rm_family[2, :8] = 5.0, -5.0  # (K, 2N): chosen rows first
     pairs.pool = rddpo.tokenize(tokenizer, PROMPTS, RESPONSES, 64)
     pairs.pool_ref_logps = rddpo.all_logps(tiny, pairs.pool, np.arange(3), "cpu")
-    cfg = rddpo.Config(steps=4, batch_size=4, lr=1e-4, log_every=10, eval_points=1)
+    cfg = experiment.Config(steps=4, batch_size=4, lr=1e-4, log_every=10, eval_points=1)
     _, shares = rddpo.train_policy(tiny, pairs, "e-dpo", cfg, seed=0, device="cpu", log=lambda *a: None)
     assert shares == [1.0, 0.0, 0.0]
 
@@ -1199,23 +1249,23 @@ def test_evaluate_gives_win_rate_one_half_and_kl_zero_for_the_reference_and_kl_a
     so the win rate is exactly 0.5 (ties count half) and the KL exactly 0; a sharpened policy has KL > 0."""
     prompts = PROMPTS * 6
     torch.manual_seed(11)
-    ref = rddpo.report.sample(tiny, tokenizer, prompts, 12, 64, "cpu")
-    ev = rddpo.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
-                        "cpu", ref, gold="careful", ref_gold=np.array([rddpo.gold_reward(t) for t in ref.texts]),
+    ref = models.sample(tiny, tokenizer, prompts, 12, 64, "cpu")
+    ev = experiment.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
+                        "cpu", ref, gold="careful", ref_gold=np.array([task.gold_reward(t) for t in ref.texts]),
                         ref_length=1.0)
     ev.prompts = prompts
     pairs = easy_pairs(tokenizer)
     pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
     torch.manual_seed(11)
-    same, _ = rddpo.evaluate(copy.deepcopy(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
+    same, _ = experiment.evaluate(copy.deepcopy(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
     assert same["win_rate"] == 0.5 and same["kl"] == 0.0 and same["margin_max"] == 0.0
     assert same["heldout_accuracy"] == 0.5  # h = 0 on every held-out pair: a tie, counted half
     assert same["fkl_heldout"] == 0.0 and same["fkl_train"] == 0.0
     torch.manual_seed(11)
-    other, shown = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu", n_show=3)
+    other, shown = experiment.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu", n_show=3)
     assert other["kl"] > 0.1 and other["kl_per_token"] > 0
     torch.manual_seed(11)  # the same samples again: KL(pi || pi_ref), the policy first (the enumeration test checks it)
-    drawn = rddpo.report.sample(sharpened(tiny), tokenizer, prompts, 12, 64, "cpu")
+    drawn = models.sample(sharpened(tiny), tokenizer, prompts, 12, 64, "cpu")
     kl, logratio = rddpo.sequence_kl(sharpened(tiny), tiny, rddpo.token_rows(drawn.prompt_ids, drawn.response_ids,
                                                                               tokenizer.eos_token_id), "cpu")
     assert other["kl"] == pytest.approx(kl.mean().item(), rel=1e-6)
@@ -1236,18 +1286,18 @@ def test_label_pairs_gives_the_annotators_winner_as_chosen():
     """'great' (5 words, gold 1) against 'awful ... quiet' (10 words, gold -1/2): at bias 0 the first is chosen, at
     bias 1 the longer second one is."""
     first, second = [" the plot was great ."], [" the plot was awful . the music was quiet ."]
-    assert rddpo.label_pairs(first, second, 0.0, np.random.default_rng(0)) == (first, second)
-    assert rddpo.label_pairs(first, second, 1.0, np.random.default_rng(0)) == (second, first)
+    assert task.label_pairs(first, second, 0.0, np.random.default_rng(0)) == (first, second)
+    assert task.label_pairs(first, second, 1.0, np.random.default_rng(0)) == (second, first)
 
 
 def test_split_pairs_holds_out_a_tenth_disjoint_from_training_and_seeded():
     """20 pairs: 18 to train, 2 held out, none in both, all used; the same seed splits alike, another seed not."""
     pairs = [(f"p{i}", "c", "r") for i in range(20)]
-    train, held = rddpo.report.split_pairs(pairs, 0)
+    train, held = data.split_pairs(pairs, 0)
     assert len(train) == 18 and len(held) == 2 and not set(train) & set(held) and set(train) | set(held) == set(pairs)
-    assert rddpo.report.split_pairs(pairs, 0) == (train, held)
-    assert [rddpo.report.split_pairs(pairs, s)[1] for s in range(1, 6)] != [held] * 5
-    assert len(rddpo.report.split_pairs(pairs[:5], 0)[1]) == 1  # at least one pair is held out
+    assert data.split_pairs(pairs, 0) == (train, held)
+    assert [data.split_pairs(pairs, s)[1] for s in range(1, 6)] != [held] * 5
+    assert len(data.split_pairs(pairs[:5], 0)[1]) == 1  # at least one pair is held out
 
 
 def test_train_policy_calls_the_checkpoint_at_evenly_spaced_steps_the_last_at_the_end(tiny, tokenizer):
@@ -1256,7 +1306,7 @@ def test_train_policy_calls_the_checkpoint_at_evenly_spaced_steps_the_last_at_th
     pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
     for points, want in ((2, [3, 6]), (3, [2, 4, 6])):
         seen = []
-        cfg = rddpo.Config(steps=6, batch_size=4, eval_points=points, log_every=10)
+        cfg = experiment.Config(steps=6, batch_size=4, eval_points=points, log_every=10)
         rddpo.train_policy(tiny, pairs, "ipo", cfg, 0, "cpu", log=lambda *a: None,
                            checkpoint=lambda step, policy: seen.append(step))
         assert seen == want
@@ -1267,16 +1317,16 @@ def test_evaluate_compares_the_policys_gold_with_pi_refs(tiny, tokenizer):
     sample beats pi_ref's on that prompt plus half the ties, read off the same samples drawn again with the same seed."""
     prompts = PROMPTS * 6
     torch.manual_seed(11)
-    ref = rddpo.report.sample(tiny, tokenizer, prompts[:3], 12, 64, "cpu")
-    ev = rddpo.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
+    ref = models.sample(tiny, tokenizer, prompts[:3], 12, 64, "cpu")
+    ev = experiment.held_out(prompts[:3], [" the plot was great ."] * 3, [" the plot was awful ."] * 3, tiny, tokenizer, 64,
                         "cpu", ref, gold="careful", ref_gold=np.resize([-1.0, 1.0, 0.0], len(prompts)), ref_length=1.0)
     ev.prompts = prompts
     pairs = easy_pairs(tokenizer)
     pairs.ref_logps = rddpo.all_logps(tiny, pairs.tokens, np.arange(16), "cpu")
     torch.manual_seed(5)
-    res, _ = rddpo.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
+    res, _ = experiment.evaluate(sharpened(tiny), tiny, tokenizer, pairs, ev, 0.1, 12, 64, "cpu")
     torch.manual_seed(5)
-    gold = np.array([rddpo.gold_reward(t) for t in rddpo.report.sample(sharpened(tiny), tokenizer, prompts, 12, 64,
+    gold = np.array([task.gold_reward(t) for t in models.sample(sharpened(tiny), tokenizer, prompts, 12, 64,
                                                                           "cpu", "evaluate").texts])
     ref_gold = ev.ref_gold  # prompt by prompt: -1, 1, 0, -1, ...
     assert res["win_rate"] == pytest.approx(np.mean(gold > ref_gold) + 0.5 * np.mean(gold == ref_gold))
@@ -1291,13 +1341,13 @@ def test_reward_model_stats_hand_values():
     mean |dr| = 1.5, which at beta 0.1 asks for a log-ratio margin of 1.5 / 0.1 = 15 nats."""
     chosen, rejected = ["a", "a b", "a b c"], ["a b c d", "a b c d e", "a b c d e f"]
     gold = {"a": 1.0, "a b": -1.0, "a b c": 0.5, "a b c d": 0.0, "a b c d e": 1.0, "a b c d e f": 0.5}
-    out = rddpo.report.reward_model_stats(torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 1.0]), torch.tensor([3.0, 1.0, 1.0, 2.0]),
+    out = report.reward_model_stats(torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 1.0]), torch.tensor([3.0, 1.0, 1.0, 2.0]),
                                           chosen, rejected, gold.get, beta=0.1)
     assert out["accuracy_labels"] == pytest.approx(1 / 3) and out["accuracy_gold"] == 1.0
     r, lengths = np.array([2, 0, 1, 1, 1, 1.0]), np.arange(1, 7)
     assert out["length_corr"] == pytest.approx(np.corrcoef(r, lengths)[0, 1]) and out["reward_diff"] == 1.5
     assert out["heldout_pairs"] == 3 and out["target_logratio"] == pytest.approx(15.0)
-    assert "accuracy_gold" not in rddpo.report.reward_model_stats(torch.ones(6), torch.ones(4), chosen, rejected)
+    assert "accuracy_gold" not in report.reward_model_stats(torch.ones(6), torch.ones(4), chosen, rejected)
 
 
 # -----------------------------------------------------------------------------
@@ -1312,16 +1362,16 @@ def test_a_model_folder_is_fine_tuned_on_the_task_once_and_then_read_from_the_ca
     folder = tmp_path / "my-model"
     tiny.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    cfg = rddpo.Config(model=str(folder), sft_steps=3, out=str(tmp_path / "out"))
-    tuned, _ = rddpo.load_reference(cfg, "cpu")
+    cfg = experiment.Config(model=str(folder), sft_steps=3, out=str(tmp_path / "out"))
+    tuned, _ = models.load_reference(cfg, "cpu")
     key = "transformer.h.0.mlp.c_fc.weight"
     assert not torch.equal(tuned.state_dict()[key], tiny.state_dict()[key])
-    cached = tmp_path / "out" / f"reference-{rddpo.report.slug(str(folder))}-T64-S3"
+    cached = tmp_path / "out" / f"reference-{models.slug(str(folder))}-T64-S3"
     assert (cached / "config.json").is_file()
-    monkeypatch.setattr(rddpo.report, "pretrain", lambda *a, **k: pytest.fail("fine-tuned twice"))
-    again, _ = rddpo.load_reference(cfg, "cpu")
+    monkeypatch.setattr(models, "pretrain", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    again, _ = models.load_reference(cfg, "cpu")
     torch.testing.assert_close(again.state_dict()[key], tuned.state_dict()[key])
-    plain, _ = rddpo.load_reference(dataclasses.replace(cfg, sft_steps=0, out=str(tmp_path / "out0")), "cpu")
+    plain, _ = models.load_reference(dataclasses.replace(cfg, sft_steps=0, out=str(tmp_path / "out0")), "cpu")
     assert torch.equal(plain.state_dict()[key], tiny.state_dict()[key]) and not (tmp_path / "out0").exists()
 
 
@@ -1342,20 +1392,20 @@ def test_sft_on_your_data_trains_on_the_seeds_training_chosen_responses_only(tmp
     folder, path = tmp_path / "my-model", data_file(tmp_path)
     tiny.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    seen, fine_tune = {}, rddpo.report.fine_tune
+    seen, fine_tune = {}, models.fine_tune
     def spy(model, tokens, steps, lr, batch_size, seed, device):
         seen[seed] = {tokenizer.decode(ids[resp.bool()][:-1]) for ids, resp in zip(tokens.input_ids, tokens.response_mask)}
         assert all(tokenizer.decode(ids[resp.bool() == 0][:m.sum() - resp.sum()]).endswith(":")
                    for ids, resp, m in zip(tokens.input_ids, tokens.response_mask, tokens.attention_mask))
         return fine_tune(model, tokens, steps, lr, batch_size, seed, device)
-    monkeypatch.setattr(rddpo.report, "fine_tune", spy)
-    cfg = rddpo.Config(model=str(folder), data=str(path), methods="dpo", sft_steps=4, steps=1, seeds=[0, 1],
+    monkeypatch.setattr(models, "fine_tune", spy)
+    cfg = experiment.Config(model=str(folder), data=str(path), methods="dpo", sft_steps=4, steps=1, seeds=[0, 1],
                        batch_size=4, eval_points=1, max_new_tokens=4, out=str(tmp_path / "out"))
-    results, _ = rddpo.run(dataclasses.replace(cfg, lr=3e-5))
+    results, _ = experiment.run(dataclasses.replace(cfg, lr=3e-5))
     assert results["config"]["lr"] == 3e-5
-    pairs = rddpo.report.read_pairs(str(path))
+    pairs = data.read_pairs(str(path))
     for seed in (0, 1):
-        train, held = rddpo.report.split_pairs(pairs, seed)
+        train, held = data.split_pairs(pairs, seed)
         assert seen[seed] == {tokenizer.decode(tokenizer(c).input_ids) for _, c, _ in train}
         assert not seen[seed] & {tokenizer.decode(tokenizer(c).input_ids) for _, c, _ in held}
     assert seen[0] != seen[1]
@@ -1381,7 +1431,7 @@ def test_fine_tune_learns_the_responses_only_the_prompts_and_padding_are_masked_
             seen.append((input_ids, labels))
             return self.inner(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
     model = Recorder()
-    rddpo.report.fine_tune(model, tokens, 1, 1e-3, 2, 0, "cpu")
+    models.fine_tune(model, tokens, 1, 1e-3, 2, 0, "cpu")
     (ids, labels), = seen
     want = {tuple(torch.where(r.bool(), i, -100).tolist()) for i, r in zip(tokens.input_ids, tokens.response_mask)}
     assert {tuple(row.tolist()) for row in labels} == want and {tuple(row.tolist()) for row in ids} == {
@@ -1396,10 +1446,10 @@ def test_the_default_learning_rate_is_the_tiny_models_and_scales_with_one_over_a
     from transformers import LlamaConfig, LlamaForCausalLM
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=128, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2))
-    assert rddpo.report.learning_rate(rddpo.Config(), tiny) == 1e-4  # tiny is 32 wide here: still 1e-4
-    assert rddpo.report.learning_rate(rddpo.Config(model="some/folder"), llama) == pytest.approx(5e-5)
-    assert rddpo.report.learning_rate(rddpo.Config(model="gpt2"), tiny) == pytest.approx(2e-4)  # n_embd 32
-    assert rddpo.report.learning_rate(rddpo.Config(model="gpt2", lr=3e-6), tiny) == 3e-6
+    assert rddpo.learning_rate(experiment.Config(), tiny) == 1e-4  # tiny is 32 wide here: still 1e-4
+    assert rddpo.learning_rate(experiment.Config(model="some/folder"), llama) == pytest.approx(5e-5)
+    assert rddpo.learning_rate(experiment.Config(model="gpt2"), tiny) == pytest.approx(2e-4)  # n_embd 32
+    assert rddpo.learning_rate(experiment.Config(model="gpt2", lr=3e-6), tiny) == 3e-6
 
 
 def test_sft_on_your_data_is_cached_under_a_key_of_model_data_seed_and_settings(tmp_path, tiny, tokenizer,
@@ -1411,47 +1461,47 @@ def test_sft_on_your_data_is_cached_under_a_key_of_model_data_seed_and_settings(
     folder, path = tmp_path / "my-model", data_file(tmp_path)
     tiny.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    cfg = rddpo.Config(model=str(folder), data=str(path), sft_steps=2, batch_size=4, out=str(tmp_path / "out"))
-    base, _ = rddpo.load_reference(cfg, "cpu")
-    pairs = rddpo.report.read_pairs(str(path))
-    first, _ = rddpo.report.data_reference(base, tokenizer, cfg, pairs, 0, "cpu", rddpo.tokenize, rddpo.all_logps)
+    cfg = experiment.Config(model=str(folder), data=str(path), sft_steps=2, batch_size=4, out=str(tmp_path / "out"))
+    base, _ = models.load_reference(cfg, "cpu")
+    pairs = data.read_pairs(str(path))
+    first, _ = models.data_reference(base, tokenizer, cfg, pairs, 0, "cpu")
     key = "transformer.h.0.mlp.c_fc.weight"
     assert not torch.equal(first.state_dict()[key], tiny.state_dict()[key])
     assert torch.equal(base.state_dict()[key], tiny.state_dict()[key])  # the base itself is not trained
     fresh = []
     for n, noise in enumerate((1, 2)):  # whatever ran before in the process (here: another global seed), the same
         torch.manual_seed(noise)
-        fresh.append(rddpo.report.data_reference(base, tokenizer, dataclasses.replace(cfg, out=str(tmp_path / f"o{n}")),
-                                                 pairs, 0, "cpu", rddpo.tokenize, rddpo.all_logps)[0])
+        fresh.append(models.data_reference(base, tokenizer, dataclasses.replace(cfg, out=str(tmp_path / f"o{n}")),
+                                                 pairs, 0, "cpu", )[0])
     assert torch.equal(fresh[0].state_dict()[key], fresh[1].state_dict()[key])
-    monkeypatch.setattr(rddpo.report, "fine_tune", lambda *a, **k: pytest.fail("fine-tuned twice"))
-    again, _ = rddpo.report.data_reference(base, tokenizer, cfg, pairs, 0, "cpu", rddpo.tokenize, rddpo.all_logps)
+    monkeypatch.setattr(models, "fine_tune", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    again, _ = models.data_reference(base, tokenizer, cfg, pairs, 0, "cpu")
     assert torch.equal(again.state_dict()[key], first.state_dict()[key])
     other = data_file(tmp_path, n=21, name="other.jsonl")
     same_name = tmp_path / "copy.jsonl"
     same_name.write_bytes(path.read_bytes())
-    keys = {rddpo.report.sft_cache(c, seed, 1e-5) for c, seed in [
+    keys = {models.sft_cache(c, seed, 1e-5) for c, seed in [
         (cfg, 0), (cfg, 1), (dataclasses.replace(cfg, data=str(other)), 0), (dataclasses.replace(cfg, sft_steps=3), 0),
         (dataclasses.replace(cfg, chat_template=True), 0), (dataclasses.replace(cfg, batch_size=8), 0),
         (dataclasses.replace(cfg, max_length=80), 0), (dataclasses.replace(cfg, dtype="bfloat16"), 0)]}
     assert len(keys) == 8
-    assert rddpo.report.sft_cache(dataclasses.replace(cfg, data=str(same_name)), 0, 1e-5) == rddpo.report.sft_cache(cfg, 0, 1e-5)
-    assert rddpo.report.sft_cache(cfg, 0, 2e-5) != rddpo.report.sft_cache(cfg, 0, 1e-5)
-    assert rddpo.report.sft_steps(dataclasses.replace(cfg, sft_steps=None)) == 0
-    assert rddpo.report.sft_steps(rddpo.Config()) == 600 and rddpo.report.sft_steps(rddpo.Config(quick=True)) == 150
+    assert models.sft_cache(dataclasses.replace(cfg, data=str(same_name)), 0, 1e-5) == models.sft_cache(cfg, 0, 1e-5)
+    assert models.sft_cache(cfg, 0, 2e-5) != models.sft_cache(cfg, 0, 1e-5)
+    assert models.sft_steps(dataclasses.replace(cfg, sft_steps=None)) == 0
+    assert models.sft_steps(experiment.Config()) == 600 and models.sft_steps(experiment.Config(quick=True)) == 150
 
 
 def test_slug_makes_one_folder_name_of_a_model_name_or_path():
-    assert rddpo.report.slug("gpt2") == "gpt2"
-    assert rddpo.report.slug("./models/my lm/") == "models-my-lm"
-    assert rddpo.report.slug("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB-SmolLM2-135M"
+    assert models.slug("gpt2") == "gpt2"
+    assert models.slug("./models/my lm/") == "models-my-lm"
+    assert models.slug("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB-SmolLM2-135M"
 
 
 def test_the_kl_pool_is_steps_times_batch_samples_of_pi_ref_with_their_log_probs(tiny, tokenizer):
     """steps 2 x batch 3 = 6 responses drawn from pi_ref on the prompts in turn; their stored log pi_ref is the
     reference's log-prob of exactly those ids (checked one token at a time)."""
-    cfg = rddpo.Config(steps=2, batch_size=3, max_new_tokens=8)
-    pool, ref_logps = rddpo.kl_pool(tiny, tokenizer, PROMPTS[:2], cfg, seed=0, device="cpu")
+    cfg = experiment.Config(steps=2, batch_size=3, max_new_tokens=8)
+    pool, ref_logps = experiment.kl_pool(tiny, tokenizer, PROMPTS[:2], cfg, seed=0, device="cpu")
     assert pool.input_ids.shape[0] == 6 and ref_logps.shape == (6,)
     for i in range(6):
         ids = pool.input_ids[i][pool.attention_mask[i].bool()].tolist()
@@ -1497,7 +1547,7 @@ def test_only_distillation_trains_on_the_unlabelled_pairs(tiny, tokenizer, monke
     and e-DPO draw from all 8 and, over 18 draws, reach the unlabelled ones."""
     pairs = pooled_pairs(tiny, tokenizer, 4)
     seen = recorded_rows(monkeypatch, "pairs")
-    cfg = rddpo.Config(steps=6, batch_size=3, log_every=100, eval_points=1)
+    cfg = experiment.Config(steps=6, batch_size=3, log_every=100, eval_points=1)
     rddpo.train_policy(tiny, pairs, method, cfg, 0, "cpu", log=lambda *a: None)
     pairs_drawn = np.concatenate([rows[:3] for rows in seen])  # the chosen rows: the pairs' indices
     assert len(seen) == 6 and all((rows[3:] == rows[:3] + 8).all() for rows in seen)
@@ -1512,7 +1562,7 @@ def test_each_pool_response_is_used_once_in_a_random_order(tiny, tokenizer, monk
     """a pool of 6, 2 steps of 3: the steps take 6 distinct rows, a permutation of 0-5 that is not 0, 1, ... 5."""
     pairs = pooled_pairs(tiny, tokenizer, 8)
     seen = recorded_rows(monkeypatch, "pool")
-    cfg = rddpo.Config(steps=2, batch_size=3, log_every=100, eval_points=1)
+    cfg = experiment.Config(steps=2, batch_size=3, log_every=100, eval_points=1)
     rddpo.train_policy(tiny, pairs, method, cfg, 0, "cpu", log=lambda *a: None)
     order = np.concatenate(seen)
     assert sorted(order.tolist()) == list(range(6)) and order.tolist() != list(range(6))
@@ -1527,9 +1577,9 @@ def test_unlabelled_pairs_are_drawn_from_pi_ref_scored_and_never_seen_by_a_rewar
         trained_on.append(np.asarray(pair_idx))
         return real(reference, pairs, pair_idx, *args, **kw)
     monkeypatch.setattr(rddpo, "train_reward_model", spy)
-    cfg = rddpo.Config(n_pairs=10, n_eval=4, unlabeled=6, methods="d-dpo", rm_steps=2, batch_size=4, ensemble=2,
+    cfg = experiment.Config(n_pairs=10, n_eval=4, unlabeled=6, methods="d-dpo", rm_steps=2, batch_size=4, ensemble=2,
                        max_new_tokens=8)
-    pairs, ev, info, _ = rddpo.prepare(tiny, tokenizer, cfg, 0.5, 0, "cpu", None)
+    pairs, ev, info, _ = experiment.prepare(tiny, tokenizer, cfg, 0.5, 0, "cpu", None)
     assert pairs.labelled == 10 and len(pairs.keep) == 16 and info["pairs"] == 10 and info["unlabeled"] == 6
     assert len(trained_on) == 3 and all(idx.max() < 10 for idx in trained_on)
     assert pairs.rm_plain.shape == (32,) and pairs.rm_family.shape == (2, 32) and pairs.pool is None
@@ -1544,9 +1594,9 @@ def test_chat_template_wraps_each_prompt_as_the_users_turn_and_a_model_without_o
                                "{% if add_generation_prompt %} :{% endif %}")
     tokenizer.save_pretrained(tmp_path / "chat")
     pairs = [("blue harbor", " the plot was great .", " the plot was dull .")]
-    assert rddpo.report.with_chat_template(pairs, str(tmp_path / "chat")) == [("review blue harbor :", *pairs[0][1:])]
-    with pytest.raises(rddpo.UsageError, match="has no chat template"):
-        rddpo.report.with_chat_template(pairs, str(tmp_path / "plain"))
+    assert data.with_chat_template(pairs, str(tmp_path / "chat")) == [("review blue harbor :", *pairs[0][1:])]
+    with pytest.raises(cli.UsageError, match="has no chat template"):
+        data.with_chat_template(pairs, str(tmp_path / "plain"))
 
 
 def test_a_chat_template_run_prints_the_users_question_not_the_templates_lines(tmp_path, tokenizer, capsys):
@@ -1557,20 +1607,20 @@ def test_a_chat_template_run_prints_the_users_question_not_the_templates_lines(t
     tokenizer.chat_template = ("system : be brief . {% for m in messages %}user : {{ m['content'] }}{% endfor %}"
                                "{% if add_generation_prompt %} assistant :{% endif %}")
     tokenizer.save_pretrained(tmp_path / "chat")
-    wrapped = rddpo.report.with_chat_template([("blue harbor", " a", " b")], str(tmp_path / "chat"))[0][0]
+    wrapped = data.with_chat_template([("blue harbor", " a", " b")], str(tmp_path / "chat"))[0][0]
     assert wrapped == "system : be brief . user : blue harbor assistant :"
-    question = rddpo.report.users_question(str(tmp_path / "chat"))
+    question = data.users_question(str(tmp_path / "chat"))
     assert question(wrapped) == "blue harbor" and question("the salt road") == "the salt road"
-    assert rddpo.report.users_question(str(tmp_path / "gone"))(wrapped) == wrapped
+    assert data.users_question(str(tmp_path / "gone"))(wrapped) == wrapped
     import test_report
     results, samples = test_report.fake_results(user_data=True)
     samples = [dict(s, prompt=wrapped) for s in samples]
     results["config"].update(model=str(tmp_path / "chat"), chat_template=True)
-    rddpo.report.print_summary(results, samples)
+    report.print_summary(results, samples, question)  # as experiment.run has the record print it
     shown = capsys.readouterr().out.split("samples, ")[1].splitlines()
     assert shown[1] == "  blue harbor" and not any("system" in line or "assistant" in line for line in shown)
     results["config"]["chat_template"] = False
-    rddpo.report.print_summary(results, samples)
+    report.print_summary(results, samples)
     assert capsys.readouterr().out.split("samples, ")[1].splitlines()[1] == "  " + wrapped
 
 
@@ -1579,8 +1629,8 @@ def test_the_pool_and_the_unlabelled_pairs_are_sampled_only_on_prompts_that_leav
     are drawn on the other prompts instead of failing to sample a response for them."""
     rows = [(PROMPTS[i % 3], " the plot was great .", " the plot was dull .") for i in range(20)]
     rows[:5] = [(" the" * 70, c, r) for _, c, r in rows[:5]]  # 70 tokens: no room left in 64
-    cfg = rddpo.Config(data="pairs.jsonl", methods="e-dpo", unlabeled=4, steps=2, batch_size=3, rm_steps=1, ensemble=2,
+    cfg = experiment.Config(data="pairs.jsonl", methods="e-dpo", unlabeled=4, steps=2, batch_size=3, rm_steps=1, ensemble=2,
                        max_new_tokens=6)
-    pairs, _, info, _ = rddpo.prepare(tiny, tokenizer, cfg, None, 0, "cpu", rows)
+    pairs, _, info, _ = experiment.prepare(tiny, tokenizer, cfg, None, 0, "cpu", rows)
     assert pairs.skipped >= 1 and info["unlabeled"] == 4 and pairs.pool.input_ids.shape[0] == 6
     assert (pairs.pool.response_mask.sum(-1) >= 1).all()

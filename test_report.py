@@ -1,5 +1,5 @@
-"""tests of report.py's run records, paired statistics, printed summary, samples and figures, on synthetic
-results shaped as rddpo.py writes them (no model is trained). run with `pytest -q test_report.py` (seconds)."""
+"""tests of records.py's run records, report.py's paired statistics and printed summary, samples, and figures.py's
+figures, on synthetic results shaped as experiment.py writes them (no model is trained). run with `pytest -q test_report.py` (seconds)."""
 import datetime
 import json
 import os
@@ -15,6 +15,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import cli
+import experiment
+import figures
+import records
 import report
 
 METHODS = ["dpo", "ipo", "d-dpo", "e-dpo", "p-dpo"]
@@ -175,14 +179,14 @@ def test_run_info_names_versions_the_command_and_an_iso_start():
     """versions from the installed packages; the command is `python PROGRAM ARGS`, quoted as a shell needs; the
     start is ISO 8601 local time with its offset, to the second; no command line (argv None): command None."""
     started = time.time() - 5
-    info = report.run_info(["--quick", "--out", "my runs"], started)
+    info = records.run_info(["--quick", "--out", "my runs"], started)
     assert info["command"] == "python rddpo.py --quick --out 'my runs'"
     assert info["python"] == platform.python_version() and info["numpy"] == np.__version__
     assert info["torch"] and info["transformers"] and info["platform"]
     when = datetime.datetime.fromisoformat(info["started"])
     assert when.tzinfo is not None and abs(when.timestamp() - started) < 1
-    assert report.run_info(["--steps", "4"], started, "bench.py")["command"] == "python bench.py --steps 4"
-    assert report.run_info(None, started)["command"] is None
+    assert records.run_info(["--steps", "4"], started, "bench.py")["command"] == "python bench.py --steps 4"
+    assert records.run_info(None, started)["command"] is None
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -191,17 +195,17 @@ def test_run_info_gives_this_checkouts_commit():
     head = subprocess.run(["git", "-C", HERE, "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
-    info = report.run_info([], time.time())
+    info = records.run_info([], time.time())
     assert info["git_commit"] == head.stdout.strip() and isinstance(info["git_dirty"], bool)
 
 
 def test_run_info_without_git_or_outside_a_checkout_gives_none(monkeypatch, tmp_path):
     """git missing (the call raises) or a folder that is no checkout: git_commit and git_dirty are None, no error."""
-    assert report.git_state(str(tmp_path)) == dict(git_commit=None, git_dirty=None)
+    assert records.git_state(str(tmp_path)) == dict(git_commit=None, git_dirty=None)
     def missing(*args, **kw):
         raise FileNotFoundError("git")
-    monkeypatch.setattr(report.subprocess, "run", missing)
-    info = report.run_info([], time.time())
+    monkeypatch.setattr(records.subprocess, "run", missing)
+    info = records.run_info([], time.time())
     assert info["git_commit"] is None and info["git_dirty"] is None
 
 
@@ -212,7 +216,7 @@ def read_results(record):
 
 def new_record(tmp_path, started=None):
     started = time.time() if started is None else started
-    return report.RunRecord(str(tmp_path), {"steps": 30}, "cpu", (0.5, 0), report.run_info([], started), started)
+    return records.RunRecord(str(tmp_path), {"steps": 30}, "cpu", (0.5, 0), records.run_info([], started), started)
 
 
 def test_run_record_says_running_during_the_run_and_finished_after_with_the_wall_time_from_started(tmp_path):
@@ -246,7 +250,7 @@ def test_run_record_failed_keeps_the_finished_runs_and_the_errors_first_line(tmp
 def test_run_record_ctrl_c_is_interrupted_and_raises_interrupted_naming_the_file(tmp_path):
     """ctrl-c: results.json says interrupted, keeps the finished runs, and Interrupted names its path."""
     record = new_record(tmp_path)
-    with pytest.raises(report.Interrupted, match="1 finished method runs kept in .*results.json"):
+    with pytest.raises(cli.Interrupted, match="1 finished method runs kept in .*results.json"):
         with record:
             record.results["runs"].append(fake_run(0.5, 0, 0, "dpo", 30, False))
             raise KeyboardInterrupt
@@ -283,7 +287,7 @@ def test_finish_prints_the_wall_time_with_pretraining_and_the_samples(tmp_path, 
             record.add(run, [s for s in samples if s["policy"] == run["method"]] if run is results["runs"][0] else [])
         record.samples += [s for s in samples if s["policy"] != results["runs"][0]["method"]]
     record.finish(METHODS)
-    assert report.read_samples(os.path.join(record.dir, "samples.jsonl"))  # add() wrote them
+    assert records.read_samples(os.path.join(record.dir, "samples.jsonl"))  # add() wrote them
     out = capsys.readouterr().out
     done = out.strip().splitlines()[-1]
     assert done.startswith("done in ") and "pretraining" in done
@@ -339,10 +343,10 @@ def test_write_samples_then_read_gives_the_same_rows(tmp_path):
     _, samples = fake_results(biases=(0.5,), seeds=(0,))
     samples[0]["response"] = " the plot was great .\nthe ending — quiet ."
     path = str(tmp_path / "samples.jsonl")
-    report.write_samples(path, samples)
+    records.write_samples(path, samples)
     with open(path) as fh:
         assert len(fh.readlines()) == len(samples)
-    assert report.read_samples(path) == samples
+    assert records.read_samples(path) == samples
 
 
 def test_print_samples_shows_the_first_bias_and_seed_pi_ref_first_and_cuts_long_responses(capsys):
@@ -388,7 +392,7 @@ def assert_figure(path):
 def test_a_sweep_writes_every_figure(tmp_path):
     """two biases, three seeds: curves, comparison, gold_vs_kl, reward_models and sweep, each non-trivial."""
     results, _ = fake_results()
-    report.plot(results, str(tmp_path), results["curves"], METHODS)
+    figures.plot(results, str(tmp_path), results["curves"], METHODS)
     for name in ("curves.png", "comparison.png", "gold_vs_kl.png", "reward_models.png", "sweep.png"):
         assert_figure(tmp_path / name)
 
@@ -396,7 +400,7 @@ def test_a_sweep_writes_every_figure(tmp_path):
 def test_a_single_bias_run_writes_every_figure_but_the_sweep(tmp_path):
     """one bias, one seed: no sweep.png; the others are written."""
     results, _ = fake_results(biases=(0.5,), seeds=(0,))
-    report.plot(results, str(tmp_path), None, METHODS)
+    figures.plot(results, str(tmp_path), None, METHODS)
     for name in ("curves.png", "comparison.png", "gold_vs_kl.png", "reward_models.png"):
         assert_figure(tmp_path / name)
     assert not os.path.exists(tmp_path / "sweep.png")
@@ -405,7 +409,7 @@ def test_a_single_bias_run_writes_every_figure_but_the_sweep(tmp_path):
 def test_a_user_data_run_writes_its_figures_without_gold(tmp_path, capsys):
     """your own data: no gold reward or win rate, held-out accuracy instead; the figures and the summary still come."""
     results, samples = fake_results(biases=(0.5,), seeds=(0, 1), user_data=True)
-    report.plot(results, str(tmp_path), None, METHODS)
+    figures.plot(results, str(tmp_path), None, METHODS)
     for name in ("curves.png", "comparison.png", "gold_vs_kl.png", "reward_models.png"):
         assert_figure(tmp_path / name)
     report.print_summary(results, samples)
@@ -416,10 +420,10 @@ def test_a_user_data_run_writes_its_figures_without_gold(tmp_path, capsys):
 def test_curves_have_a_row_for_every_bias(tmp_path):
     """curves.png of two biases is about twice as tall as that of one: a row per bias, not the first bias only."""
     results, _ = fake_results(biases=(0.0, 0.5), seeds=(0,))
-    report.plot(results, str(tmp_path), None, METHODS)
+    figures.plot(results, str(tmp_path), None, METHODS)
     two = matplotlib.image.imread(tmp_path / "curves.png").shape[0]
     one_bias = dict(results, curves={"0.0": results["curves"]["0.0"]})
-    report.plot(one_bias, str(tmp_path), None, METHODS)
+    figures.plot(one_bias, str(tmp_path), None, METHODS)
     assert two > 1.7 * matplotlib.image.imread(tmp_path / "curves.png").shape[0]
 
 
@@ -428,9 +432,9 @@ def test_checkpoint_means_average_seeds_at_each_step_in_step_order():
     (3.5, 0.65); a record without checkpoints gives its own final point."""
     records = [dict(checkpoints=[dict(step=20, kl=3.0, win_rate=0.6), dict(step=10, kl=1.0, win_rate=0.5)]),
                dict(checkpoints=[dict(step=10, kl=2.0, win_rate=0.6), dict(step=20, kl=4.0, win_rate=0.7)])]
-    kl, win = report.checkpoint_means(records, "win_rate")
+    kl, win = figures.checkpoint_means(records, "win_rate")
     assert kl == pytest.approx([1.5, 3.5]) and win == pytest.approx([0.55, 0.65])
-    assert report.checkpoint_means([dict(kl=2.0, win_rate=0.4)], "win_rate") == ([2.0], [0.4])
+    assert figures.checkpoint_means([dict(kl=2.0, win_rate=0.4)], "win_rate") == ([2.0], [0.4])
 
 
 def test_results_of_an_older_run_still_print_and_plot(tmp_path, capsys):
@@ -444,7 +448,7 @@ def test_results_of_an_older_run_still_print_and_plot(tmp_path, capsys):
     report.print_summary(old)
     out = capsys.readouterr().out
     assert "pi_ref" in out and "need 2+ seeds" in out
-    report.plot(old, str(tmp_path), old["curves"], METHODS)
+    figures.plot(old, str(tmp_path), old["curves"], METHODS)
     for name in ("curves.png", "comparison.png", "gold_vs_kl.png", "sweep.png"):
         assert_figure(tmp_path / name)
     assert not os.path.exists(tmp_path / "reward_models.png")

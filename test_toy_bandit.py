@@ -340,8 +340,8 @@ def test_new_run_dir_skips_a_number_another_process_took_after_listing(tmp_path,
     create it must move on to bandit-002 (makedirs with exist_ok=False), not write into the other's folder."""
     (tmp_path / "bandit-001").mkdir()
     (tmp_path / "bandit-001" / "a_divergence.png").write_bytes(b"the other run's figure")
-    monkeypatch.setattr(tb.report.os, "listdir", lambda path: [])  # the listing from before the other run's makedirs
-    assert tb.report.new_run_dir(str(tmp_path), "bandit") == str(tmp_path / "bandit-002")
+    monkeypatch.setattr(tb.records.os, "listdir", lambda path: [])  # the listing from before the other run's makedirs
+    assert tb.records.new_run_dir(str(tmp_path), "bandit") == str(tmp_path / "bandit-002")
     monkeypatch.undo()
     assert (tmp_path / "bandit-001" / "a_divergence.png").read_bytes() == b"the other run's figure"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bandit-001", "bandit-002"]

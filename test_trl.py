@@ -12,6 +12,9 @@ import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
+import experiment  # noqa: E402
+import models  # noqa: E402
+import task  # noqa: E402
 import rddpo  # noqa: E402
 import rddpo_trl  # noqa: E402
 from task import make_prompts, make_review  # noqa: E402
@@ -22,21 +25,21 @@ B, N, K, MAX_LENGTH = 4, 6, 3, 64  # pairs per step, pairs in the data, reward m
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return rddpo.build_tokenizer()
+    return task.build_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def reference(tokenizer):
     """a small gpt-2 with random weights: pi_ref."""
     torch.manual_seed(0)
-    return rddpo.build_tiny_gpt2(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=MAX_LENGTH).eval()
+    return models.build_tiny_gpt2(tokenizer, n_layer=2, n_embd=32, n_head=2, n_positions=MAX_LENGTH).eval()
 
 
 @pytest.fixture(scope="module")
 def texts():
     """N pairs of the task's prompts and reviews, of different lengths (so padding matters)."""
     rng = np.random.default_rng(0)
-    prompts = make_prompts(rng, N, rddpo.TITLES)
+    prompts = make_prompts(rng, N, task.TITLES)
     return prompts, [make_review(rng) for _ in prompts], [make_review(rng) for _ in prompts]
 
 
@@ -83,8 +86,8 @@ def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, tokenizer,
     pairs = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH)
     pairs.ref_logps = rddpo.all_logps(reference, pairs.tokens, np.arange(2 * N), "cpu")  # (2N,)
     pairs.rm_plain, pairs.rm_family = scores[0], scores[:k]  # (2N,), (k, 2N)
-    cfg = rddpo.Config(steps=2, batch_size=B, max_new_tokens=20, max_length=MAX_LENGTH)
-    pairs.pool, pairs.pool_ref_logps = rddpo.kl_pool(reference, tokenizer, texts[0], cfg, 0, "cpu")
+    cfg = experiment.Config(steps=2, batch_size=B, max_new_tokens=20, max_length=MAX_LENGTH)
+    pairs.pool, pairs.pool_ref_logps = experiment.kl_pool(reference, tokenizer, texts[0], cfg, 0, "cpu")
     ours = rddpo.without_dropout(copy.deepcopy(policy)).train()
     rows = np.concatenate([np.arange(B), np.arange(B) + N])  # (2B,): the first B pairs
     ids, mask, resp = rddpo.batch_tensors(pairs.tokens, rows, "cpu")
@@ -108,10 +111,10 @@ def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, tokenizer,
 
 
 def test_sample_pool_draws_exactly_rddpo_kl_pool_rows(tokenizer, reference, texts):
-    """same seed, same prompts in turn, same sampler: the pool's token ids are rddpo.kl_pool's, row by row,
+    """same seed, same prompts in turn, same sampler: the pool's token ids are experiment.kl_pool's, row by row,
     prompt and response (with its eos) apart."""
-    cfg = rddpo.Config(steps=2, batch_size=3, max_new_tokens=20, max_length=MAX_LENGTH)
-    tokens, _ = rddpo.kl_pool(reference, tokenizer, texts[0], cfg, 5, "cpu")
+    cfg = experiment.Config(steps=2, batch_size=3, max_new_tokens=20, max_length=MAX_LENGTH)
+    tokens, _ = experiment.kl_pool(reference, tokenizer, texts[0], cfg, 5, "cpu")
     pool = rddpo_trl.pool_tokens(rddpo_trl.sample_pool(reference, tokenizer, texts[0], 6, 20, MAX_LENGTH, 5, "cpu"),
                                  tokenizer, MAX_LENGTH)
     for a, b in zip((tokens.input_ids, tokens.attention_mask, tokens.response_mask),
@@ -185,13 +188,13 @@ def test_bad_input_gets_one_line_errors(tokenizer, reference, texts, scores, tmp
 LAUNCHED = """
 import json, os, sys, numpy as np, torch
 sys.path.insert(0, {here!r})
-import rddpo, rddpo_trl
+import models, rddpo_trl, task
 from task import make_prompts, make_review
-tok = rddpo.build_tokenizer()
+tok = task.build_tokenizer()
 torch.manual_seed(0)
-model = rddpo.build_tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=64)
+model = models.build_tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=64)
 rng = np.random.default_rng(0)
-prompts = make_prompts(rng, 8, rddpo.TITLES)
+prompts = make_prompts(rng, 8, task.TITLES)
 data = [dict(prompt=p, chosen=make_review(rng), rejected=make_review(rng), rm_chosen=rng.normal(size=2).tolist(),
              rm_rejected=rng.normal(size=2).tolist()) for p in prompts]
 pool = rddpo_trl.sample_pool(model, tok, prompts, 3 * 2 * 2, 12, 64, 0, "cpu")

@@ -27,7 +27,8 @@ import matplotlib
 matplotlib.use("Agg")  # figures go to files; no screen needed
 import matplotlib.pyplot as plt
 
-import report  # the command line and run folders shared with rddpo.py and bench.py (no torch)
+import cli
+import records
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")  # the same names as rddpo.py
 
@@ -531,7 +532,7 @@ def print_sweep(res):
 
 
 def parse_args(argv=None):
-    p = report.ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
+    p = cli.ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
     p.add_argument("--out", default="runs",
                    help="folder for the figures: each run writes a new bandit-NNN folder inside (default: runs)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
@@ -542,12 +543,12 @@ def main(argv=None):
     """Run the four scenarios, draw their figures into a new bandit-NNN folder, print tables (or JSON).
     Returns the exit status: 0; 2 with one `error:` line on stderr when --out cannot be used; 130 on ctrl-c."""
     args = parse_args(argv)
-    return report.cli(lambda: run_scenarios(args))
+    return cli.cli(lambda: run_scenarios(args))
 
 
 def run_scenarios(args):
     """the four scenarios, their figures in a new bandit-NNN folder inside args.out, and their tables."""
-    folder = report.new_run_dir(args.out, "bandit")
+    folder = records.new_run_dir(args.out, "bandit")
     t0 = time.time()
     res = {"a": scenario_divergence(folder), "b": scenario_displacement(folder),
            "c": scenario_family(folder), "d": scenario_beta_sweep(folder)}

@@ -51,6 +51,8 @@ import math
 
 import torch
 
+import models
+import task
 import rddpo
 
 torch.set_printoptions(precision=4, sci_mode=False)
@@ -59,7 +61,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 # ## 1. A real pair, tokenised
 #
 # A preference pair is a prompt $x$, a chosen response $y_w$ (the winner) and a rejected response $y_l$
-# (the loser). The built-in task of `rddpo.py` is short movie reviews; `rddpo.build_tokenizer()` builds a
+# (the loser). The built-in task of `rddpo.py` is short movie reviews; `task.build_tokenizer()` builds a
 # word-level tokenizer for its closed vocabulary in code (one token per word, nothing downloaded).
 #
 # `rddpo.tokenize_pairs` turns $N$ pairs into `rddpo.Pairs`, whose `tokens` hold tensors of shape $(2N, T)$: the $N$ chosen rows first,
@@ -73,7 +75,7 @@ torch.set_printoptions(precision=4, sci_mode=False)
 #   and padding is not part of the text.
 
 # %%
-tok = rddpo.build_tokenizer()
+tok = task.build_tokenizer()
 prompt = "my review of blue harbor :"
 chosen = " the plot was great ."
 rejected = " the plot was very dull . the music was loud ."
@@ -113,7 +115,7 @@ for pos in range(ids.shape[1]):
 
 # %%
 torch.manual_seed(0)
-reference = rddpo.build_tiny_gpt2(tok, n_layer=2, n_embd=32, n_head=2, n_positions=64).eval()  # dropout off
+reference = models.build_tiny_gpt2(tok, n_layer=2, n_embd=32, n_head=2, n_positions=64).eval()  # dropout off
 with torch.no_grad():
     logits = rddpo.forward(reference, ids, attention)  # (2, T, V)
 
@@ -149,7 +151,7 @@ print("rddpo.sequence_logps:", [round(v, 4) for v in seq_logps.tolist()], "  the
 #
 # The reference's log-probabilities are computed once, without gradients (`rddpo.all_logps`); only the
 # policy's carry gradients. Below: the implicit rewards at step 0, then one plain gradient step
-# (SGD, learning rate 0.01) on the DPO loss of this one pair, with $\beta = 0.1$ as in `rddpo.Config`.
+# (SGD, learning rate 0.01) on the DPO loss of this one pair, with $\beta = 0.1$ as in `experiment.Config`.
 
 # %%
 beta = 0.1

@@ -29,7 +29,7 @@
 # 5. DPO, IPO, d-DPO, e-DPO and p-DPO trained from the same $\pi_{\text{ref}}$ on the same pairs;
 # 6. evaluation on held-out prompts, with the gold reward.
 #
-# This notebook runs the whole pipeline with `rddpo.run` on a **small budget** (one to two minutes on two
+# This notebook runs the whole pipeline with `experiment.run` on a **small budget** (one to two minutes on two
 # CPU cores), at two settings of the annotator's bias, shows the figures and tables it produces, and
 # discusses what they show and what a budget this small cannot show. The last cell asserts only what such
 # a run shows reliably.
@@ -57,6 +57,10 @@ import PIL.Image
 import torch
 from IPython.display import Image, Markdown, display
 
+import cli
+import experiment
+import models
+import task
 import rddpo
 import report
 
@@ -67,9 +71,9 @@ torch.set_num_threads(1)
 # %% [markdown]
 # ## 1. The gold reward, and length
 #
-# The gold reward is what a **careful reader** thinks of a review (`rddpo.gold_reward`, defined in
+# The gold reward is what a **careful reader** thinks of a review (`task.gold_reward`, defined in
 # `task.py`). It reads the sentiment of the review's *distinct, well-formed* sentences ("the acting was
-# brilliant ."), off two fixed word lists (`rddpo.POSITIVE`, `rddpo.NEGATIVE`; the `rddpo.NEUTRAL`
+# brilliant ."), off two fixed word lists (`task.POSITIVE`, `task.NEGATIVE`; the `task.NEUTRAL`
 # adjectives count in the denominator only), and it is put off by padding:
 #
 # $$r^\star(y) = \underbrace{\frac{\#\text{pos} - \#\text{neg}}{\#\text{pos} + \#\text{neg} + \#\text{neutral}}}_{\text{distinct well-formed sentences}}
@@ -85,38 +89,38 @@ torch.set_num_threads(1)
 for text in [" the plot was great .", " the plot was great . the plot was great . the plot was great .",
              " the plot was great . the cast was superb . the ending was moving . the music was clever . the script "
              "was charming .", " great great boring", " the acting was very tedious ."]:
-    print(f"careful {rddpo.gold_reward(text):+.3f}   neutral {rddpo.gold_reward(text, 'neutral'):+.3f}   "
-          f"{len(rddpo.words(text)):>2} words  {text}")
+    print(f"careful {task.gold_reward(text):+.3f}   neutral {task.gold_reward(text, 'neutral'):+.3f}   "
+          f"{len(task.words(text)):>2} words  {text}")
 
 rng = np.random.default_rng(0)
-reviews = [rddpo.make_review(rng) for _ in range(2000)]
-lengths = np.array([len(rddpo.words(r)) for r in reviews])
-corr_generated = {g: np.corrcoef(lengths, [rddpo.gold_reward(r, g) for r in reviews])[0, 1] for g in rddpo.GOLDS}
+reviews = [task.make_review(rng) for _ in range(2000)]
+lengths = np.array([len(task.words(r)) for r in reviews])
+corr_generated = {g: np.corrcoef(lengths, [task.gold_reward(r, g) for r in reviews])[0, 1] for g in task.GOLDS}
 print(f"\n2000 generated reviews: {lengths.min()} to {lengths.max()} words; correlation of length and gold reward: "
       + ", ".join(f"{g} {c:+.3f}" for g, c in corr_generated.items()))
 
 # %% [markdown]
 # ## 2. The configuration and the reference policy
 #
-# Every setting lives in one dataclass, `rddpo.Config`; `python rddpo.py --help` lists the same fields as
-# flags. We start from `rddpo.QUICK` (the smoke-test budget of `--quick`) and enlarge it a little. With
+# Every setting lives in one dataclass, `experiment.Config`; `python rddpo.py --help` lists the same fields as
+# flags. We start from `experiment.QUICK` (the smoke-test budget of `--quick`) and enlarge it a little. With
 # `sweep=True` the run repeats everything for each bias in `sweep_biases`: here the biased annotator
 # (0.5) and an unbiased one (0), which is the control that tells a learnt bias from a side effect of
 # training. `out="runs"` writes into `notebooks/runs/`, which git ignores; each run gets a new `run-NNN`
 # folder.
 #
-# `rddpo.load_reference` builds the word-level tokenizer and a 2-layer, 64-wide GPT-2, trains it on
+# `models.load_reference` builds the word-level tokenizer and a 2-layer, 64-wide GPT-2, trains it on
 # generated reviews (`sft_steps`: the supervised stage that makes $\pi_{\text{ref}}$ write reviews) and caches
-# it in `runs/reference-*`; `rddpo.run` finds it there, so it is trained only once. We load it here to look at the data before training on it.
+# it in `runs/reference-*`; `experiment.run` finds it there, so it is trained only once. We load it here to look at the data before training on it.
 
 # %%
 # the budget: --quick, enlarged so that this notebook still runs in one to two minutes on 2 cpu cores
-budget = dict(rddpo.QUICK, sft_steps=300, n_pairs=128, n_eval=64, rm_steps=30, steps=30, log_every=5)
-cfg = rddpo.Config(**budget, sweep=True, sweep_biases="0.5,0", seeds=[0], out="runs")
-device = report.pick_device(cfg.device)
+budget = dict(experiment.QUICK, sft_steps=300, n_pairs=128, n_eval=64, rm_steps=30, steps=30, log_every=5)
+cfg = experiment.Config(**budget, sweep=True, sweep_biases="0.5,0", seeds=[0], out="runs")
+device = cli.pick_device(cfg.device)
 print({k: getattr(cfg, k) for k in ["sweep_biases", "seeds", "beta", "gamma", "ensemble", "n_pairs", "n_eval",
                                    "steps", "batch_size", "rm_steps", "sft_steps", "gold"]}, "device:", device)
-reference, tok = rddpo.load_reference(cfg, device)
+reference, tok = models.load_reference(cfg, device)
 print(f"reference: {sum(p.numel() for p in reference.parameters()):,} parameters, vocabulary {len(tok)}")
 
 # %% [markdown]
@@ -132,14 +136,14 @@ print(f"reference: {sum(p.numel() for p in reference.parameters()):,} parameters
 # With `bias = 0.5`, half the labels ignore quality. The gold-decided half prefers the *shorter* response
 # more often than not (the careful reader marks rambling down), so the longer response wins somewhat less than
 # the $0.5 + 0.5 \times 0.5 = 75\%$ it would win under a length-blind reader: still a spurious feature that a
-# method can learn in place of quality, and here one that costs gold. `rddpo.builtin_task` makes the pairs; it is what `rddpo.run` calls, with the same seed, so
+# method can learn in place of quality, and here one that costs gold. `experiment.builtin_task` makes the pairs; it is what `experiment.run` calls, with the same seed, so
 # these are exactly the pairs trained on below.
 
 # %%
 bias, seed = 0.5, cfg.seeds[0]
-prompts, chosen, rejected, held_out = rddpo.builtin_task(reference, tok, cfg, bias, seed, device)
-len_w, len_l = np.array([len(rddpo.words(y)) for y in chosen]), np.array([len(rddpo.words(y)) for y in rejected])
-gold_w, gold_l = np.array([rddpo.gold_reward(y) for y in chosen]), np.array([rddpo.gold_reward(y) for y in rejected])
+prompts, chosen, rejected, held_out = experiment.builtin_task(reference, tok, cfg, bias, seed, device)
+len_w, len_l = np.array([len(task.words(y)) for y in chosen]), np.array([len(task.words(y)) for y in rejected])
+gold_w, gold_l = np.array([task.gold_reward(y) for y in chosen]), np.array([task.gold_reward(y) for y in rejected])
 for i in range(3):
     print(f"prompt: {prompts[i]!r}\n  chosen   ({len_w[i]:>2} words, gold {gold_w[i]:+.2f}):{chosen[i]}"
           f"\n  rejected ({len_l[i]:>2} words, gold {gold_l[i]:+.2f}):{rejected[i]}")
@@ -167,7 +171,7 @@ print(f"\nbias {bias}, {len(prompts)} pairs: the longer response won {longer_won
 
 # %%
 shares = rddpo.family_shares(cfg.ensemble)
-longer_won_pairs = len_w > len_l  # (N,), the flag rddpo.run resamples by
+longer_won_pairs = len_w > len_l  # (N,), the flag experiment.run resamples by
 print("family shares:", [round(s, 3) for s in shares])
 for k, share in enumerate(shares):
     idx = rddpo.resample_by_length_share(longer_won_pairs, share, np.random.default_rng([seed, k]))
@@ -177,7 +181,7 @@ for k, share in enumerate(shares):
 # %% [markdown]
 # ## 5. The run
 #
-# `rddpo.run(cfg)` does, for each bias and seed:
+# `experiment.run(cfg)` does, for each bias and seed:
 #
 # 1. sample and label the pairs (section 3), and sample $\pi_{\text{ref}}$ once on the held-out prompts;
 # 2. tokenise the pairs and compute the reference's log-probabilities **once**;
@@ -209,13 +213,13 @@ for k, share in enumerate(shares):
 # e-DPO's choice of member, and a few sampled responses.
 
 # %%
-# rddpo.run prints as it trains. Two of its lines change every time this notebook runs, the new run folder's
+# experiment.run prints as it trains. Two of its lines change every time this notebook runs, the new run folder's
 # number and the seconds it took: they are left out, so that rerunning the notebook leaves its output as it was.
 # (the lines are collected and shown when the run ends, or stops with an error)
 printed = io.StringIO()
 try:
     with contextlib.redirect_stdout(printed):
-        results, run_dir = rddpo.run(cfg)
+        results, run_dir = experiment.run(cfg)
 finally:
     print("".join(line for line in printed.getvalue().splitlines(keepends=True)
                   if not line.startswith(("writing to ", "done in "))), end="")
@@ -225,7 +229,7 @@ runs = {(r["bias"], r["method"]): r for r in results["runs"]}  # one seed: one r
 # %% [markdown]
 # ## 6. The figures
 #
-# `rddpo.run` wrote its figures into the run folder. The bar chart is drawn for the first bias of
+# `experiment.run` wrote its figures into the run folder. The bar chart is drawn for the first bias of
 # `sweep_biases` (this is why 0.5 comes first); the training curves have a row per bias.
 #
 # `curves.png`, the training curves of the logged batches. Left and middle: how far each method has moved
@@ -346,7 +350,7 @@ print(f"DPO's responses: {runs[0.0, 'dpo']['length']:.1f} words with the unbiase
 RUN_ON_GPU = False  # set to True on a machine with a CUDA GPU (and the hub, or a local copy of gpt2)
 COMMAND = "python rddpo.py --model gpt2 --device cuda --sweep --sweep-biases 0,0.5,1 --seeds 0 1 2 3 4"
 if RUN_ON_GPU:
-    status = rddpo.main(COMMAND.split()[2:])  # the same flags, parsed by rddpo's own argparse
+    status = experiment.main(COMMAND.split()[2:])  # the same flags, parsed by rddpo's own argparse
     assert status == 0
 else:
     print("skipped:", COMMAND)

@@ -29,7 +29,7 @@ CHILD = """
 import json, sys
 sys.path.insert(0, {here!r})
 import test_rddpo
-results, _ = test_rddpo.rddpo.run(test_rddpo.quick({out!r}, methods=test_rddpo.PINNED_METHODS))
+results, _ = test_rddpo.experiment.run(test_rddpo.quick({out!r}, methods=test_rddpo.PINNED_METHODS))
 print("NUMBERS " + json.dumps(test_rddpo.pinned_numbers(results)))
 """
 

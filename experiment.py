@@ -1,0 +1,323 @@
+"""experiment.py: the experiment that rddpo.py's command line runs.
+
+For each bias and seed: the pairs (the built-in task's, sampled from pi_ref and labelled by the biased annotator,
+or your own --data), the reward models and the forward-KL pool that rddpo.py's losses need, every method trained
+from the same reference on the same pairs, and each evaluated on held-out prompts along training. The run's folder
+gets results.json, metrics.jsonl, samples.jsonl and the figures.
+
+    python rddpo.py --quick    # the same as python experiment.py --quick
+"""
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+import cli
+import data
+import grid
+import models
+import records
+import report
+from models import load_reference, sample
+from rddpo import (METHODS, Pairs, Tokens, TrainingDiverged, all_logps, fits, learning_rate, logratio_margin,
+                   reward_scores, score, seed_everything, sequence_kl, token_rows, tokenize_pairs, train_policy)
+from task import EVAL_TITLES, GOLDS, TITLES, gold_reward, label_pairs, make_prompts, words
+
+
+# -----------------------------------------------------------------------------
+# 1. configuration
+
+
+QUICK = dict(n_pairs=64, n_eval=32, rm_steps=15, steps=15, log_every=5, eval_points=3)  # --quick (and models.sft_steps)
+N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
+
+
+@dataclass
+class Config:
+    model: str = field(default="tiny", metadata={"help": "'tiny' builds and pretrains a small GPT-2 offline; "
+                                                 "or a causal LM name or local path for from_pretrained, e.g. gpt2"})
+    methods: str = field(default=",".join(METHODS), metadata={"help": "comma list of methods to train (any case)"})
+    bias: float = field(default=0.5, metadata={"help": "probability that the annotator prefers the longer response"})
+    gold: str = field(default="careful", metadata={"help": "the gold reader (task.py): careful, whom verbosity and "
+                                                   "repetition put off, or the length-blind neutral control",
+                                                   "choices": GOLDS})
+    seeds: list = field(default_factory=lambda: [0], metadata={"help": "one or more seeds (data, reward models, policies)"})
+    beta: float = field(default=0.1, metadata={"help": "KL strength: implicit reward = beta * log(pi / pi_ref)"})
+    # choice: one gamma serves e-DPO and p-DPO, though p-DPO needs it away from 0 and e-DPO only to break ties
+    gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL penalty in e-DPO and p-DPO"})
+    ensemble: int = field(default=4, metadata={"help": "K, the number of reward models in the e-DPO family"})
+    steps: int = field(default=150, metadata={"help": "policy training steps per method"})
+    batch_size: int = field(default=16, metadata={"help": "preference pairs per step"})
+    lr: float = field(default=None, metadata={"type": float, "help": "policy learning rate (AdamW); default: 1e-4 for "
+                      "the tiny model, 1e-4 x 64 / its width for a --model (rddpo.learning_rate)"})
+    rm_steps: int = field(default=150, metadata={"help": "training steps per reward model"})
+    rm_lr: float = field(default=3e-4, metadata={"help": "reward-model learning rate (AdamW)"})
+    n_pairs: int = field(default=512, metadata={"help": "training pairs sampled from the reference (built-in task)"})
+    n_eval: int = field(default=128, metadata={"help": "held-out prompts for evaluation"})
+    max_length: int = field(default=64, metadata={"help": "tokens per prompt+response; longer responses are truncated"})
+    max_new_tokens: int = field(default=40, metadata={"help": "longest sampled response"})
+    dtype: str = field(default="float32", metadata={"help": "bfloat16 runs the forward passes under autocast (weights "
+                                                    "and optimizer stay float32): faster on a gpu", "choices": cli.DTYPES})
+    device: str = field(default="auto", metadata={"help": "auto takes cuda, then mps, then cpu", "choices": cli.DEVICES})
+    out: str = field(default="runs", metadata={"help": "output folder: each run writes a new run-NNN folder inside"})
+    data: str = field(default="", metadata={"help": "your own pairs: JSON lines with prompt, chosen, rejected"})
+    sweep: bool = field(default=False, metadata={"help": "run every bias in --sweep-biases and draw the headline figure"})
+    sweep_biases: str = field(default="0,0.25,0.5,0.75,1", metadata={"help": "bias values for --sweep"})
+    grid: list = field(default_factory=list, metadata={"help": "knob=a,b,...: the comparison at each value (grid.py)"})
+    quick: bool = field(default=False, metadata={"help": "on the command line, a tiny budget; flags given beside it win: "
+                                                 + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items())})
+    n_layer: int = field(default=2, metadata={"help": "tiny model: layers"})
+    n_embd: int = field(default=64, metadata={"help": "tiny model: width"})
+    n_head: int = field(default=4, metadata={"help": "tiny model: attention heads"})
+    sft_steps: int = field(default=None, metadata={"type": int, "help": "steps of supervised fine-tuning of pi_ref, "
+                           f"cached in --out: on the task's reviews (default {models.TASK_SFT_STEPS}, {models.QUICK_SFT_STEPS} "
+                           "under --quick), or with --data on a --model on each seed's training chosen responses (default 0)"})
+    # choice: unlabelled pairs feed distillation only (d-DPO, e-DPO): DPO, IPO and p-DPO need the labels
+    unlabeled: int = field(default=0, metadata={"help": "pairs sampled from pi_ref, unlabelled, that d-DPO and e-DPO "
+                                                "distil on besides the labelled ones (the paper's rho)"})
+    log_every: int = field(default=25, metadata={"help": "steps between logged training lines"})
+    eval_points: int = field(default=4, metadata={"help": "evaluations along training, evenly spaced, the last at the end"})
+    chat_template: bool = field(default=False, metadata={"help": "--data: wrap each prompt in the model's chat template "
+                                                         "(for instruct models)"})
+    save_policy: bool = field(default=False, metadata={"help": "write each trained policy as a model folder in its run"})
+
+    def method_list(self):
+        return [m.strip().lower() for m in self.methods.split(",") if m.strip()]
+
+
+def parse_args(argv=None):
+    """(Config, names of the flags given on the command line)."""
+    return cli.parse_config(Config, argv, __doc__.split("\n")[1], QUICK)
+
+
+# -----------------------------------------------------------------------------
+# 2. the pairs and the held-out set
+
+
+@dataclass
+class HeldOut:
+    """what every policy and every reward model is evaluated on: held-out prompts (P) and pairs on them (M)."""
+    prompts: list                     # held-out prompts to sample responses for
+    chosen: list                      # the held-out pairs' texts, labelled as the training pairs are
+    rejected: list
+    pairs: Pairs                      # the same pairs, tokenised, with their ref_logps
+    ref_samples: Tokens = None        # (P, T) pi_ref's own response to each prompt
+    ref_samples_logps: torch.Tensor = None  # (P,) their log pi_ref
+    gold: str = None                  # the gold reader (built-in task); None on your own data
+    ref_gold: np.ndarray = None       # (P,) gold reward of pi_ref's response per prompt (built-in task)
+    ref_length: float = None          # pi_ref's mean response length in words (built-in task)
+    ref_shown: list = None            # pi_ref's responses to the first N_SHOW prompts, as samples.jsonl rows
+
+
+def builtin_task(reference, tokenizer, cfg, bias, seed, device):
+    """pairs sampled from pi_ref and labelled by the biased annotator; held-out prompts with pi_ref's sample for
+    each (the baseline), and pairs of it with a second sample labelled alike. -> (prompts, chosen, rejected, HeldOut)"""
+    rng, gen = np.random.default_rng([seed, 1]), dict(max_new_tokens=cfg.max_new_tokens, max_length=cfg.max_length)
+    prompts = make_prompts(rng, cfg.n_pairs, TITLES)
+    seed_everything(seed)
+    responses = sample(reference, tokenizer, prompts + prompts, device=device, desc="sample pairs from pi_ref", **gen).texts
+    chosen, rejected = label_pairs(responses[:cfg.n_pairs], responses[cfg.n_pairs:], bias, rng, cfg.gold)
+    eval_prompts = make_prompts(rng, cfg.n_eval, EVAL_TITLES)
+    seed_everything(seed + 7)
+    ref = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out", **gen)
+    other = sample(reference, tokenizer, eval_prompts, device=device, desc="pi_ref, held-out pairs", **gen).texts
+    gold = lambda y: gold_reward(y, cfg.gold)  # noqa: E731
+    ev = held_out(eval_prompts, *label_pairs(ref.texts, other, bias, np.random.default_rng([seed, 2]), cfg.gold),
+                  reference, tokenizer, cfg.max_length, device, ref, gold=cfg.gold,
+                  ref_gold=np.array([gold(y) for y in ref.texts]), ref_length=float(np.mean([len(words(y)) for y in ref.texts])),
+                  ref_shown=sample_rows(eval_prompts[:N_SHOW], ref, tokenizer.eos_token_id, gold))
+    return prompts, chosen, rejected, ev
+
+
+def held_out(prompts, chosen, rejected, reference, tokenizer, max_length, device, ref, **baseline):
+    """HeldOut of held-out pairs (prompts, chosen, rejected) and pi_ref's responses `ref` (Sampled) to the prompts,
+    all scored by pi_ref once; the pairs' prompts are the ones the policies answer."""
+    pairs = tokenize_pairs(tokenizer, prompts, chosen, rejected, max_length)
+    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2M,)
+    samples = token_rows([ref.prompt_ids[i] for i in pairs.keep], [ref.response_ids[i] for i in pairs.keep],
+                         tokenizer.eos_token_id)  # (P, T), exactly the ids drawn
+    return HeldOut(*([x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)), pairs=pairs, ref_samples=samples,
+                   ref_samples_logps=all_logps(reference, samples, np.arange(len(pairs.keep)), device), **baseline)
+
+
+def user_task(pairs, reference, tokenizer, cfg, seed, device):
+    """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split."""
+    train, held = data.split_pairs(pairs, seed)
+    held = [row for row in held if fits(tokenizer, row[0], cfg.max_length)]
+    seed_everything(seed + 7)
+    drawn = sample(reference, tokenizer, [row[0] for row in held], cfg.max_new_tokens, cfg.max_length, device, "pi_ref")
+    ev = held_out(*([row[i] for row in held] for i in range(3)), reference, tokenizer, cfg.max_length, device, drawn)
+    ev.ref_shown = sample_rows(ev.prompts[:N_SHOW], drawn, tokenizer.eos_token_id)
+    return (*([row[i] for row in train] for i in range(3)), ev)
+
+
+def drawn_pairs(reference, tokenizer, prompts, cfg, seed, device):
+    """--unlabeled: two responses from pi_ref to each of cfg.unlabeled prompts (the built-in task's, or the training
+    prompts in turn). -> (prompts, first, second). no one labels them: distillation needs only the reward models."""
+    extra = make_prompts(np.random.default_rng([seed, 3]), cfg.unlabeled, TITLES) if cfg.data == "" \
+        else [prompts[i % len(prompts)] for i in range(cfg.unlabeled)]
+    seed_everything(seed + 13)
+    drawn = sample(reference, tokenizer, extra + extra, cfg.max_new_tokens, cfg.max_length, device, "unlabelled pairs").texts
+    return extra, drawn[:cfg.unlabeled], drawn[cfg.unlabeled:]
+
+
+def kl_pool(reference, tokenizer, prompts, cfg, seed, device):
+    """the forward-KL term's sample: steps * batch_size responses drawn from pi_ref on the training prompts in turn,
+    once before training, so that each is used once. -> Tokens (P, T), their log pi_ref (P,)"""
+    seed_everything(seed + 11)
+    drawn = sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(cfg.steps * cfg.batch_size)],
+                   cfg.max_new_tokens, cfg.max_length, device, "forward-KL pool from pi_ref")
+    pool = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # (P, T): exactly the ids drawn
+    return pool, all_logps(reference, pool, np.arange(len(drawn.texts)), device)
+
+
+def note_cut(truncated, skipped, max_length):
+    if truncated or skipped:
+        print(f"note: {truncated} pairs truncated to --max-length {max_length}, {skipped} skipped (prompt alone too long)")
+
+
+def diagnose(ev, beta, device):
+    """what results.json keeps of each reward model: report.reward_model_stats on the held-out pairs of `ev`."""
+    gold = (lambda y: gold_reward(y, ev.gold)) if ev.gold else None
+    return lambda rm, train_scores: report.reward_model_stats(score(rm, ev.pairs.tokens, device), train_scores,
+                                                              ev.chosen, ev.rejected, gold, beta)
+
+
+def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
+    """one (bias, seed)'s training pairs with reference log-probs, reward scores and the forward-KL pool, its HeldOut,
+    what results.json keeps of the data (pairs, unlabeled, skipped, truncated, longer_won, heldout_pairs) and the
+    reward models' diagnostics."""
+    prompts, chosen, rejected, ev = builtin_task(reference, tokenizer, cfg, bias, seed, device) if user_pairs is None \
+        else user_task(user_pairs, reference, tokenizer, cfg, seed, device)
+    distil, fit = {"d-dpo", "e-dpo"} & set(cfg.method_list()), data.fitting(tokenizer, prompts, cfg.max_length)
+    extra = drawn_pairs(reference, tokenizer, fit, cfg, seed, device) if cfg.unlabeled and distil else ([], [], [])
+    pairs = tokenize_pairs(tokenizer, prompts + extra[0], chosen + extra[1], rejected + extra[2], cfg.max_length)
+    pairs.labelled = sum(i < len(prompts) for i in pairs.keep)  # kept pairs are in order: the labelled ones first
+    note_cut(pairs.n_truncated, pairs.skipped, cfg.max_length)
+    pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2N,), computed once
+    longer_won = np.array([len(words(chosen[i])) > len(words(rejected[i])) for i in pairs.keep[:pairs.labelled]])  # (N,)
+    diagnostics = []
+    if distil:  # reward models only for the methods that distil them, trained on the labelled pairs only
+        pairs.rm_plain, pairs.rm_family, diagnostics = reward_scores(reference, pairs, diagnose(ev, cfg.beta, device), cfg,
+                                                                      seed, device, longer_won)
+    if {"e-dpo", "p-dpo"} & set(cfg.method_list()):  # sampled on the prompts that leave room for a response
+        pairs.pool, pairs.pool_ref_logps = kl_pool(reference, tokenizer, fit, cfg, seed, device)
+    info = dict(pairs=pairs.labelled, unlabeled=len(pairs.keep) - pairs.labelled, skipped=pairs.skipped,
+                truncated=pairs.n_truncated, longer_won=float(longer_won.mean()), heldout_pairs=len(ev.pairs.keep))
+    return pairs, ev, info, [dict(bias=bias, seed=seed, **d) for d in diagnostics]
+
+
+# -----------------------------------------------------------------------------
+# 3. evaluation
+
+
+@torch.no_grad()
+def evaluate(policy, reference, tokenizer, pairs, ev, beta, max_new_tokens, max_length, device, n_show=0):
+    """-> (a dict of floats, the first n_show samples as dicts). on held-out prompts, of the policy's samples: kl
+    (KL(pi || pi_ref) per response, nats), kl_per_token, tokens and length (words); of pi_ref's samples: fkl_heldout
+    (KL(pi_ref || pi), nats); on the built-in task also gold_reward, gold_ref, length_ref and win_rate (against pi_ref's
+    samples, ties half). on the labelled training pairs: logps_chosen_change, logps_rejected_change, fkl_train (the
+    mean of log pi_ref - log pi over their responses), margin_mean and margin_max (beta h); heldout_accuracy: the
+    share of held-out pairs with h > 0, ties (h = 0, as for pi_ref) half."""
+    drawn = sample(policy, tokenizer, ev.prompts, max_new_tokens, max_length, device, "evaluate")
+    tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # exactly the ids drawn
+    (kl, logratio), n_tokens = sequence_kl(policy, reference, tokens, device), tokens.response_mask.sum(-1).float()  # (P,)
+    fkl = ev.ref_samples_logps - all_logps(policy, ev.ref_samples, np.arange(len(ev.ref_samples_logps)), device)  # (P,)
+    res = dict(kl=kl.mean().item(), kl_per_token=(kl.sum() / n_tokens.sum()).item(), tokens=n_tokens.mean().item(),
+               length=float(np.mean([len(words(t)) for t in drawn.texts])), fkl_heldout=fkl.mean().item())
+    lab = np.arange(pairs.labelled)  # (N,)
+    pc, pr = all_logps(policy, pairs.tokens, np.concatenate([lab, lab + len(pairs.keep)]), device).chunk(2)  # (N,) each
+    rc, rr = pairs.ref_logps[lab], pairs.ref_logps[lab + len(pairs.keep)]  # (N,) each
+    margins = beta * logratio_margin(pc, pr, rc, rr)  # (N,)
+    res.update(logps_chosen_change=(pc - rc).mean().item(), logps_rejected_change=(pr - rr).mean().item(),
+               fkl_train=((rc - pc) + (rr - pr)).mean().item() / 2, margin_mean=margins.mean().item(),
+               margin_max=margins.max().item())
+    gold = (lambda y: gold_reward(y, ev.gold)) if ev.gold else None
+    if gold:
+        g = np.array([gold(t) for t in drawn.texts])  # (P,)
+        res.update(gold_reward=float(g.mean()), gold_ref=float(ev.ref_gold.mean()), length_ref=ev.ref_length,
+                   win_rate=float(np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))))
+    h = logratio_margin(*all_logps(policy, ev.pairs.tokens, np.arange(2 * len(ev.pairs.keep)), device).chunk(2),
+                        *ev.pairs.ref_logps.chunk(2))  # (M,)
+    res["heldout_accuracy"] = ((h > 0).float() + 0.5 * (h == 0).float()).mean().item()
+    return res, sample_rows(ev.prompts[:n_show], drawn, tokenizer.eos_token_id, gold, logratio.tolist())
+
+
+def sample_rows(prompts, drawn, eos, gold_reward=None, logratio=None):
+    """samples.jsonl rows of the responses drawn (a Sampled) for the prompts given; zip stops at the shorter."""
+    return [dict(prompt=p, response=t, tokens=len(ids), cut_off=eos not in ids, length=report.n_words(t),
+                 **({"gold": gold_reward(t)} if gold_reward else {}), logratio=0.0 if logratio is None else logratio[i])
+            for i, (p, t, ids) in enumerate(zip(prompts, drawn.texts, drawn.response_ids))]
+
+
+# -----------------------------------------------------------------------------
+# 4. the run
+
+
+def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log, save_dir=None):
+    """one method from the reference on the prepared pairs -> (its record, its samples). the record: bias, seed,
+    method, train_seconds, the last evaluation's numbers, checkpoints (each evaluation, with its step) and for
+    e-DPO member_min_share. every evaluation draws the same random numbers (common random numbers along training)."""
+    checkpoints, shown, t0 = [], [], time.time()
+    def checkpoint(step, policy):
+        reference.to(device)
+        seed_everything(seed * 100 + METHODS.index(method))
+        metrics, shown[:] = evaluate(policy, reference, tokenizer, pairs, ev, cfg.beta, cfg.max_new_tokens,
+                                     cfg.max_length, device, N_SHOW)
+        checkpoints.append(dict(step=step, **metrics))
+        reference.cpu()  # while a policy trains, only the policy is on the device
+    reference.cpu()
+    tag = dict(bias=bias, seed=seed, method=method)  # on every logged row
+    policy, member_min_share = train_policy(reference, pairs, method, cfg, seed, device, checkpoint=checkpoint,
+                                            log=lambda step, m: log(dict(tag, step=step, **m)))
+    reference.to(device)
+    for part in (policy, tokenizer) if save_dir else ():  # a model folder that from_pretrained loads
+        part.save_pretrained(os.path.join(save_dir, f"policy-{method}{'' if bias is None else f'-bias{bias}'}-seed{seed}"))
+    record = dict(bias=bias, seed=seed, method=method, train_seconds=time.time() - t0, checkpoints=checkpoints,
+                  **{k: v for k, v in checkpoints[-1].items() if k != "step"},
+                  **({"member_min_share": member_min_share} if member_min_share else {}))
+    return record, [dict(bias=bias, seed=seed, policy=method, **row) for row in shown]
+
+
+def run(cfg, given=None, argv=None):
+    """the whole experiment; returns (results, run folder). every check runs before any work."""
+    if cfg.grid:  # each setting is a run of its own
+        return grid.run_grid(cfg, given, argv, run, METHODS)
+    started = time.time()
+    cli.check_config(cfg, METHODS, given)
+    cfg = replace(cfg, methods=",".join(cfg.method_list()), sft_steps=models.sft_steps(cfg))
+    device = cli.pick_device(cfg.device)
+    amp = cli.precision(device, cfg.dtype)
+    user_pairs = data.user_pairs(cfg)  # your own pairs (--data), or None
+    splits = [data.split_pairs(user_pairs, seed) for seed in cfg.seeds] if user_pairs else []
+    data.check_splits(splits, None, cfg.batch_size, cfg.max_length)  # enough pairs for a batch, before any work
+    records.check_writable(cfg.out)
+    reference, tokenizer = load_reference(cfg, device, check=lambda tok: data.check_data(user_pairs, splits, tok, cfg))
+    cfg = replace(cfg, lr=learning_rate(cfg, reference))  # results.json records the rate used
+    biases, info = [None] if cfg.data else cli.sweep_bias_list(cfg), records.run_info(argv, started)  # no annotator
+    config = {k: v for k, v in asdict(cfg).items() if not (cfg.data and k in cli.TASK_ONLY)}
+    with records.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started) as record, amp:
+        for bias in biases:
+            for seed in cfg.seeds:  # every method from the same reference, on the same pairs
+                ref, sft = models.data_reference(reference, tokenizer, cfg, user_pairs, seed, device)
+                pairs, ev, kept, diagnostics = prepare(ref, tokenizer, cfg, bias, seed, device, user_pairs)
+                record.samples += [dict(bias=bias, seed=seed, policy="pi_ref", **row) for row in ev.ref_shown]
+                record.results["reward_models"] += diagnostics
+                for method in cfg.method_list():  # each record is kept as soon as it is made
+                    record.add(*train_and_evaluate(ref, tokenizer, pairs, ev, method, cfg, bias, seed, device,
+                                                   record.log, record.dir if cfg.save_policy else None))
+                record.results["data"].append(dict(bias=bias, seed=seed, **kept, **({"sft": sft} if sft else {})))
+    record.finish(METHODS, data.users_question(cfg.model) if cfg.chat_template else str)
+    return record.results, record.dir
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    return cli.cli(lambda: run(*parse_args(argv), argv=argv), failures=(TrainingDiverged,))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
