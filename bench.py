@@ -16,6 +16,7 @@ It prints a table and which targets were met, and writes the numbers to bench.js
 bench-NNN inside --out (default runs/), so an earlier result is never overwritten.
 """
 import argparse
+import copy
 import dataclasses
 import gc
 import os
@@ -41,7 +42,8 @@ SIZES = {"tiny": ("cpu", DEFAULT.n_layer, DEFAULT.n_embd, DEFAULT.n_head, None),
          "L4-E256": ("cpu", 4, 256, 4, None),
          "gpt2-small": ("cuda", 12, 768, 12, 50257)}
 DTYPES = {"cpu": ("float32",), "cuda": ("float32", "bfloat16")}
-VARIANTS = ("bare", "dpo", "ipo", "d-dpo", "e-dpo K=4", "e-dpo K=16", "p-dpo")
+VARIANTS = ("bare", "dpo", "ipo", "d-dpo", "e-dpo K=4", "e-dpo K=16", "p-dpo",  # the pooled ones at M = B
+            "e-dpo K=4 M=B/2", "e-dpo K=4 M=B/4", "p-dpo M=B/2", "p-dpo M=B/4")  # --pool-batch B/2, B/4
 K_MAX = 16
 QUICK = dict(sizes="tiny", steps=5, warmup=1, pairs=16, threads=1)
 
@@ -49,7 +51,7 @@ QUICK = dict(sizes="tiny", steps=5, warmup=1, pairs=16, threads=1)
 def parse_args(argv=None):
     """flags shared with rddpo.py and toy_bandit.py mean the same: --seeds, --out (a folder), --device, --quick."""
     p = cli.ArgumentParser(description=__doc__.strip().split("\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cpu", choices=cli.DEVICES, help="cpu times the cpu sizes; cuda adds the "
                    "gpu size and bfloat16; auto takes cuda where there is one (mps is not timed: no synchronising clock)")
     p.add_argument("--sizes", default="", help=f"comma list from {','.join(SIZES)}; default: all on --device's machine")
@@ -65,6 +67,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs", help="output folder: each run writes a new bench-NNN folder inside")
     p.add_argument("--trl", action="store_true", help="also time, on the default model's shape, TRL's own DPO step, "
                    "the e-DPO step of rddpo_trl.py's trainer and rddpo.py's e-DPO step, in this process")
+    p.add_argument("--pool-noise", action="store_true", help="instead of timing: the forward-KL estimate's noise at "
+                   "M = B, B/2, B/4 pool rows per step, on the built-in task at rddpo.py's defaults (docs/METHOD.md"
+                   "#pool-batch-protocol); --quick: at rddpo.py's --quick budget")
     p.add_argument("--quick", action="store_true", help="the smoke test's budget; flags given beside it win: "
                    + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args, given = cli.parse_given(p, argv)
@@ -85,7 +90,7 @@ def cases(args):
     if (args.steps < 4 or args.warmup < 0 or args.batch_size < 1 or args.pairs < args.batch_size or args.tokens < 8
             or args.threads < 0):
         raise cli.UsageError("need --steps >= 4, --warmup >= 0, --batch-size >= 1, --pairs >= --batch-size, "
-                                "--tokens >= 8 and --threads >= 0")
+                             "--tokens >= 8 and --threads >= 0")
     cli.check_seeds(args.seeds)
     return [(s, SIZES[s][0], d, seed) for seed in args.seeds for s in names for d in DTYPES[SIZES[s][0]]]
 
@@ -151,6 +156,13 @@ def one_off_cost(reference, data, device, amp, rng):
 # 3. the step of each variant: rddpo.train_policy's step, with only the loss changed
 
 
+def pool_rows(name, batch_size):
+    """M, the pool rows a variant's step takes: B unless its name says M=B/2 or M=B/4; none unless it is pooled."""
+    if not name.startswith(("e-dpo", "p-dpo")):
+        return 0
+    return max(1, batch_size // int(name.split("M=B/")[1])) if "M=B/" in name else batch_size
+
+
 def make_losses(data, cfg):
     """name -> loss(policy_logps, rows, pool_logps, pool_rows), the part of the step that differs between the
     variants (pool_logps: e-DPO's and p-DPO's forward-KL responses, else None). choice: the bare floor sums the
@@ -161,20 +173,24 @@ def make_losses(data, cfg):
         return lambda *args: rddpo.policy_loss(name, *args[:2], d, cfg.beta, cfg.gamma, *args[2:])
     return {"bare": lambda policy_logps, *_: policy_logps.sum(), "dpo": method("dpo", data),
             "ipo": method("ipo", data), "d-dpo": method("d-dpo", data), "e-dpo K=4": method("e-dpo", k4),
-            "e-dpo K=16": method("e-dpo", data), "p-dpo": method("p-dpo", data)}
+            "e-dpo K=16": method("e-dpo", data), "p-dpo": method("p-dpo", data),
+            **{f"e-dpo K=4 M=B/{d}": method("e-dpo", k4) for d in (2, 4)},
+            **{f"p-dpo M=B/{d}": method("p-dpo", data) for d in (2, 4)}}
 
 
 def make_steps(policy, opt, data, losses, device, amp):
     """name -> step(rows) -> loss. every variant steps the same policy with the same optimizer; e-DPO and p-DPO
-    also take the forward-KL term's B pool responses (the batch's own rows of the pool), as rddpo.train_policy does."""
+    also take the forward-KL term's M pool responses (the first M of the batch's own rows of the pool, M =
+    pool_rows(name, B)), as rddpo.train_policy does."""
     def make(name):
         pooled = name.startswith(("e-dpo", "p-dpo"))
         def step(rows):
+            M = pool_rows(name, len(rows) // 2)
             ids, mask, resp = rddpo.batch_tensors(data.tokens, rows, device)  # (2B, T) each
             with amp():
                 policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
-                order = rows[:len(rows) // 2]  # (B,): pool_batch at step 1 takes exactly these rows
-                pool = rddpo.pool_batch(policy, data, order, 1, len(order), device) if pooled else ()
+                order = rows[:M]  # (M,): pool_batch at step 1 takes exactly these rows
+                pool = rddpo.pool_batch(policy, data, order, 1, M, device) if pooled else ()
                 loss = losses[name](policy_logps, rows, *pool)
             if name != "bare" and not torch.isfinite(loss):  # as train_policy checks
                 raise rddpo.TrainingDiverged(f"{name}: the loss became {loss.item()}")
@@ -193,8 +209,8 @@ def loss_alone(losses, rows, device, reps=200):
     for _ in range(reps):
         for name, loss in losses.items():
             policy_logps = torch.randn(len(rows), device=device, requires_grad=True)  # (2B,)
-            pool = (torch.randn(len(rows) // 2, device=device, requires_grad=True), rows[:len(rows) // 2]) \
-                if name.startswith(("e-dpo", "p-dpo")) else ()  # (B,) leaf log-probs of the pool rows
+            M = pool_rows(name, len(rows) // 2)
+            pool = (torch.randn(M, device=device, requires_grad=True), rows[:M]) if M else ()  # (M,) leaf log-probs
             times[name].append(timed(lambda: loss(policy_logps, rows, *pool).backward(), device)[0] * 1e3)
     return {name: float(np.median(t)) for name, t in times.items()}
 
@@ -328,6 +344,10 @@ def targets(res):
              max(from_loss(n, "p-dpo") for n in pooled)),
             ("DPO's step within 1.10x the bare step", v["dpo"]["ratio_to_bare"], 1.10, from_loss("dpo", "bare")),
             ("e-DPO's step the same at K=4 and K=16 (within 5%)", max(e, 1 / e), 1.05, max(e_loss, 1 / e_loss))]
+    for d in (2, 4):  # --pool-batch: e-DPO's (K = 4) and p-DPO's steps with M = B/d pool rows
+        names = [f"e-dpo K=4 M=B/{d}", f"p-dpo M=B/{d}"]
+        rows.append((f"the pool at M=B/{d}: e-DPO's and p-DPO's steps within 1.25x DPO's",
+                     max(v[n]["ratio_to_dpo"] for n in names), 1.25, max(from_loss(n, "dpo") for n in names)))
     out = {name: dict(met=bool(value <= limit), value=value, limit=limit, from_loss_alone=fl)
            for name, value, limit, fl in rows}
     out["only the policy model in memory (live parameters = policy's)"] = dict(
@@ -336,15 +356,91 @@ def targets(res):
 
 
 # -----------------------------------------------------------------------------
-# 6. report and main
+# 6. --pool-noise: how much noise fewer pool rows per step add (docs/METHOD.md#pool-batch-protocol)
+
+
+def gradient_noise(losses, params):
+    """the trace of the covariance of the losses' gradients over the draws (each loss a function of no arguments):
+    the mean squared distance of a draw's gradient from the draws' mean gradient, with R - 1 in the denominator."""
+    grads = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(f(), params)]) for f in losses])  # (R, P)
+    return float(((grads - grads.mean(0)) ** 2).sum() / (len(grads) - 1))
+
+
+def preference_term(policy, pairs, method, cfg, idx, device):
+    """the part of p-DPO's (DPO's loss) or e-DPO's (the member-minimum distillation loss) loss that is not the
+    forward-KL term, on the pairs idx (B,)."""
+    n = len(pairs.keep)
+    rows = np.concatenate([idx, idx + n])  # (2B,)
+    ids, mask, resp = rddpo.batch_tensors(pairs.tokens, rows, device)
+    pc, pr = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp).chunk(2)  # (B,) each
+    rc, rr = pairs.ref_logps[rows].to(device).chunk(2)
+    if method == "p-dpo":
+        return rddpo.dpo_loss(pc, pr, rc, rr, cfg.beta)
+    family = pairs.rm_family[:, rows].to(device).chunk(2, dim=1)  # (K, B) each
+    return rddpo.distill_member_losses(pc, pr, rc, rr, *family, cfg.beta).min()
+
+
+def noise_at(policy, pairs, method, cfg, device, rng):
+    """at one policy, over R disjoint draws of M pool rows (M = B, B/2, B/4): the forward-KL estimate's sd, the
+    gradient noise of gamma x the estimate, that of the preference term over R batches of B pairs, and rho(M),
+    their ratio."""
+    params, B = [p for p in policy.parameters() if p.requires_grad], cfg.batch_size
+    R, order = min(32, len(pairs.pool_ref_logps) // B), rng.permutation(len(pairs.pool_ref_logps))
+    def fkl(rows):
+        logps, _ = rddpo.pool_batch(policy, pairs, rows, 1, len(rows), device)  # (M,)
+        return cfg.gamma * rddpo.forward_kl_estimate(logps, pairs.pool_ref_logps[rows].to(device))
+    batches = [rng.choice(pairs.labelled, B, replace=False) for _ in range(R)]  # (B,) each
+    pref = gradient_noise([lambda i=i: preference_term(policy, pairs, method, cfg, i, device) for i in batches], params)
+    out = dict(draws=R, preference_grad_noise=pref, fkl_sd={}, fkl_grad_noise={}, rho={})
+    for M in (B, max(1, B // 2), max(1, B // 4)):
+        draws = [order[r * M:(r + 1) * M] for r in range(R)]
+        with torch.no_grad():
+            out["fkl_sd"][M] = float(np.std([fkl(rows).item() / cfg.gamma for rows in draws], ddof=1))
+        out["fkl_grad_noise"][M] = gradient_noise([lambda rows=rows: fkl(rows) for rows in draws], params)
+        out["rho"][M] = out["fkl_grad_noise"][M] / pref
+    return out
+
+
+def pool_noise(args):
+    """--pool-noise: the task's pairs, reward models and pool at rddpo.py's defaults (at M = B), then noise_at
+    pi_ref and at the p-DPO and e-DPO policies trained at M = B. -> {policy: noise_at's dict}"""
+    cfg = dataclasses.replace(experiment.Config(**(experiment.QUICK if args.quick else {}), quick=args.quick,
+                                                out=args.out, seeds=args.seeds[:1], methods="e-dpo,p-dpo"),
+                              pool_batch=experiment.Config.batch_size)
+    device, seed = cli.pick_device(args.device), args.seeds[0]
+    reference, tokenizer = models.load_reference(cfg, device)
+    cfg = dataclasses.replace(cfg, lr=rddpo.learning_rate(cfg, reference), sft_steps=models.sft_steps(cfg))
+    pairs, _, _, _ = experiment.prepare(reference, tokenizer, cfg, cfg.bias, seed, device, None)
+    out = {}
+    for method in ("p-dpo", "e-dpo"):
+        start = rddpo.without_dropout(copy.deepcopy(reference)).train()
+        out[f"pi_ref ({method}'s terms)"] = noise_at(start, pairs, method, cfg, device, np.random.default_rng(seed))
+        policy, _ = rddpo.train_policy(reference, pairs, method, cfg, seed, device, log=lambda *a: None)
+        out[method] = noise_at(policy.train(), pairs, method, cfg, device, np.random.default_rng(seed))
+    return out
+
+
+def print_noise(noise, gamma):
+    print(f"the forward-KL term's noise at M pool rows per step (gamma {gamma}), against the preference term's at B pairs")
+    print(f"{'policy':<22}{'M':>4}{'sd of FKL':>11}{'grad noise, gamma FKL':>23}{'grad noise, preference':>24}{'rho':>8}")
+    for name, n in noise.items():
+        for M in n["rho"]:
+            print(f"{name:<22}{M:>4}{n['fkl_sd'][M]:>11.4f}{n['fkl_grad_noise'][M]:>23.4g}"
+                  f"{n['preference_grad_noise']:>24.4g}{n['rho'][M]:>8.3f}")
+    print("rho <= 1 at every policy for M = " + ", ".join(
+        f"{M}: {'yes' if all(n['rho'][M] <= 1 for n in noise.values()) else 'no'}" for M in next(iter(noise.values()))["rho"]))
+
+
+# -----------------------------------------------------------------------------
+# 7. report and main
 
 
 def print_case(res):
-    head = (f"{'size':<11}{'device':<7}{'dtype':<9}{'variant':<12}{'median ms':>10}{'IQR ms':>9}{'x DPO':>7}{'x bare':>7}"
+    head = (f"{'size':<11}{'device':<7}{'dtype':<9}{'variant':<16}{'median ms':>10}{'IQR ms':>9}{'x DPO':>7}{'x bare':>7}"
             f"{'loss us':>9}{'peak MiB':>10}")
     print(head + "\n" + "-" * len(head))
     for name, v in res["variants"].items():
-        print(f"{res['size']:<11}{res['device']:<7}{res['dtype']:<9}{name:<12}{v['median_ms']:>10.2f}{v['iqr_ms']:>9.2f}"
+        print(f"{res['size']:<11}{res['device']:<7}{res['dtype']:<9}{name:<16}{v['median_ms']:>10.2f}{v['iqr_ms']:>9.2f}"
               f"{v['ratio_to_dpo']:>7.3f}{v['ratio_to_bare']:>7.3f}{v['loss_us']:>9.0f}{v['peak_mib']:>10.1f}")
     o, m = res["one_off"], res["memory"]
     print("x DPO, x bare: median over rounds of the step's time over DPO's (the bare step's) in the same round; "
@@ -396,6 +492,10 @@ def run(args):
         hint = "; --threads 1 keeps torch from waiting on descheduled threads" if torch.get_num_threads() > 1 else ""
         print(f"note: load average {load:.1f} on {os.cpu_count()} cpus: other work is running, so times are noisy{hint}")
     try:
+        if args.pool_noise:
+            out["pool_noise"] = pool_noise(args)
+            print_noise(out["pool_noise"], experiment.Config.gamma)
+            todo = []
         for size, device, dtype, seed in todo:
             out["cases"].append(run_case(size, device, dtype, seed, args))
             print_case(out["cases"][-1])

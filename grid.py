@@ -20,7 +20,6 @@ import cli
 import figures
 import records
 import report
-from cli import UsageError
 
 
 def read_size(text):
@@ -56,19 +55,19 @@ def parse_grid(items):
         name, eq, values = item.partition("=")
         name = ALIASES.get(name, name)
         if not eq or not values:
-            raise UsageError(f"--grid takes knob=value,value,... (got {item!r}), e.g. --grid beta=0.05,0.1,0.3")
+            raise cli.UsageError(f"--grid takes knob=value,value,... (got {item!r}), e.g. --grid beta=0.05,0.1,0.3")
         if name not in KNOBS:
-            raise UsageError(f"unknown knob {name!r} in --grid; choose from {', '.join(KNOBS)}")
+            raise cli.UsageError(f"unknown knob {name!r} in --grid; choose from {', '.join(KNOBS)}")
         if name in [k for k, _ in knobs]:
-            raise UsageError(f"--grid names the knob {name} twice; give its values once, e.g. {name}=a,b,c")
+            raise cli.UsageError(f"--grid names the knob {name} twice; give its values once, e.g. {name}=a,b,c")
         fields, read = KNOBS[name]
         texts = values.split(",")
         try:
             parsed = [dict(zip(fields, read(t.strip()))) for t in texts]
         except ValueError as e:
-            raise UsageError(f"--grid {name}: {e}") from None
+            raise cli.UsageError(f"--grid {name}: {e}") from None
         if len({tuple(p.values()) for p in parsed}) != len(parsed):
-            raise UsageError(f"--grid {name} names a value twice; give each once")
+            raise cli.UsageError(f"--grid {name} names a value twice; give each once")
         knobs.append((name, list(zip([t.strip() for t in texts], parsed))))
     return knobs
 
@@ -77,23 +76,23 @@ def grid_settings(cfg, given, methods):
     """every (knob, value) as (knob, text, key, Config, the flags it counts as given), checked as a run of its own
     would check it (a knob that does not apply is an error), and the distinct settings {key: (Config, given)}."""
     if cfg.sweep:
-        raise UsageError("--grid and --sweep both vary a setting; run one of them (a bias grid is --sweep)")
+        raise cli.UsageError("--grid and --sweep both vary a setting; run one of them (a bias grid is --sweep)")
     if not any(m in cfg.method_list() and b in cfg.method_list() for m, b in DIFFERENCES):
-        raise UsageError("--grid compares e-dpo and p-dpo with dpo, and e-dpo with d-dpo; --methods needs one such pair")
+        raise cli.UsageError("--grid compares e-dpo and p-dpo with dpo, and e-dpo with d-dpo; --methods needs one such pair")
     rows, distinct = [], {}
     for knob, values in parse_grid(cfg.grid):
         for text, fields in values:
             both = set(fields) & set(given or ())
             if both:
-                raise UsageError(f"--grid {knob} and --{sorted(both)[0].replace('_', '-')} both set it; leave one out")
+                raise cli.UsageError(f"--grid {knob} and --{sorted(both)[0].replace('_', '-')} both set it; leave one out")
             setting = dataclasses.replace(cfg, grid=[], **fields)
             flags = set(given or ()) | set(fields)
             try:
                 cli.check_config(setting, methods, flags)
                 if setting.n_embd % setting.n_head:
-                    raise UsageError(f"the width {setting.n_embd} is not a multiple of --n-head {setting.n_head}")
-            except UsageError as e:
-                raise UsageError(f"--grid {knob}={text}: {e}") from None
+                    raise cli.UsageError(f"the width {setting.n_embd} is not a multiple of --n-head {setting.n_head}")
+            except cli.UsageError as e:
+                raise cli.UsageError(f"--grid {knob}={text}: {e}") from None
             key = repr(sorted(dataclasses.asdict(setting).items()))  # the same settings, the same run
             distinct.setdefault(key, (setting, flags))
             rows.append((knob, text, key))
@@ -232,13 +231,13 @@ def combine(grids):
     rows, seen = [], set()
     for path, grid in grids:
         if "rows" not in grid:
-            raise UsageError(f"{path}: the results of a run, not of a grid; give grid-NNN folders")
+            raise cli.UsageError(f"{path}: the results of a run, not of a grid; give grid-NNN folders")
         others = {k: v for k, v in grid["config"].items() if k not in ("grid", "out")}
         if others != {k: v for k, v in grids[0][1]["config"].items() if k not in ("grid", "out")}:
-            raise UsageError(f"{path} and {grids[0][0]} were run with other flags or seeds besides --grid; "
+            raise cli.UsageError(f"{path} and {grids[0][0]} were run with other flags or seeds besides --grid; "
                              "give grids of one setting")
         if grid.get("run", {}).get("status") != "finished":
-            raise UsageError(f"{path}: the grid did not finish (status {grid.get('run', {}).get('status')!r}); "
+            raise cli.UsageError(f"{path}: the grid did not finish (status {grid.get('run', {}).get('status')!r}); "
                              "rerun its command")
         for row in grid["rows"]:
             if (row["knob"], row["value"]) not in seen:
@@ -250,7 +249,7 @@ def combine(grids):
 def main(argv=None):
     """python grid.py GRID [GRID ...] [--figure PATH]: one table (and figure) from the grid folders given."""
     p = cli.ArgumentParser(description="print one table from grid folders that rddpo.py --grid wrote (several: "
-                                           "their rows in turn, a knob value once), and draw it with --figure")
+                                       "their rows in turn, a knob value once), and draw it with --figure")
     p.add_argument("grids", nargs="+", help="grid-NNN folders (or their results.json)")
     p.add_argument("--figure", default="", help="also draw the table's differences into this .png")
     args = p.parse_args(argv)

@@ -3,6 +3,7 @@
 The tiny GPT-2 built in code, a model from the Hugging Face hub or a folder, the reference pi_ref (fine-tuned on
 the task's reviews, or on your data's chosen responses, and cached), and sampling with a key-value cache.
 """
+import copy
 import dataclasses
 import hashlib
 import json
@@ -160,7 +161,6 @@ def data_reference(base, tokenizer, cfg, pairs, seed, device):
     and the settings (sft_cache). -> (pi_ref, what the fine-tuning did: the token loss
     on the training chosen responses and the held-out chosen log-prob, before and after). choice: the learning rate is
     the policy's default for the model (learning_rate), whatever --lr says. anything else: (base, {})."""
-    import copy
     if not (pairs and cfg.model != "tiny" and cfg.sft_steps):
         return base, {}
     lr = learning_rate(dataclasses.replace(cfg, lr=None), base)

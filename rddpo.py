@@ -348,20 +348,6 @@ def pessimistic_dpo_loss(policy_chosen_logps, policy_rejected_logps, reference_c
 # 6. training the policy: the pairs were prepared once (experiment.py)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def policy_loss(method, policy_logps, rows, pairs, beta, gamma, pool_logps=None, pool_rows=None):
     """the loss of `method` on one batch; reference log-probs and reward scores were computed once.
     policy_logps (2B,): the batch's chosen rows, then its rejected rows; rows (2B,) index into pairs.
@@ -381,11 +367,18 @@ def policy_loss(method, policy_logps, rows, pairs, beta, gamma, pool_logps=None,
     raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
+def pool_rows_per_step(batch_size, pool_batch=None):
+    """M, the forward-KL pool's responses per e-DPO or p-DPO step: pool_batch (--pool-batch) or, without it, B.
+    choice: M = B by default: fewer rows make the step cheaper, but the forward-KL term's gradient noise grows as
+    1/M and is already larger than DPO's own at M = B (docs/METHOD.md#pool-batch-protocol)."""
+    return batch_size if pool_batch is None else pool_batch
+
+
 def pool_batch(policy, pairs, order, step, batch_size, device):
     """the policy's log-probs of this step's share of the forward-KL pool, and its rows: the pool's rows in the
-    order `order`, batch_size per step, so each pool response is used once. -> (B,), (B,)"""
-    rows = np.take(order, np.arange((step - 1) * batch_size, step * batch_size), mode="wrap")  # (B,)
-    ids, mask, resp = batch_tensors(pairs.pool, rows, device)  # (B, T) each
+    order `order`, batch_size (M) per step, so each pool response is used once. -> (M,), (M,)"""
+    rows = np.take(order, np.arange((step - 1) * batch_size, step * batch_size), mode="wrap")  # (M,)
+    ids, mask, resp = batch_tensors(pairs.pool, rows, device)  # (M, T) each
     return sequence_logps(forward(policy, ids, mask), ids, resp), rows
 
 
@@ -428,7 +421,7 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
     opt = torch.optim.AdamW(policy.parameters(), lr=learning_rate(cfg, reference))
     n, rng = len(pairs.keep), np.random.default_rng([seed, METHODS.index(method)])
     drawn_from = n if method in ("d-dpo", "e-dpo") else pairs.labelled  # only distillation uses unlabelled pairs
-    pooled = method in ("e-dpo", "p-dpo")
+    pooled, m = method in ("e-dpo", "p-dpo"), pool_rows_per_step(cfg.batch_size, cfg.pool_batch)
     order = np.random.default_rng([seed, 99]).permutation(len(pairs.pool_ref_logps)) if pooled else None  # (P,)
     at = {round(cfg.steps * i / min(cfg.eval_points, cfg.steps)) for i in range(1, min(cfg.eval_points, cfg.steps) + 1)}
     picked = np.zeros(len(pairs.rm_family) if method == "e-dpo" else 0)  # (K,)
@@ -438,7 +431,7 @@ def train_policy(reference, pairs, method, cfg, seed, device, log, checkpoint=la
         rows = np.concatenate([idx, idx + n])  # (2B,): chosen rows, then rejected rows
         ids, mask, resp = batch_tensors(pairs.tokens, rows, device)  # (2B, T) each
         policy_logps = sequence_logps(forward(policy, ids, mask), ids, resp)  # (2B,)
-        pool_logps, pool_rows = pool_batch(policy, pairs, order, step, cfg.batch_size, device) if pooled else (None, None)
+        pool_logps, pool_rows = pool_batch(policy, pairs, order, step, m, device) if pooled else (None, None)  # (M,)
         loss = policy_loss(method, policy_logps, rows, pairs, cfg.beta, cfg.gamma, pool_logps, pool_rows)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"{method}: the loss became {loss.item()} at step {step}; try a lower --lr")

@@ -11,6 +11,7 @@ The method lives in rddpo.py; this file only plugs its losses into TRL, in three
 
     python rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, 12 s on 2 cores
     python rddpo_trl.py --method p-dpo --steps 30
+    python rddpo_trl.py --data pairs.jsonl --model PATH --sft-steps 20   # your pairs, on pi_ref fine-tuned on them
     python -m pytest test_trl.py -q        # the trainer's loss and gradients equal rddpo.py's step, to 1e-5
 
 Several GPUs (needs the Hugging Face hub or a local copy of the model; every process trains on its own B pairs and
@@ -42,10 +43,12 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
+import cli
 import experiment
 import models
 import task
 import rddpo
+from data import split_pairs, user_pairs
 
 METHODS = ("d-dpo", "e-dpo", "p-dpo")
 SCORES = ("rm_chosen", "rm_rejected")  # the score columns: K floats per pair each
@@ -115,7 +118,7 @@ def add_reward_scores(pairs, reward_models, tokenizer=None, max_length=1024, dev
 def sample_pool(reference, tokenizer, prompts, n, max_new_tokens, max_length, seed, device):
     """n responses drawn from pi_ref on the prompts in turn, as experiment.kl_pool draws them (same seed, same sampler:
     models.sample), kept as the exact token ids drawn -> Dataset of prompt_ids, completion_ids (eos included unless
-    cut off at max_new_tokens). experiment.kl_pool takes n = steps * batch_size."""
+    cut off at max_new_tokens). experiment.kl_pool takes n = steps * M (rddpo.pool_rows_per_step)."""
     rddpo.seed_everything(seed + 11)  # experiment.kl_pool's seed
     drawn = models.sample(reference, tokenizer, [prompts[i % len(prompts)] for i in range(n)], max_new_tokens,
                           max_length, device, "forward-KL pool from pi_ref")
@@ -153,6 +156,8 @@ class DistilledDPOConfig(DPOConfig):
     gpt-2's tokenizer or the task's word-level one."""
     method: str = field(default="e-dpo", metadata={"help": "d-dpo, e-dpo or p-dpo"})
     gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL term in e-DPO and p-DPO"})
+    pool_batch: int = field(default=None, metadata={"help": "M, pool rows per step and process (rddpo.py's "
+                                                    "--pool-batch); None: rddpo.pool_rows_per_step's default"})
     precompute_ref_log_probs: bool = field(default=True, metadata={"help": "required: no reference in memory"})
     # choice: float32, rddpo.py's default (--dtype float32); TRL's configs turn bf16 autocast on by default
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (faster on a gpu)"})
@@ -225,15 +230,16 @@ def check_config(args, data, pool_dataset):
                              f"one model, or train e-dpo on the family")
     if args.method in ("e-dpo", "p-dpo") and pool_dataset is None:
         raise ValueError(f"{args.method} needs pool_dataset, responses drawn from the reference for the forward-KL "
-                         f"term: make one with rddpo_trl.sample_pool(reference, tokenizer, prompts, n=steps*batch_size)")
+                         f"term: make one with rddpo_trl.sample_pool(reference, tokenizer, prompts, n=steps*M)")
 
 
 class DistilledDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer with rddpo.py's d-DPO, e-DPO or p-DPO loss. Tokenisation, the reference's precomputed
     log-probs, batching, the optimizer and distributed training are TRL's and transformers'; the loss and the
     forward-KL pool are rddpo.py's. The pool (`pool_dataset`: sample_pool's ids, or prompt/completion texts) is
-    scored by the reference once, here; each step then takes its next B rows, each row used once (rddpo.pool_batch).
-    choice: with several processes each computes the loss of its own B pairs and B pool rows, and DDP averages the
+    scored by the reference once, here; each step then takes its next M rows (args.pool_batch, by default
+    rddpo.pool_rows_per_step's), each row used once (rddpo.pool_batch).
+    choice: with several processes each computes the loss of its own B pairs and M pool rows, and DDP averages the
     gradients: for d-DPO and p-DPO that is the loss of the whole batch, for e-DPO the min over the K members is taken
     per process (the whole batch's min would need the members' losses all-reduced before the min)."""
 
@@ -279,15 +285,16 @@ class DistilledDPOTrainer(DPOTrainer):
         return np.take(self.pool_order, np.arange((c * W + r) * n, (c * W + r + 1) * n), mode="wrap")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """the pairs' 2B rows and B pool rows in one forward pass; log-probs summed over each response; the loss
+        """the pairs' 2B rows and M pool rows in one forward pass; log-probs summed over each response; the loss
         of args.method (rddpo.py's functions). replaces TRL's DPOTrainer._compute_loss, whose loss is fixed."""
         mode, B = "train" if self.model.training else "eval", len(inputs["ref_chosen_logps"])
-        rows = self.pool_rows(B, advance=mode == "train") if self.pooled else None  # (B,)
-        pool = rddpo.batch_tensors(self.pool, rows, inputs["input_ids"].device) if self.pooled else None  # (B, Tp)
-        logps, outputs = response_logps(model, *joined(inputs, pool, self.pad_id))  # (3B,) or (2B,)
+        M = rddpo.pool_rows_per_step(B, self.args.pool_batch)
+        rows = self.pool_rows(M, advance=mode == "train") if self.pooled else None  # (M,)
+        pool = rddpo.batch_tensors(self.pool, rows, inputs["input_ids"].device) if self.pooled else None  # (M, Tp)
+        logps, outputs = response_logps(model, *joined(inputs, pool, self.pad_id))  # (2B + M,) or (2B,)
         pc, pr, rc, rr = logps[:B], logps[B:2 * B], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]  # (B,)
         scores = (inputs[SCORES[0]].T, inputs[SCORES[1]].T) if SCORES[0] in inputs else None  # (K, B) each
-        pool = (logps[2 * B:], self.pool_ref_logps[rows].to(pc.device)) if self.pooled else ()  # (B,), (B,)
+        pool = (logps[2 * B:], self.pool_ref_logps[rows].to(pc.device)) if self.pooled else ()  # (M,), (M,)
         loss = method_loss(self.args.method, (pc, pr, rc, rr), scores, self.beta, self.args.gamma, pool)
         self.log_dpo_metrics(mode, inputs, outputs, (pc, pr, rc, rr))
         self.log_method_metrics(mode, (pc, pr, rc, rr), scores, pool)
@@ -369,7 +376,7 @@ def rddpo_step(model, tokenizer, pairs, pool, B, max_length, beta, gamma, lr, se
     def step(i):
         ids, mask, resp = rddpo.batch_tensors(p.tokens, rows, "cpu")  # (2B, T) each
         policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
-        pool_logps, pool_rows = rddpo.pool_batch(policy, p, order, i, B, "cpu")
+        pool_logps, pool_rows = rddpo.pool_batch(policy, p, order, i, rddpo.pool_rows_per_step(B), "cpu")
         loss = rddpo.policy_loss("e-dpo", policy_logps, rows, p, beta, gamma, pool_logps, pool_rows)
         opt.zero_grad()
         loss.backward()
@@ -448,39 +455,59 @@ class Args:
     bias: float = field(default=0.5, metadata={"help": "probability that the annotator prefers the longer response"})
     beta: float = field(default=0.1, metadata={"help": "KL strength"})
     gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL term (e-DPO, p-DPO)"})
-    lr: float = field(default=1e-4, metadata={"help": "learning rate (AdamW)"})
+    pool_batch: int = field(default=0, metadata={"help": "M, pool rows per step and process (rddpo.py's --pool-batch); "
+                                                 "0: its default (rddpo.pool_rows_per_step)"})
+    lr: float = field(default=0.0, metadata={"help": "learning rate (AdamW); 0: rddpo.learning_rate's default for the "
+                                             "model (1e-4 for the tiny model, 1e-4 x 64 / width for a --model)"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the reward models and TRL"})
     log_every: int = field(default=5, metadata={"help": "steps between logged lines"})
+    data: str = field(default="", metadata={"help": "your own pairs (JSON lines, as rddpo.py --data): the reward models "
+                                            "and the policy train on this seed's training split (data.split_pairs)"})
+    sft_steps: int = field(default=0, metadata={"help": "--data on a --model: first fine-tune pi_ref on the training "
+                                                "split's chosen responses, as rddpo.py --sft-steps (the same cache)"})
+    chat_template: bool = field(default=False, metadata={"help": "--data: each prompt in the model's chat template"})
+    max_length: int = field(default=64, metadata={"help": "tokens per prompt+response"})
+    max_new_tokens: int = field(default=40, metadata={"help": "longest sampled pool response"})
     out: str = field(default="runs", metadata={"help": "folder of the cached reference; TRL writes in OUT/trl-METHOD"})
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in Args.__dataclass_fields__.values():
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default, help=f.metadata["help"])
+        kind = dict(action="store_true") if isinstance(f.default, bool) else dict(type=type(f.default))
+        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"], **kind)
     return Args(**vars(p.parse_args(argv)))
 
 
 def rddpo_config(a):
-    """rddpo.py's Config for the same budget; the tiny model's defaults key the cached reference."""
+    """experiment.Config for the same budget; the tiny model's defaults key the cached reference."""
     return experiment.Config(model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs,
-                        n_eval=8, ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma, out=a.out)
+                             n_eval=8, ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma,
+                             pool_batch=a.pool_batch or None, out=a.out, data=a.data, sft_steps=a.sft_steps or None,
+                             chat_template=a.chat_template, max_length=a.max_length, max_new_tokens=a.max_new_tokens)
 
 
 def prepare(a, reference, tokenizer, world, device):
-    """the built-in task's pairs, scored once by the reward models rddpo.reward_scores would train (the plain one for
-    d-DPO, the family for e-DPO), and the forward-KL pool for this run's steps -> (pairs, pool or None) Datasets."""
+    """the built-in task's pairs (or --data's training split), scored once by the reward models rddpo.reward_scores
+    would train (the plain one for d-DPO, the family for e-DPO), and the forward-KL pool for this run's steps ->
+    (pairs, pool or None) Datasets."""
     cfg = rddpo_config(a)
-    prompts, chosen, rejected, ev = experiment.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
+    if a.data:  # the held-out tenth stays out, as in rddpo.py; prompts that fill the context are left out
+        rows = [r for r in split_pairs(user_pairs(cfg), a.seed)[0] if rddpo.fits(tokenizer, r[0], cfg.max_length)]
+        prompts, chosen, rejected = (list(x) for x in zip(*rows))
+    else:
+        prompts, chosen, rejected, _ = experiment.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
     pairs = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
     data = Dataset.from_dict({k: [v[i] for i in pairs.keep] for k, v in
                               dict(prompt=prompts, chosen=chosen, rejected=rejected).items()})
     if a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
         longer = np.array([len(task.words(c)) > len(task.words(r)) for c, r in zip(data["chosen"], data["rejected"])])
-        plain, family, _ = rddpo.reward_scores(reference, pairs, ev, cfg, a.seed, device, longer)  # (2N,), (K, 2N)
+        no_diagnostics = lambda rm, scores: {}  # noqa: E731  (experiment.diagnose's numbers are not printed here)
+        plain, family, _ = rddpo.reward_scores(reference, pairs, no_diagnostics, cfg, a.seed, device, longer)  # (2N,), (K, 2N)
         scores_w, scores_l = (plain[None] if a.method == "d-dpo" else family).chunk(2, dim=1)  # (K, N) each
         data = data.add_column(SCORES[0], scores_w.T.tolist()).add_column(SCORES[1], scores_l.T.tolist())
-    pool = sample_pool(reference, tokenizer, prompts, a.steps * a.batch_size * world, cfg.max_new_tokens,
+    n = a.steps * rddpo.pool_rows_per_step(a.batch_size, cfg.pool_batch) * world
+    pool = sample_pool(reference, tokenizer, prompts, n, cfg.max_new_tokens,
                        cfg.max_length, a.seed, device) if a.method != "d-dpo" else None
     return data, pool
 
@@ -492,6 +519,9 @@ def prepared(a, state):
     path = os.path.join(a.out, f"trl-data-{a.method}")
     with state.main_process_first():
         reference, tokenizer = models.load_reference(rddpo_config(a), state.device)
+        if a.data:  # pi_ref fine-tuned on this seed's training chosen responses (--sft-steps), as rddpo.py makes it
+            reference, _ = models.data_reference(reference, tokenizer, rddpo_config(a), user_pairs(rddpo_config(a)),
+                                                 a.seed, state.device)
         if state.num_processes == 1:
             return (reference, tokenizer, *prepare(a, reference, tokenizer, 1, state.device))
         if state.is_main_process:
@@ -514,8 +544,10 @@ def train(a, reference, tokenizer, data, pool, use_cpu):
             if state.is_world_process_zero and "loss" in (logs or {}):
                 print(f"step {state.global_step:4d}  " + "  ".join(f"{k} {logs[k]:.4f}" for k in keys if k in logs))
     args = DistilledDPOConfig(output_dir=os.path.join(a.out, f"trl-{a.method}"), method=a.method, gamma=a.gamma,
-                              beta=a.beta, learning_rate=a.lr, max_steps=a.steps, per_device_train_batch_size=a.batch_size,
-                              max_length=experiment.Config.max_length, lr_scheduler_type="constant", weight_decay=0.01,
+                              pool_batch=a.pool_batch or None,
+                              beta=a.beta, learning_rate=a.lr or rddpo.learning_rate(rddpo_config(a), reference),
+                              max_steps=a.steps, per_device_train_batch_size=a.batch_size,
+                              max_length=a.max_length, lr_scheduler_type="constant", weight_decay=0.01,
                               max_grad_norm=0.0, logging_steps=a.log_every, save_strategy="no", report_to="none",
                               seed=a.seed, use_cpu=use_cpu, disable_tqdm=True)
     trainer = DistilledDPOTrainer(copy.deepcopy(reference), args=args, train_dataset=data, pool_dataset=pool,
@@ -532,7 +564,10 @@ def main(argv=None):
         raise SystemExit(f"unknown --method {a.method!r}; choose {', '.join(METHODS)}")
     use_cpu = not torch.cuda.is_available()
     state = PartialState(cpu=use_cpu)  # before TRL's: on cpu, several processes then train over gloo
-    reference, tokenizer, data, pool = prepared(a, state)
+    try:
+        reference, tokenizer, data, pool = prepared(a, state)
+    except cli.UsageError as e:  # a bad --data file: one line, as rddpo.py says it
+        raise SystemExit(f"error: {e}") from None
     trainer = train(a, reference, tokenizer, data, pool, use_cpu)
     if state.is_main_process:
         last = [row for row in trainer.state.log_history if "loss" in row][-1]

@@ -329,3 +329,7 @@ def main(argv=None):
             raise UsageError("the two runs share no (bias, method, seed); compare runs made with the same seeds")
         print_comparison(rows, args.runs)
     return cli(compare)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

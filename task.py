@@ -11,8 +11,8 @@ Two gold readers say what a response is really worth, and a biased annotator lab
 - neutral (the control): the share of positive adjectives, blind to length, repetition and word salad. Here
   the length bias is only label noise.
 
-experiment.py imports everything below (rddpo.py, the method, imports none of it); docs/METHOD.md#task states
-each choice and its reason.
+experiment.py and models.py import from it (rddpo.py, the method, imports none of it); docs/METHOD.md#task
+states each choice and its reason.
 """
 import re
 
@@ -107,7 +107,7 @@ def word_tokenizer(words):
 def build_tokenizer():
     """a word-level tokenizer built in code over the task's closed vocabulary (nothing downloaded)."""
     return word_tokenizer(POSITIVE + NEGATIVE + NEUTRAL + NOUNS + ADVERBS + ["the", "was", ".", ":"]
-                                 + " ".join(TITLES + EVAL_TITLES + OPENERS).split())
+                          + " ".join(TITLES + EVAL_TITLES + OPENERS).split())
 
 
 def longest_text_tokens(tokenizer, slots):

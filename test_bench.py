@@ -37,7 +37,7 @@ def test_quick_run_writes_every_variant_with_finite_times_and_ratios(tmp_path):
         assert case["variants"]["bare"]["ratio_to_bare"] == 1.0
         assert case["one_off"]["reference_ms"] > 0 and case["one_off"]["total_ms_K16"] > case["one_off"]["total_ms_K4"]
         assert case["memory"]["live_parameters"] == case["memory"]["policy_parameters"] > 0
-        assert len(case["targets"]) == 6 and all(isinstance(t["met"], bool) for t in case["targets"].values())
+        assert len(case["targets"]) == 8 and all(isinstance(t["met"], bool) for t in case["targets"].values())
     assert result["machine"]["torch"] == torch.__version__
 
 
@@ -52,15 +52,15 @@ def prepared():
     torch.set_num_threads(threads)
 
 
-def direct_losses(policy, data, rows, cfg):
-    """the losses computed here from rddpo's loss functions, without bench.py's step."""
+def direct_losses(policy, data, rows, cfg, m=None):
+    """the losses computed here from rddpo's loss functions, without bench.py's step; m: pool rows (default B)."""
     ids, mask, resp = rddpo.batch_tensors(data.tokens, rows, "cpu")
     with torch.no_grad():
         logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
     pc, pr = logps.chunk(2)
     rc, rr = data.ref_logps[rows].chunk(2)
     fam_c, fam_r = data.rm_family[:, rows].chunk(2, dim=1)  # (16, B) each
-    pool_rows = rows[:len(rows) // 2]  # the step's pool responses: the pool's rows of the batch's pairs
+    pool_rows = rows[:m or len(rows) // 2]  # the step's pool responses: the pool's rows of the batch's (first m) pairs
     ids, mask, resp = rddpo.batch_tensors(data.pool, pool_rows, "cpu")
     with torch.no_grad():
         pool = (rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp), data.pool_ref_logps[pool_rows])
@@ -95,22 +95,34 @@ def test_timed_steps_compute_rddpo_losses_and_step_the_policy(prepared):
         loss = steps[name](rows)
         torch.testing.assert_close(loss, direct[key], rtol=1e-5, atol=1e-6, msg=name)
         assert not torch.equal(policy.transformer.h[0].mlp.c_fc.weight, start["transformer.h.0.mlp.c_fc.weight"])
+    for d in (2, 4):  # --pool-batch B/d: the forward-KL term on the first B/d pool rows only
+        policy.load_state_dict(start)
+        fewer = direct_losses(policy, data, rows, cfg, m=args.batch_size // d)
+        assert fewer["p"] != direct["p"]
+        for name, key in ((f"e-dpo K=4 M=B/{d}", "e4"), (f"p-dpo M=B/{d}", "p")):
+            policy.load_state_dict(start)
+            torch.testing.assert_close(steps[name](rows), fewer[key], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_targets_report_a_miss():
     """IPO at 1.2x DPO, p-DPO (the pool) at 1.7x, e-DPO at K=16 1.9x against 1.0x at K=4 (and 1.9/1.7 = 1.12x
-    p-DPO), DPO at 1.2x bare and a second model alive: all six missed; the loss-alone estimate adds the losses' own
-    time difference to the base's step: 1 + 500 us / 10 ms."""
+    p-DPO), DPO at 1.2x bare and a second model alive: all six missed (the pool's rows at M = B/2 and B/4, at 1.0x,
+    met, until p-DPO at M = B/4 takes 1.3x); the loss-alone estimate adds the losses' own time difference to the
+    base's step: 1 + 500 us / 10 ms."""
     v = {n: dict(median_ms=10.0, ratio_to_dpo=1.0, ratio_to_bare=1.0, loss_us=100.0) for n in bench.VARIANTS}
     v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.2, 1.2, 1.9
     v["p-dpo"]["ratio_to_dpo"], v["ipo"]["loss_us"] = 1.7, 600.0
     result = bench.targets(dict(variants=v, memory=dict(live_parameters=200, policy_parameters=100)))
-    assert [t["met"] for t in result.values()] == [False] * 6
+    assert [t["met"] for t in result.values()] == [False] * 5 + [True] * 2 + [False]  # the pool's rows at 1.0x
     assert result["IPO's and d-DPO's steps within 1.05x DPO's"]["from_loss_alone"] == pytest.approx(1.05)
     v["ipo"]["ratio_to_dpo"], v["dpo"]["ratio_to_bare"], v["p-dpo"]["ratio_to_dpo"] = 1.04, 1.09, 1.5
     v["e-dpo K=4"]["ratio_to_dpo"], v["e-dpo K=16"]["ratio_to_dpo"] = 1.5, 1.5 * 1.04
     result = bench.targets(dict(variants=v, memory=dict(live_parameters=100, policy_parameters=100)))
-    assert [t["met"] for t in result.values()] == [True] * 6
+    assert [t["met"] for t in result.values()] == [True] * 8
+    v["p-dpo M=B/4"]["ratio_to_dpo"] = 1.3  # M = B/4 misses 1.25x when either pooled step does
+    result = bench.targets(dict(variants=v, memory=dict(live_parameters=100, policy_parameters=100)))
+    assert [name for name, t in result.items() if not t["met"]] == [
+        "the pool at M=B/4: e-DPO's and p-DPO's steps within 1.25x DPO's"]
 
 
 def test_quick_sets_defaults_only_and_a_given_flag_wins():
@@ -213,3 +225,20 @@ def test_gpu_script_runs_each_part_on_the_cpu_at_a_tiny_budget(tmp_path):
         assert results["config"]["n_layer"] == 1 and results["config"]["device"] == "cpu"
     assert sorted({json.loads((tmp_path / r / "results.json").read_text())["config"]["bias"] for r in runs[1:]}) == [0, 1]
     assert os.path.exists(tmp_path / "bench-001" / "bench.json")
+
+
+@pytest.mark.slow
+def test_pool_noise_measures_each_m_at_pi_ref_and_the_trained_policies(tmp_path):
+    """--pool-noise --quick: for pi_ref and the p-DPO and e-DPO policies, at M = 16, 8 and 4 pool rows, the
+    forward-KL estimate's sd (0 at pi_ref, where every term is 0, up to float32 rounding), gradient noises that are positive and
+    larger at M = 4 than at M = 16 (fewer rows, more noise), and rho their ratio; no timing cases run."""
+    out = bench.run(bench.parse_args(["--pool-noise", "--quick", "--out", str(tmp_path)]))
+    noise = out["pool_noise"]
+    assert list(noise) == ["pi_ref (p-dpo's terms)", "p-dpo", "pi_ref (e-dpo's terms)", "e-dpo"] and out["cases"] == []
+    for name, n in noise.items():
+        assert list(n["rho"]) == [16, 8, 4] and n["preference_grad_noise"] > 0
+        assert n["fkl_grad_noise"][4] > n["fkl_grad_noise"][16] > 0
+        assert all(n["rho"][m] == pytest.approx(n["fkl_grad_noise"][m] / n["preference_grad_noise"]) for m in n["rho"])
+        assert (max(n["fkl_sd"].values()) < 1e-4) == name.startswith("pi_ref")  # float32 rounding only
+    saved = json.loads((tmp_path / "bench-001" / "bench.json").read_text())
+    assert saved["pool_noise"]["p-dpo"]["rho"]["16"] == pytest.approx(noise["p-dpo"]["rho"][16])

@@ -508,9 +508,10 @@ def run_cli(*args, timeout=120):
 def test_help_lists_every_flag_with_its_default():
     out = run_cli("--help").stdout
     for flag in ("--model", "--methods", "--bias", "--seeds", "--beta", "--gamma", "--ensemble", "--steps",
-                 "--batch-size", "--lr", "--device", "--out", "--data", "--sweep", "--quick"):
+                 "--batch-size", "--lr", "--device", "--out", "--data", "--sweep", "--quick", "--pool-batch"):
         assert flag in out
     assert "default: 0.1" in out
+    assert "rddpo: reward-distilled DPO in one readable file." in out  # the description, as before issue 23
 
 
 def test_unreachable_hub_is_one_clear_line_within_seconds(tmp_path):
@@ -884,6 +885,8 @@ def test_a_builtin_task_flag_with_data_is_an_error(tmp_path, capsys, args, says)
     (["--model", "gpt2", "--n-layer", "4"], "--n-layer applies to the built-in tiny model only"),
     (["--methods", "dpo,ipo", "--gamma", "0.2"], "--gamma applies to e-dpo and p-dpo only"),
     (["--methods", "p-dpo", "--ensemble", "2"], "--ensemble applies to e-dpo only"),
+    (["--methods", "dpo,d-dpo", "--pool-batch", "4"], "--pool-batch applies to e-dpo and p-dpo only"),
+    (["--pool-batch", "0"], "--pool-batch must be >= 1 (got 0)"),
     (["--methods", "dpo,DPO"], "--methods names a value twice"),
     (["--sweep", "--sweep-biases", "0,0.5,0"], "--sweep-biases names a value twice"),
     (["--max-length", "32"], "--max-length 32 cannot hold the task's longest prompt and review (45 tokens)"),
@@ -1566,6 +1569,20 @@ def test_each_pool_response_is_used_once_in_a_random_order(tiny, tokenizer, monk
     rddpo.train_policy(tiny, pairs, method, cfg, 0, "cpu", log=lambda *a: None)
     order = np.concatenate(seen)
     assert sorted(order.tolist()) == list(range(6)) and order.tolist() != list(range(6))
+
+
+@pytest.mark.parametrize("method", ["e-dpo", "p-dpo"])
+def test_pool_batch_takes_m_pool_rows_per_step_from_a_pool_of_steps_times_m(tiny, tokenizer, monkeypatch, method):
+    """--pool-batch 2 at batch size 3: the pool holds steps x 2 responses, and each of 3 steps takes 2 rows of it,
+    6 distinct rows in all; without the flag, M is the batch size (rddpo.pool_rows_per_step)."""
+    cfg = experiment.Config(steps=3, batch_size=3, max_new_tokens=8, pool_batch=2, log_every=100, eval_points=1)
+    pool, _ = experiment.kl_pool(tiny, tokenizer, PROMPTS[:2], cfg, seed=0, device="cpu")
+    assert pool.input_ids.shape[0] == 6
+    assert rddpo.pool_rows_per_step(3) == 3 and rddpo.pool_rows_per_step(3, 2) == 2
+    pairs = pooled_pairs(tiny, tokenizer, 8)
+    seen = recorded_rows(monkeypatch, "pool")
+    rddpo.train_policy(tiny, pairs, method, cfg, 0, "cpu", log=lambda *a: None)
+    assert [len(rows) for rows in seen] == [2, 2, 2] and sorted(np.concatenate(seen).tolist()) == list(range(6))
 
 
 def test_unlabelled_pairs_are_drawn_from_pi_ref_scored_and_never_seen_by_a_reward_model(tiny, tokenizer, monkeypatch):

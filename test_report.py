@@ -7,6 +7,7 @@ import platform
 import random
 import shutil
 import subprocess
+import sys
 import time
 
 import matplotlib
@@ -16,7 +17,6 @@ import numpy as np
 import pytest
 
 import cli
-import experiment
 import figures
 import records
 import report
@@ -477,4 +477,7 @@ def test_compare_runs_gives_b_minus_a_seed_by_seed_on_the_seeds_both_ran(tmp_pat
     report.print_comparison(report.compare_runs(a, b), ["a", "b"])
     assert "bias" not in capsys.readouterr().out
     assert report.main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
+    done = subprocess.run([sys.executable, os.path.join(HERE, "report.py"), "compare", str(tmp_path / "a"),
+                           str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("error:")  # python report.py compare runs main
     assert "cannot read" in capsys.readouterr().err

@@ -14,10 +14,9 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import experiment  # noqa: E402
 import models  # noqa: E402
-import task  # noqa: E402
 import rddpo  # noqa: E402
 import rddpo_trl  # noqa: E402
-from task import make_prompts, make_review  # noqa: E402
+from task import TITLES, build_tokenizer, make_prompts, make_review  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 B, N, K, MAX_LENGTH = 4, 6, 3, 64  # pairs per step, pairs in the data, reward models, tokens
@@ -25,7 +24,7 @@ B, N, K, MAX_LENGTH = 4, 6, 3, 64  # pairs per step, pairs in the data, reward m
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return task.build_tokenizer()
+    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def reference(tokenizer):
 def texts():
     """N pairs of the task's prompts and reviews, of different lengths (so padding matters)."""
     rng = np.random.default_rng(0)
-    prompts = make_prompts(rng, N, task.TITLES)
+    prompts = make_prompts(rng, N, TITLES)
     return prompts, [make_review(rng) for _ in prompts], [make_review(rng) for _ in prompts]
 
 
@@ -74,31 +73,35 @@ def moved(model, scale=0.05, seed=3):
 # the same step as rddpo.py
 
 
-@pytest.mark.parametrize("method", ["d-dpo", "e-dpo", "p-dpo"])
-def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, tokenizer, reference, texts, scores, tmp_path):
-    """on one tiny gpt-2, one batch (the first B pairs), the same scores and the same B pool rows, the trainer's
-    compute_loss and its gradients equal rddpo.train_policy's step (forward, sequence_logps, pool_batch,
-    policy_loss) to 1e-5. the policy is moved off the reference, so a swapped reference, a flipped sign, a missing
-    beta or gamma, a lost eos or prompt token, or other pool rows all change the numbers."""
-    k = 1 if method == "d-dpo" else K
+@pytest.mark.parametrize("method,pool_batch", [("d-dpo", None), ("e-dpo", None), ("p-dpo", None), ("e-dpo", B // 2),
+                                               ("p-dpo", 1)])
+def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch, tokenizer, reference, texts, scores,
+                                                              tmp_path):
+    """on one tiny gpt-2, one batch (the first B pairs), the same scores and the same M pool rows (--pool-batch M,
+    or its default), the trainer's compute_loss and its gradients equal rddpo.train_policy's step (forward,
+    sequence_logps, pool_batch, policy_loss) to 1e-5. the policy is moved off the reference, so a swapped reference,
+    a flipped sign, a missing beta or gamma, a lost eos or prompt token, or other pool rows all change the numbers."""
+    k, M = 1 if method == "d-dpo" else K, rddpo.pool_rows_per_step(B, pool_batch)
     policy = moved(reference)
-    # rddpo.py's side, as prepare and train_policy build it
+    # rddpo.py's side, as experiment.prepare and rddpo.train_policy build it
     pairs = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH)
     pairs.ref_logps = rddpo.all_logps(reference, pairs.tokens, np.arange(2 * N), "cpu")  # (2N,)
     pairs.rm_plain, pairs.rm_family = scores[0], scores[:k]  # (2N,), (k, 2N)
-    cfg = experiment.Config(steps=2, batch_size=B, max_new_tokens=20, max_length=MAX_LENGTH)
-    pairs.pool, pairs.pool_ref_logps = experiment.kl_pool(reference, tokenizer, texts[0], cfg, 0, "cpu")
+    cfg = experiment.Config(steps=2, batch_size=B, max_new_tokens=20, max_length=MAX_LENGTH, pool_batch=pool_batch)
+    pairs.pool, pairs.pool_ref_logps = experiment.kl_pool(reference, tokenizer, texts[0], cfg, 0, "cpu")  # (2M, T)
+    assert len(pairs.pool_ref_logps) == 2 * M
     ours = rddpo.without_dropout(copy.deepcopy(policy)).train()
     rows = np.concatenate([np.arange(B), np.arange(B) + N])  # (2B,): the first B pairs
     ids, mask, resp = rddpo.batch_tensors(pairs.tokens, rows, "cpu")
     order = np.random.default_rng([0, 99]).permutation(len(pairs.pool_ref_logps))  # train_policy's, seed 0
-    pool_logps, pool_rows = rddpo.pool_batch(ours, pairs, order, 1, B, "cpu")
+    pool_logps, pool_rows = rddpo.pool_batch(ours, pairs, order, 1, M, "cpu")  # (M,) each
     expected = rddpo.policy_loss(method, rddpo.sequence_logps(rddpo.forward(ours, ids, mask), ids, resp), rows, pairs,
                                  0.2, 0.3, pool_logps, pool_rows)
     expected.backward()
     # the trainer's side: TRL tokenises the texts and precomputes the reference's log-probs
-    pool = rddpo_trl.sample_pool(reference, tokenizer, texts[0], 2 * B, 20, MAX_LENGTH, 0, "cpu")
-    trainer = rddpo_trl.DistilledDPOTrainer(policy, ref_model=copy.deepcopy(reference), args=trl_args(tmp_path, method),
+    pool = rddpo_trl.sample_pool(reference, tokenizer, texts[0], 2 * M, 20, MAX_LENGTH, 0, "cpu")
+    trainer = rddpo_trl.DistilledDPOTrainer(policy, ref_model=copy.deepcopy(reference),
+                                            args=trl_args(tmp_path, method, pool_batch=pool_batch),
                                             train_dataset=scored_dataset(texts, scores[:k]), processing_class=tokenizer,
                                             pool_dataset=None if method == "d-dpo" else pool)
     loss = trainer.compute_loss(trainer.model, rddpo_trl.step_batch(trainer, B))
@@ -231,6 +234,37 @@ def test_two_cpu_processes_under_accelerate_launch_train_with_finite_losses(tmp_
     results = [json.loads((tmp_path / f"out-result-{rank}.json").read_text()) for rank in (0, 1)]
     assert {r["rank"] for r in results} == {0, 1} and all(r["world"] == 2 and r["calls"] == 3 for r in results)
     assert all(len(r["loss"]) == 3 and np.isfinite(r["loss"] + r["fkl"]).all() for r in results)
+
+
+@pytest.mark.parametrize("method", ["d-dpo", "e-dpo", "p-dpo"])
+def test_the_demo_prepares_scored_pairs_and_a_pool_of_steps_times_m(method, tokenizer, reference):
+    """rddpo_trl.prepare on the tiny model: the task's pairs, scored by rddpo.reward_scores's plain model (d-DPO,
+    one score per pair) or its family (e-DPO, K scores), and for e-DPO and p-DPO a pool of steps x M responses
+    (--pool-batch 2); d-DPO has no pool."""
+    a = rddpo_trl.Args(method=method, steps=3, n_pairs=8, batch_size=4, rm_steps=1, ensemble=2, pool_batch=2)
+    data, pool = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
+    assert len(data) == 8
+    if method == "p-dpo":
+        assert rddpo_trl.SCORES[0] not in data.column_names
+    else:
+        assert [len(data[0][c]) for c in rddpo_trl.SCORES] == [1 if method == "d-dpo" else 2] * 2
+    assert (pool is None) == (method == "d-dpo") and (pool is None or len(pool) == 3 * 2)
+
+
+def test_the_demo_on_your_data_scores_and_pools_the_training_split_only(tokenizer, reference, tmp_path):
+    """--data: the pairs are this seed's training split (data.split_pairs, as rddpo.py takes it), none of the
+    held-out tenth, and the pool is drawn on the training prompts."""
+    import data
+    rng = np.random.default_rng(0)
+    rows = [dict(prompt=p, chosen=make_review(rng), rejected=make_review(rng)) for p in make_prompts(rng, 20, TITLES)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a = rddpo_trl.Args(method="e-dpo", data=str(tmp_path / "pairs.jsonl"), steps=2, batch_size=4, rm_steps=1,
+                       ensemble=2, out=str(tmp_path))
+    pairs, pool = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
+    train, held = data.split_pairs(data.read_pairs(a.data), 0)
+    assert sorted(pairs["chosen"]) == sorted(c for _, c, _ in train) and len(held) == 2
+    assert not {c for _, c, _ in held} & set(pairs["chosen"]) and len(pool) == 2 * 4
+    assert {tokenizer.decode(ids) for ids in pool["prompt_ids"]} <= {p for p, _, _ in train}
 
 
 @pytest.mark.slow

@@ -350,7 +350,7 @@ print(f"DPO's responses: {runs[0.0, 'dpo']['length']:.1f} words with the unbiase
 RUN_ON_GPU = False  # set to True on a machine with a CUDA GPU (and the hub, or a local copy of gpt2)
 COMMAND = "python rddpo.py --model gpt2 --device cuda --sweep --sweep-biases 0,0.5,1 --seeds 0 1 2 3 4"
 if RUN_ON_GPU:
-    status = experiment.main(COMMAND.split()[2:])  # the same flags, parsed by rddpo's own argparse
+    status = experiment.main(COMMAND.split()[2:])  # the same flags, parsed by experiment.py's argparse
     assert status == 0
 else:
     print("skipped:", COMMAND)
