@@ -645,10 +645,12 @@ RUN_SPECIFIC = {"run", "seconds", "train_seconds", "train_seconds_mean", "train_
 
 
 def differences(before, after, where="", rel=3e-4):
-    """where two results.json-like values differ: keys, lengths and texts exactly, numbers within rel (and 1e-6
-    absolute, for values near 0) as PIN_TOLERANCE's continuous numbers; the run's own times and paths are skipped."""
+    """where two results.json-like values differ: keys, lengths and texts exactly, numbers within rel (as
+    PIN_TOLERANCE's continuous numbers) plus 1e-5 absolute, for values near 0 that are differences of log-probs of
+    about 25 nats (float32 rounds those by about 3e-6; at 1 thread against 2, a change of a log-prob's mean of
+    -2.4e-4 by 1.1e-6 was seen); the run's own times and paths are skipped."""
     if isinstance(before, dict) and isinstance(after, dict):
-        keys = (set(before) | set(after)) - RUN_SPECIFIC
+        keys = (set(before) | set(after)) - RUN_SPECIFIC - (ROUNDING_AT_STEP_1 if before.get("step") == 1 else set())
         return [d for k in sorted(keys, key=str) for d in (differences(before.get(k), after.get(k), f"{where}.{k}", rel)
                                                            if k in before and k in after else [f"{where}.{k}: missing"])]
     if isinstance(before, list) and isinstance(after, list):
@@ -656,8 +658,14 @@ def differences(before, after, where="", rel=3e-4):
             return [f"{where}: {len(before)} items, now {len(after)}"]
         return [d for i, (b, a) in enumerate(zip(before, after)) for d in differences(b, a, f"{where}[{i}]", rel)]
     if isinstance(before, float) and isinstance(after, (int, float)) and not isinstance(after, bool):
-        return [] if abs(after - before) <= rel * abs(before) + 1e-6 else [f"{where}: {before!r}, now {after!r}"]
+        return [] if abs(after - before) <= rel * abs(before) + 1e-5 else [f"{where}: {before!r}, now {after!r}"]
     return [] if before == after else [f"{where}: {before!r}, now {after!r}"]
+
+
+FLAGS_SINCE_THE_FIXTURE = {"pool_batch": None}
+# at step 1 the policy is the reference, so every implicit reward is 0 up to float32 rounding, and the share of
+# pairs with r_w > r_l counts which way the rounding fell: 0.0 at 2 threads, 0.0625 (one pair) at 1 thread
+ROUNDING_AT_STEP_1 = {"rewards/accuracies"}
 
 
 @pytest.mark.slow
@@ -670,6 +678,8 @@ def test_the_quick_run_gives_what_it_gave_before_the_layout_redesign(pinned_run)
         before = json.load(fh)
     after = dict(results=json.loads(open(os.path.join(run_dir, "results.json")).read()),
                  samples=records.read_samples(os.path.join(run_dir, "samples.jsonl")))
+    # flags added since the fixture was made, at the default that reproduces what it ran (issue 22: M = B)
+    assert {k: after["results"]["config"].pop(k) for k in FLAGS_SINCE_THE_FIXTURE} == FLAGS_SINCE_THE_FIXTURE
     shape = lambda x: {k: shape(v) for k, v in x.items() if k not in RUN_SPECIFIC} if isinstance(x, dict) \
         else [shape(v) for v in x] if isinstance(x, list) else type(x).__name__  # noqa: E731
     assert shape(after["results"]) == shape(before["results"])
