@@ -516,12 +516,11 @@ def prepared(a, state):
     """the reference and the data, made by the main process; the others read them from --out when it is done."""
     import shutil
     from datasets import load_from_disk
-    path = os.path.join(a.out, f"trl-data-{a.method}")
+    path, cfg = os.path.join(a.out, f"trl-data-{a.method}"), rddpo_config(a)
     with state.main_process_first():
-        reference, tokenizer = models.load_reference(rddpo_config(a), state.device)
+        reference, tokenizer = models.load_reference(cfg, state.device)
         if a.data:  # pi_ref fine-tuned on this seed's training chosen responses (--sft-steps), as rddpo.py makes it
-            reference, _ = models.data_reference(reference, tokenizer, rddpo_config(a), user_pairs(rddpo_config(a)),
-                                                 a.seed, state.device)
+            reference, _ = models.data_reference(reference, tokenizer, cfg, user_pairs(cfg), a.seed, state.device)
         if state.num_processes == 1:
             return (reference, tokenizer, *prepare(a, reference, tokenizer, 1, state.device))
         if state.is_main_process:
