@@ -15,8 +15,10 @@ a_divergence.png .. d_beta_sweep.png, into a new numbered folder inside --out, s
 
     python toy_bandit.py [--out runs] [--json]   # figures in runs/bandit-001/, then bandit-002/, ...
 """
+import argparse
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -26,9 +28,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # figures go to files; no screen needed
 import matplotlib.pyplot as plt
-
-import cli
-import records
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")  # the same names as rddpo.py
 
@@ -531,8 +530,13 @@ def print_sweep(res):
         print(f"{name:<8}" + "".join(f"{c:>16}" for c in cells))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block, exit status 2
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    p = cli.ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
+    p = ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
     p.add_argument("--out", default="runs",
                    help="folder for the figures: each run writes a new bandit-NNN folder inside (default: runs)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
@@ -543,12 +547,36 @@ def main(argv=None):
     """Run the four scenarios, draw their figures into a new bandit-NNN folder, print tables (or JSON).
     Returns the exit status: 0; 2 with one `error:` line on stderr when --out cannot be used; 130 on ctrl-c."""
     args = parse_args(argv)
-    return cli.cli(lambda: run_scenarios(args))
+    try:
+        run_scenarios(args)
+    except OSError as e:
+        print(f"error: cannot write to --out {args.out!r} ({e.strerror or e}); choose a folder you can write to",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; files written before this point are kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+def new_run_dir(out):
+    """a fresh bandit-NNN folder inside out, so no run overwrites another; two runs started at once get two."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(0, f"{out} is a file, not a folder")
+    os.makedirs(out, exist_ok=True)
+    taken = [int(d[len("bandit-"):]) for d in os.listdir(out) if re.fullmatch(r"bandit-\d+", d)]
+    for number in range(max(taken, default=0) + 1, max(taken, default=0) + 1000):
+        try:
+            os.makedirs(os.path.join(out, f"bandit-{number:03d}"))
+            return os.path.join(out, f"bandit-{number:03d}")
+        except FileExistsError:  # taken by a run started at the same moment: try the next number
+            continue
+    raise FileExistsError(0, "no free bandit-NNN name")
 
 
 def run_scenarios(args):
     """the four scenarios, their figures in a new bandit-NNN folder inside args.out, and their tables."""
-    folder = records.new_run_dir(args.out, "bandit")
+    folder = new_run_dir(args.out)
     t0 = time.time()
     res = {"a": scenario_divergence(folder), "b": scenario_displacement(folder),
            "c": scenario_family(folder), "d": scenario_beta_sweep(folder)}

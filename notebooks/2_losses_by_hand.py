@@ -30,19 +30,16 @@
 #
 # Every number is computed by a function imported from `rddpo.py`; nothing here re-implements the
 # method. The last cell asserts every claim the notebook makes, so running it is a test
-# (`pytest test_notebooks.py`). It runs in seconds on a laptop CPU.
+# (`pytest tests/test_notebooks.py`). It runs in seconds on a laptop CPU.
 #
-# **Running it.** Open it from a clone of the repository, in Jupyter or VS Code, with the packages of
-# `requirements.txt` installed (Jupyter itself is not among them: `pip install jupyterlab`); it must run
-# with `notebooks/` as its working folder, which is the default. In Colab, first run
-# `!git clone <this repository's URL>`, then `%cd <repository folder>/notebooks` and
-# `!pip install -r ../requirements.txt`.
+# **Running it.** Open it in Jupyter or VS Code from a clone of the repository, with the packages and the
+# project installed by the README's set-up command (`pip install -r requirements.txt -e .`, which makes
+# `rddpo`, `toy_bandit` and `harness` importable from any folder; Jupyter itself is not among the
+# requirements: `pip install jupyterlab`). A copy of this notebook opened elsewhere works too. In Colab,
+# first run `!git clone <this repository's URL>` and
+# `!pip install -r <repository folder>/requirements.txt -e <repository folder>`, then restart the session.
 
 # %%
-# this notebook lives in notebooks/ and rddpo.py in the repository root, one folder up:
-# put the root on the import path so that `import rddpo` finds it
-import os, sys
-sys.path.insert(0, os.path.abspath(".."))
 import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # rddpo's progress bars are off in notebooks
 
@@ -51,9 +48,8 @@ import math
 
 import torch
 
-import models
-import task
 import rddpo
+from harness import models, task
 
 torch.set_printoptions(precision=4, sci_mode=False)
 

@@ -34,35 +34,29 @@
 # discusses what they show and what a budget this small cannot show. The last cell asserts only what such
 # a run shows reliably.
 #
-# **Running it.** Open it from a clone of the repository, in Jupyter or VS Code, with the packages of
-# `requirements.txt` installed (Jupyter itself is not among them: `pip install jupyterlab`); it must run
-# with `notebooks/` as its working folder, which is the default. In Colab, first run
-# `!git clone <this repository's URL>`, then `%cd <repository folder>/notebooks` and
-# `!pip install -r ../requirements.txt`.
+# **Running it.** Open it in Jupyter or VS Code from a clone of the repository, with the packages and the
+# project installed by the README's set-up command (`pip install -r requirements.txt -e .`, which makes
+# `rddpo`, `toy_bandit` and `harness` importable from any folder; Jupyter itself is not among the
+# requirements: `pip install jupyterlab`). A copy of this notebook opened elsewhere works too. In Colab,
+# first run `!git clone <this repository's URL>` and
+# `!pip install -r <repository folder>/requirements.txt -e <repository folder>`, then restart the session.
 
 # %%
-# this notebook lives in notebooks/ and rddpo.py in the repository root, one folder up:
-# put the root on the import path so that `import rddpo` finds it
-import os, sys
-sys.path.insert(0, os.path.abspath(".."))
 import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # rddpo's progress bars are off in notebooks
 
 import contextlib
 import io
 import math
+import os
 
 import numpy as np
 import PIL.Image
 import torch
 from IPython.display import Image, Markdown, display
 
-import cli
-import experiment
-import models
-import task
 import rddpo
-import report
+from harness import cli, experiment, models, report, task
 
 # the model is tiny: one cpu thread runs it well, and, unlike several, does not slow to a crawl
 # when another program is using the cores too
@@ -72,7 +66,7 @@ torch.set_num_threads(1)
 # ## 1. The gold reward, and length
 #
 # The gold reward is what a **careful reader** thinks of a review (`task.gold_reward`, defined in
-# `task.py`). It reads the sentiment of the review's *distinct, well-formed* sentences ("the acting was
+# `harness/task.py`). It reads the sentiment of the review's *distinct, well-formed* sentences ("the acting was
 # brilliant ."), off two fixed word lists (`task.POSITIVE`, `task.NEGATIVE`; the `task.NEUTRAL`
 # adjectives count in the denominator only), and it is put off by padding:
 #
@@ -350,7 +344,7 @@ print(f"DPO's responses: {runs[0.0, 'dpo']['length']:.1f} words with the unbiase
 RUN_ON_GPU = False  # set to True on a machine with a CUDA GPU (and the hub, or a local copy of gpt2)
 COMMAND = "python rddpo.py --model gpt2 --device cuda --sweep --sweep-biases 0,0.5,1 --seeds 0 1 2 3 4"
 if RUN_ON_GPU:
-    status = experiment.main(COMMAND.split()[2:])  # the same flags, parsed by experiment.py's argparse
+    status = experiment.main(COMMAND.split()[2:])  # the same flags, parsed by harness/experiment.py's argparse
     assert status == 0
 else:
     print("skipped:", COMMAND)

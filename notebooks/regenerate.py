@@ -10,8 +10,8 @@ edit the .py files, never the .ipynb ones. the .ipynb written depends only on th
 print: cell ids follow the cells' positions (cell-00, cell-01, ...) and no timestamps are kept, so running
 this twice changes nothing. to add a notebook, write NAME.py here (copy another's header) and run this.
 """
+import argparse
 import os
-import sys
 import time
 
 import jupytext
@@ -19,6 +19,7 @@ import nbformat
 from nbclient import NotebookClient
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)  # the project: its rddpo.py and harness/ are what the notebooks import
 NOTEBOOKS = sorted(f[:-len(".py")] for f in os.listdir(HERE) if f.endswith(".py") and f != "regenerate.py")
 TIMEOUT = 300  # seconds per cell
 
@@ -36,6 +37,9 @@ def source(name):
 def execute(nb, timeout=TIMEOUT):
     """run every cell top to bottom in a fresh python3 kernel, with notebooks/ as the working folder."""
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # the kernel imports this checkout's modules, whichever copy of the project is installed
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    os.environ["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in paths if p and p != ROOT])
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": HERE}},
                    coalesce_streams=True,  # consecutive printed lines in one output
                    record_timing=False).execute()  # no per-cell timestamps
@@ -43,10 +47,13 @@ def execute(nb, timeout=TIMEOUT):
     return nb
 
 
-def main(names):
+def main(argv=None):
+    p = argparse.ArgumentParser(description="run the classroom notebooks and save them with their outputs")
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"notebooks to run (default: all): {', '.join(NOTEBOOKS)}")
+    names = p.parse_args(argv).names
     unknown = [n for n in names if n not in NOTEBOOKS]
     if unknown:
-        sys.exit(f"error: unknown notebook {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}")
+        p.exit(2, f"error: unknown notebook {', '.join(unknown)}; choose from {', '.join(NOTEBOOKS)}\n")
     for name in names or NOTEBOOKS:
         t0 = time.time()
         nbformat.write(execute(source(name)), os.path.join(HERE, name + ".ipynb"))
@@ -54,4 +61,4 @@ def main(names):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
-import experiment  # noqa: E402
-import models  # noqa: E402
 import rddpo  # noqa: E402
+from harness import experiment, models  # noqa: E402
 import rddpo_trl  # noqa: E402
-from task import TITLES, build_tokenizer, make_prompts, make_review  # noqa: E402
+from harness.task import TITLES, build_tokenizer, make_prompts, make_review  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's root
 B, N, K, MAX_LENGTH = 4, 6, 3, 64  # pairs per step, pairs in the data, reward models, tokens
 
 
@@ -94,7 +93,8 @@ def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch
     rows = np.concatenate([np.arange(B), np.arange(B) + N])  # (2B,): the first B pairs
     ids, mask, resp = rddpo.batch_tensors(pairs.tokens, rows, "cpu")
     order = np.random.default_rng([0, 99]).permutation(len(pairs.pool_ref_logps))  # train_policy's, seed 0
-    pool_logps, pool_rows = rddpo.pool_batch(ours, pairs, order, 1, M, "cpu")  # (M,) each
+    pool_rows = order[:M]  # (M,): train_policy's pool rows at step 1
+    pool_logps = rddpo.logps_of(ours, pairs.pool, pool_rows, "cpu")  # (M,)
     expected = rddpo.policy_loss(method, rddpo.sequence_logps(rddpo.forward(ours, ids, mask), ids, resp), rows, pairs,
                                  0.2, 0.3, pool_logps, pool_rows)
     expected.backward()
@@ -190,9 +190,10 @@ def test_bad_input_gets_one_line_errors(tokenizer, reference, texts, scores, tmp
 
 LAUNCHED = """
 import json, os, sys, numpy as np, torch
-sys.path.insert(0, {here!r})
-import models, rddpo_trl, task
-from task import make_prompts, make_review
+sys.path[:0] = [{root!r}, {root!r} + '/tools']
+import rddpo_trl
+from harness import models, task
+from harness.task import make_prompts, make_review
 tok = task.build_tokenizer()
 torch.manual_seed(0)
 model = models.build_tiny_gpt2(tok, n_layer=1, n_embd=16, n_head=2, n_positions=64)
@@ -225,7 +226,7 @@ def test_two_cpu_processes_under_accelerate_launch_train_with_finite_losses(tmp_
     """accelerate launch --num_processes 2 on the cpu (gloo): both processes train e-DPO for 3 steps, each taking
     its own pool rows at every step, and every logged loss and forward-KL term is finite."""
     script = tmp_path / "launched.py"
-    script.write_text(textwrap.dedent(LAUNCHED.format(here=HERE, out=str(tmp_path / "out"))))
+    script.write_text(textwrap.dedent(LAUNCHED.format(root=ROOT, out=str(tmp_path / "out"))))
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
@@ -254,7 +255,7 @@ def test_the_demo_prepares_scored_pairs_and_a_pool_of_steps_times_m(method, toke
 def test_the_demo_on_your_data_scores_and_pools_the_training_split_only(tokenizer, reference, tmp_path):
     """--data: the pairs are this seed's training split (data.split_pairs, as rddpo.py takes it), none of the
     held-out tenth, and the pool is drawn on the training prompts."""
-    import data
+    from harness import data
     rng = np.random.default_rng(0)
     rows = [dict(prompt=p, chosen=make_review(rng), rejected=make_review(rng)) for p in make_prompts(rng, 20, TITLES)]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -269,9 +270,9 @@ def test_the_demo_on_your_data_scores_and_pools_the_training_split_only(tokenize
 
 @pytest.mark.slow
 def test_main_runs_edpo_through_trl_on_the_cached_reference(tmp_path, capsys):
-    """python rddpo_trl.py on a small budget: the cached tiny reference, pairs, K reward models, the pool, and
+    """python tools/rddpo_trl.py on a small budget: the cached tiny reference, pairs, K reward models, the pool, and
     e-DPO through TRL print a line per logging step and a last line of metrics, all finite."""
-    cached = os.path.join(HERE, "runs", "reference-L2-E64-H4-T64-S600")
+    cached = os.path.join(ROOT, "runs", "reference-L2-E64-H4-T64-S600")
     if not os.path.isfile(os.path.join(cached, "config.json")):
         pytest.skip("no cached tiny reference: run python rddpo.py --quick first")
     os.symlink(cached, tmp_path / "reference-L2-E64-H4-T64-S600")

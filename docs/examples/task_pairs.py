@@ -3,17 +3,15 @@ Write preference pairs in the --data format (JSON lines: prompt, chosen, rejecte
 review generator, labelled by the careful gold reader. The responses are NOT samples of any model, as with your
 own data, and the tiny built-in model knows every word in them, so this file runs offline in a minute.
 
-    python examples/task_pairs.py examples/task_pairs.jsonl          # 60 pairs, seed 0
-    python rddpo.py --data examples/task_pairs.jsonl --methods p-dpo,e-dpo --seeds 0 1 2
+    python docs/examples/task_pairs.py docs/examples/task_pairs.jsonl          # 60 pairs, seed 0
+    python rddpo.py --data docs/examples/task_pairs.jsonl --methods p-dpo,e-dpo --seeds 0 1 2
 """
+import argparse
 import json
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import task  # noqa: E402
+from harness import task  # the project, installed by the README's set-up command (pip install -e .)
 
 
 def pairs(n, seed=0):
@@ -27,8 +25,14 @@ def pairs(n, seed=0):
     return out
 
 
-if __name__ == "__main__":
-    path = sys.argv[1] if len(sys.argv) > 1 else "examples/task_pairs.jsonl"
+def main(argv=None):
+    p = argparse.ArgumentParser(description="write 60 of the built-in task's pairs in the --data format")
+    p.add_argument("path", nargs="?", default="docs/examples/task_pairs.jsonl", help="where (default: %(default)s)")
+    path = p.parse_args(argv).path
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row) + "\n" for row in pairs(60))
     print(f"wrote 60 pairs to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,9 +9,9 @@ The method lives in rddpo.py; this file only plugs its losses into TRL, in three
   3. DistilledDPOTrainer(model, args=DistilledDPOConfig(method="e-dpo", gamma=0.1, ...), train_dataset=scored,
                          pool_dataset=pool, processing_class=tokenizer).train()
 
-    python rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, 12 s on 2 cores
-    python rddpo_trl.py --method p-dpo --steps 30
-    python rddpo_trl.py --data pairs.jsonl --model PATH --sft-steps 20   # your pairs, on pi_ref fine-tuned on them
+    python tools/rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, 12 s on 2 cores
+    python tools/rddpo_trl.py --method p-dpo --steps 30
+    python tools/rddpo_trl.py --data pairs.jsonl --model PATH --sft-steps 20   # your pairs, on pi_ref fine-tuned on them
     python -m pytest test_trl.py -q        # the trainer's loss and gradients equal rddpo.py's step, to 1e-5
 
 Several GPUs (needs the Hugging Face hub or a local copy of the model; every process trains on its own B pairs and
@@ -43,12 +43,9 @@ from datasets import Dataset
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-import cli
-import experiment
-import models
-import task
 import rddpo
-from data import split_pairs, user_pairs
+from harness import cli, experiment, models, task
+from harness.data import split_pairs, user_pairs
 
 METHODS = ("d-dpo", "e-dpo", "p-dpo")
 SCORES = ("rm_chosen", "rm_rejected")  # the score columns: K floats per pair each
@@ -363,7 +360,7 @@ def step_batch(trainer, B):
 
 def rddpo_step(model, tokenizer, pairs, pool, B, max_length, beta, gamma, lr, seed=0):
     """rddpo.train_policy's step for e-dpo on the first B pairs, as a function of the step number: rddpo.forward,
-    sequence_logps, pool_batch (the pool's forward), policy_loss, backward and AdamW."""
+    sequence_logps, logps_of (the pool's forward), policy_loss, backward and AdamW."""
     first = pairs.select(range(B))
     p = rddpo.tokenize_pairs(tokenizer, *(list(first[c]) for c in ("prompt", "chosen", "rejected")), max_length)
     p.ref_logps = rddpo.all_logps(model, p.tokens, np.arange(2 * B), "cpu")  # (2B,)
@@ -376,7 +373,9 @@ def rddpo_step(model, tokenizer, pairs, pool, B, max_length, beta, gamma, lr, se
     def step(i):
         ids, mask, resp = rddpo.batch_tensors(p.tokens, rows, "cpu")  # (2B, T) each
         policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
-        pool_logps, pool_rows = rddpo.pool_batch(policy, p, order, i, rddpo.pool_rows_per_step(B), "cpu")
+        m = rddpo.pool_rows_per_step(B)
+        pool_rows = np.take(order, np.arange((i - 1) * m, i * m), mode="wrap")  # (M,): train_policy's at step i
+        pool_logps = rddpo.logps_of(policy, p.pool, pool_rows, "cpu")  # (M,)
         loss = rddpo.policy_loss("e-dpo", policy_logps, rows, p, beta, gamma, pool_logps, pool_rows)
         opt.zero_grad()
         loss.backward()
@@ -457,7 +456,7 @@ class Args:
     gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL term (e-DPO, p-DPO)"})
     pool_batch: int = field(default=0, metadata={"help": "M, pool rows per step and process (rddpo.py's --pool-batch); "
                                                  "0: its default (rddpo.pool_rows_per_step)"})
-    lr: float = field(default=0.0, metadata={"help": "learning rate (AdamW); 0: rddpo.learning_rate's default for the "
+    lr: float = field(default=0.0, metadata={"help": "learning rate (AdamW); 0: models.learning_rate's default for the "
                                              "model (1e-4 for the tiny model, 1e-4 x 64 / width for a --model)"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the reward models and TRL"})
     log_every: int = field(default=5, metadata={"help": "steps between logged lines"})
@@ -544,7 +543,7 @@ def train(a, reference, tokenizer, data, pool, use_cpu):
                 print(f"step {state.global_step:4d}  " + "  ".join(f"{k} {logs[k]:.4f}" for k in keys if k in logs))
     args = DistilledDPOConfig(output_dir=os.path.join(a.out, f"trl-{a.method}"), method=a.method, gamma=a.gamma,
                               pool_batch=a.pool_batch or None,
-                              beta=a.beta, learning_rate=a.lr or rddpo.learning_rate(rddpo_config(a), reference),
+                              beta=a.beta, learning_rate=a.lr or models.learning_rate(rddpo_config(a), reference),
                               max_steps=a.steps, per_device_train_batch_size=a.batch_size,
                               max_length=a.max_length, lr_scheduler_type="constant", weight_decay=0.01,
                               max_grad_norm=0.0, logging_steps=a.log_every, save_strategy="no", report_to="none",

@@ -3,7 +3,7 @@
 Means over seeds, per-seed paired differences between methods with 95 % t-intervals, the tables (printed and
 markdown), reward-model statistics, the printed summary of a finished run, and two runs compared seed by seed:
 
-    python report.py compare RUN_A RUN_B
+    python -m harness.report compare RUN_A RUN_B
 
 Imports no torch.
 """
@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from cli import ArgumentParser, UsageError, cli
+from harness.cli import ArgumentParser, UsageError, cli
 
 
 # -----------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def print_summary(results, samples=(), question=str):
 
 
 # -----------------------------------------------------------------------------
-# 5. two runs compared: python report.py compare RUN_A RUN_B
+# 5. two runs compared: python -m harness.report compare RUN_A RUN_B
 
 
 def read_results(path):
@@ -319,7 +319,7 @@ def print_comparison(rows, names):
 
 def main(argv=None):
     p = ArgumentParser(description="compare two runs of rddpo.py that share seeds (the same pairs and reward "
-                                   "models per seed): python report.py compare RUN_A RUN_B")
+                                   "models per seed): python -m harness.report compare RUN_A RUN_B")
     p.add_argument("command", choices=["compare"])
     p.add_argument("runs", nargs=2, help="two run folders (or their results.json): A, then B")
     args = p.parse_args(argv)

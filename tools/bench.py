@@ -8,9 +8,9 @@ backward, AdamW) for every method, alternating between them round by round so th
 machine's load hits all of them alike, reads each one's peak memory, and times the one-off pass that
 computes the reference log-probs and the reward-model scores.
 
-    python bench.py                  # cpu: the offline default model and a 4-layer 256-wide gpt-2
-    python bench.py --device cuda    # adds gpt-2-small's shape on the gpu, in float32 and bfloat16
-    python bench.py --quick          # the smoke test's budget: the default model, a few steps
+    python tools/bench.py                  # cpu: the offline default model and a 4-layer 256-wide gpt-2
+    python tools/bench.py --device cuda    # adds gpt-2-small's shape on the gpu, in float32 and bfloat16
+    python tools/bench.py --quick          # the smoke test's budget: the default model, a few steps
 
 It prints a table and which targets were met, and writes the numbers to bench.json in a new folder
 bench-NNN inside --out (default runs/), so an earlier result is never overwritten.
@@ -26,12 +26,8 @@ import time
 import numpy as np
 import torch
 
-import cli
-import experiment
-import models
-import records
-import task
 import rddpo
+from harness import cli, experiment, models, records, task
 
 # -----------------------------------------------------------------------------
 # 1. configuration
@@ -189,8 +185,8 @@ def make_steps(policy, opt, data, losses, device, amp):
             ids, mask, resp = rddpo.batch_tensors(data.tokens, rows, device)  # (2B, T) each
             with amp():
                 policy_logps = rddpo.sequence_logps(rddpo.forward(policy, ids, mask), ids, resp)  # (2B,)
-                order = rows[:M]  # (M,): pool_batch at step 1 takes exactly these rows
-                pool = rddpo.pool_batch(policy, data, order, 1, M, device) if pooled else ()
+                taken = rows[:M]  # (M,): with the pool in this order, train_policy's step 1 takes these rows
+                pool = (rddpo.logps_of(policy, data.pool, taken, device), taken) if pooled else ()
                 loss = losses[name](policy_logps, rows, *pool)
             if name != "bare" and not torch.isfinite(loss):  # as train_policy checks
                 raise rddpo.TrainingDiverged(f"{name}: the loss became {loss.item()}")
@@ -288,7 +284,7 @@ def prepare(size, device, dtype, args, rng):
     one_off = one_off_cost(policy, data, device, amp, rng)  # the reference here, before it trains
     gc.collect()  # the reward model is gone; the reference's log-probs are in data, so it becomes the policy
     rddpo.without_dropout(policy).train()  # as rddpo.train_policy trains it
-    opt, losses = torch.optim.AdamW(policy.parameters(), lr=rddpo.learning_rate(cfg, policy)), make_losses(data, cfg)
+    opt, losses = torch.optim.AdamW(policy.parameters(), lr=models.learning_rate(cfg, policy)), make_losses(data, cfg)
     return policy, opt, data, losses, make_steps(policy, opt, data, losses, device, amp), one_off
 
 
@@ -387,7 +383,7 @@ def noise_at(policy, pairs, method, cfg, device, rng):
     params, B = [p for p in policy.parameters() if p.requires_grad], cfg.batch_size
     R, order = min(32, len(pairs.pool_ref_logps) // B), rng.permutation(len(pairs.pool_ref_logps))
     def fkl(rows):
-        logps, _ = rddpo.pool_batch(policy, pairs, rows, 1, len(rows), device)  # (M,)
+        logps = rddpo.logps_of(policy, pairs.pool, rows, device)  # (M,)
         return cfg.gamma * rddpo.forward_kl_estimate(logps, pairs.pool_ref_logps[rows].to(device))
     batches = [rng.choice(pairs.labelled, B, replace=False) for _ in range(R)]  # (B,) each
     pref = gradient_noise([lambda i=i: preference_term(policy, pairs, method, cfg, i, device) for i in batches], params)
@@ -409,7 +405,7 @@ def pool_noise(args):
                               pool_batch=experiment.Config.batch_size)
     device, seed = cli.pick_device(args.device), args.seeds[0]
     reference, tokenizer = models.load_reference(cfg, device)
-    cfg = dataclasses.replace(cfg, lr=rddpo.learning_rate(cfg, reference), sft_steps=models.sft_steps(cfg))
+    cfg = dataclasses.replace(cfg, lr=models.learning_rate(cfg, reference), sft_steps=models.sft_steps(cfg))
     pairs, _, _, _ = experiment.prepare(reference, tokenizer, cfg, cfg.bias, seed, device, None)
     out = {}
     for method in ("p-dpo", "e-dpo"):

@@ -11,6 +11,8 @@ import pytest
 
 import toy_bandit as tb
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's root
+
 U3 = np.ones(3) / 3
 
 
@@ -290,7 +292,7 @@ FIGURES = ["a_divergence.png", "b_displacement.png", "c_family.png", "d_beta_swe
 
 def run_cli(*args, cwd):
     """toy_bandit.py as a user runs it: a fresh interpreter, so exit status and stderr are the real ones."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_bandit.py")
+    script = os.path.join(ROOT, "toy_bandit.py")
     return subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
@@ -306,7 +308,7 @@ def test_method_names_are_rddpos_and_the_old_names_are_rejected():
 def test_toy_bandit_imports_no_torch():
     """The bandit stays numpy + matplotlib: importing it must not pull in torch."""
     code = "import sys, toy_bandit; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(__file__)),
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
@@ -340,8 +342,8 @@ def test_new_run_dir_skips_a_number_another_process_took_after_listing(tmp_path,
     create it must move on to bandit-002 (makedirs with exist_ok=False), not write into the other's folder."""
     (tmp_path / "bandit-001").mkdir()
     (tmp_path / "bandit-001" / "a_divergence.png").write_bytes(b"the other run's figure")
-    monkeypatch.setattr(tb.records.os, "listdir", lambda path: [])  # the listing from before the other run's makedirs
-    assert tb.records.new_run_dir(str(tmp_path), "bandit") == str(tmp_path / "bandit-002")
+    monkeypatch.setattr(tb.os, "listdir", lambda path: [])  # the listing from before the other run's makedirs
+    assert tb.new_run_dir(str(tmp_path)) == str(tmp_path / "bandit-002")
     monkeypatch.undo()
     assert (tmp_path / "bandit-001" / "a_divergence.png").read_bytes() == b"the other run's figure"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bandit-001", "bandit-002"]

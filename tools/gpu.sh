@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# scripts/gpu.sh: the headline (bias 0, 0.5 and 1; 5 seeds) at gpt-2-small's shape (12 layers, 768 wide), trained on
+# tools/gpu.sh: the headline (bias 0, 0.5 and 1; 5 seeds) at gpt-2-small's shape (12 layers, 768 wide), trained on
 # the built-in task, then `bench.py --device cuda`, in one go on one H100/H200 with no internet (the tiny model's
 # tokenizer and corpus are built in code, so nothing is downloaded).
 #
-#     bash scripts/gpu.sh [OUT]        # OUT: where the runs go (default runs/gpu); aimed at about 10 minutes
+#     bash tools/gpu.sh [OUT]        # OUT: where the runs go (default runs/gpu); aimed at about 10 minutes
 #
 # the reference is fine-tuned once and cached in OUT; then the three biases run side by side, one process each (one
 # model this small leaves most of the card idle), each writing its own run-NNN folder and log; bench.py comes last.
@@ -13,6 +13,7 @@
 #   RDDPO_BIASES, RDDPO_BENCH (bench.py's flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's rddpo and harness, installed or not
 out=${1:-runs/gpu}
 device=${RDDPO_DEVICE:-cuda}
 shape=${RDDPO_SHAPE:---n-layer 12 --n-embd 768 --n-head 12}
@@ -50,5 +51,5 @@ done
 
 # 3. the cost of a step on the card
 # shellcheck disable=SC2086
-python bench.py $bench --out "$out"
+python tools/bench.py $bench --out "$out"
 stamp "all done"

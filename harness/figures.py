@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from report import paired_comparisons, reward_model_summary
+from harness.report import paired_comparisons, reward_model_summary
 
 
 # -----------------------------------------------------------------------------

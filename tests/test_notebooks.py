@@ -15,8 +15,8 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import nbformat  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "notebooks"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's root
+sys.path.insert(0, os.path.join(ROOT, "notebooks"))
 import regenerate  # noqa: E402
 
 NAMES = regenerate.NOTEBOOKS  # the notebooks/*.py sources, regenerate.py aside

@@ -11,9 +11,8 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import convert_gguf  # noqa: E402
-import experiment  # noqa: E402
-import models  # noqa: E402
 import rddpo  # noqa: E402
+from harness import experiment, models  # noqa: E402
 
 EOS = "</s>"  # id 2, and no pad token: unlike gpt-2, whose eos is its last id and doubles as bos and pad
 TITLES = ["the long night", "blue harbor", "a quiet storm", "the last train", "paper moon", "silver lake",

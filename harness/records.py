@@ -16,9 +16,9 @@ from importlib import metadata
 import numpy as np
 from tqdm import tqdm
 
-from cli import Interrupted, UsageError
-from figures import plot
-from report import bias_text, paired_comparisons, print_summary, summarize
+from harness.cli import Interrupted, UsageError
+from harness.figures import plot
+from harness.report import bias_text, paired_comparisons, print_summary, summarize
 
 
 # -----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from cli import UsageError, quiet_transformers
+from harness.cli import UsageError, quiet_transformers
 from rddpo import fits
 
 

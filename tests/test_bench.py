@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import bench
-import experiment
 import rddpo
+from harness import experiment
 
 
 def test_quick_run_writes_every_variant_with_finite_times_and_ratios(tmp_path):
@@ -198,7 +198,7 @@ def test_trl_timing_writes_the_three_steps_and_their_ratios(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_script_runs_each_part_on_the_cpu_at_a_tiny_budget(tmp_path):
-    """scripts/gpu.sh with its parts shrunk through the environment (a 1-layer model, 2 steps, two biases, two
+    """tools/gpu.sh with its parts shrunk through the environment (a 1-layer model, 2 steps, two biases, two
     seeds, bench --quick) and the cpu: it exits 0, builds the reference once, runs each bias as its own run with
     every method on both seeds, prints each run's table and writes the bench folder."""
     import subprocess
@@ -207,8 +207,8 @@ def test_gpu_script_runs_each_part_on_the_cpu_at_a_tiny_budget(tmp_path):
                RDDPO_BUDGET="--quick --sft-steps 10 --steps 2 --rm-steps 2 --n-pairs 16 --n-eval 8 --eval-points 1 "
                             "--max-new-tokens 12",
                RDDPO_BENCH="--quick --device cpu --steps 4 --warmup 0 --pairs 8")
-    here = os.path.dirname(os.path.abspath(__file__))
-    proc = subprocess.run(["bash", os.path.join(here, "scripts", "gpu.sh"), str(tmp_path)], env=env, cwd=here,
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(["bash", os.path.join(root, "tools", "gpu.sh"), str(tmp_path)], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [line.split(" at ")[0] for line in proc.stdout.splitlines() if line.startswith("gpu.sh:")] == [

@@ -1,10 +1,10 @@
 """
 mutation check: the share of realistic one-line bugs that the fast test suite catches.
 
-    python mutation_check.py                    # every mutant, one at a time (tens of minutes on 2 cores)
-    python mutation_check.py --list             # the mutants, without running anything
-    python mutation_check.py --only annotate --only gold_reward --jobs 2
-    python mutation_check.py --pins --only train_policy   # do test_rddpo.py's pins, at their tolerance, catch them?
+    python tests/mutation_check.py                    # every mutant, one at a time (tens of minutes on 2 cores)
+    python tests/mutation_check.py --list             # the mutants, without running anything
+    python tests/mutation_check.py --only annotate --only gold_reward --jobs 2
+    python tests/mutation_check.py --pins --only train_policy   # do the pins, at their tolerance, catch them?
 
 Each mutant below is one exact snippet of a module (rddpo.py, experiment.py, task.py, models.py, data.py, report.py
 or toy_bandit.py), its replacement and what the bug is. The clean suite runs first (a broken suite would "catch"
@@ -16,11 +16,11 @@ pytest fails, or runs past --timeout. It prints a line per mutant, the share cau
 when at least 90 % are caught (1 otherwise, 2 when a snippet no longer occurs exactly once or the clean suite
 fails). Not part of CI: each surviving mutant costs a whole fast-suite run.
 
---pins asks another question of the same mutants: test_rddpo.py's end-to-end test compares a --quick run's gold
+--pins asks another question of the same mutants: test_experiment.py's end-to-end test compares a --quick run's gold
 reward, win rate, KL and largest margin with pinned numbers, at a tolerance measured to hold on any CPU (issue 21).
 For each mutant it runs that --quick run on the mutated copy and prints the largest relative change from the clean
 copy's numbers; a mutant is caught by tight pins when that is above 1e-5 (the tolerance before, which held only on
-the machine that wrote the pins) and by the test when test_rddpo.pins_missed says so (a failed run is caught by
+the machine that wrote the pins) and by the test when test_experiment.pins_missed says so (a failed run is caught by
 both). It exits 0 when the test's pins catch every mutant the tight ones do. Standard library only.
 """
 import argparse
@@ -34,12 +34,12 @@ import time
 from collections import namedtuple
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's root
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider"]
 TARGET = 0.90
 
 Mutant = namedtuple("Mutant", "file old new description")
-R, E, T, B = "rddpo.py", "experiment.py", "task.py", "toy_bandit.py"  # where most mutants live
+R, E, T, B = "rddpo.py", "harness/experiment.py", "harness/task.py", "toy_bandit.py"  # where most mutants live
 
 MUTANTS = [
     # --- the five losses, the member losses and the forward-KL estimate
@@ -74,34 +74,31 @@ MUTANTS = [
     Mutant(R, "return per_member.min() + gamma * forward_kl_estimate(policy_pool_logps, reference_pool_logps)",
            "return per_member.min() - gamma * forward_kl_estimate(policy_pool_logps, reference_pool_logps)",
            "pessimistic_distill_loss: forward-KL penalty subtracted"),
-    Mutant(R, "return dpo_loss(*logps, beta) + gamma * forward_kl_estimate(policy_pool_logps, reference_pool_logps)",
-           "return dpo_loss(*logps, beta) - gamma * forward_kl_estimate(policy_pool_logps, reference_pool_logps)",
+    Mutant(R, "return dpo_loss(*logps, beta) + gamma * fkl", "return dpo_loss(*logps, beta) - gamma * fkl",
            "pessimistic_dpo_loss: forward-KL penalty subtracted"),
-    Mutant(R, "return dpo_loss(*logps, beta) + gamma * forward_kl_estimate(policy_pool_logps, reference_pool_logps)",
-           "return dpo_loss(*logps, beta) + forward_kl_estimate(policy_pool_logps, reference_pool_logps)",
+    Mutant(R, "return dpo_loss(*logps, beta) + gamma * fkl", "return dpo_loss(*logps, beta) + fkl",
            "pessimistic_dpo_loss: gamma missing"),
     Mutant(R, "return (reference_pool_logps - policy_pool_logps).mean()",
            "return (policy_pool_logps - reference_pool_logps).mean()", "forward_kl_estimate: sign flipped"),
-    Mutant(R, "pool_logps, pool_rows = pool_batch(policy, pairs, order, step, m, device) if pooled else",
-           "pool_logps, pool_rows = pool_batch(policy, pairs, order, 1, m, device) if pooled else",
+    Mutant(R, "np.arange((step - 1) * self.m, step * self.m)", "np.arange(0, self.m)",
            "train_policy: every step reuses the pool's first batch (memorising pays again)"),
-    Mutant(R, "pool_rows_per_step(cfg.batch_size, cfg.pool_batch)", "pool_rows_per_step(cfg.batch_size)",
+    Mutant(R, "pool_rows_per_step(knobs.batch_size, knobs.pool_batch)", "pool_rows_per_step(knobs.batch_size)",
            "train_policy: --pool-batch ignored (B pool rows a step)"),
     Mutant(E, "n = cfg.steps * pool_rows_per_step(cfg.batch_size, cfg.pool_batch)", "n = cfg.steps * cfg.batch_size",
            "kl_pool: the pool ignores --pool-batch (steps x B responses)"),
-    Mutant(R, "drawn_from = n if method in (\"d-dpo\", \"e-dpo\") else pairs.labelled",
-           "drawn_from = n", "train_policy: DPO trains on the unlabelled pairs' arbitrary orientation"),
-    Mutant(R, "idx = [np.arange(pairs.labelled)] + [resample", "idx = [np.arange(len(pairs.keep))] + [resample",
+    Mutant(R, "self.drawn_from = len(pairs.keep) if method in (\"d-dpo\", \"e-dpo\") else pairs.labelled",
+           "self.drawn_from = len(pairs.keep)", "train_policy: DPO trains on the unlabelled pairs' arbitrary orientation"),
+    Mutant(R, "idx = [np.arange(pairs.labelled)] + [", "idx = [np.arange(len(pairs.keep))] + [",
            "reward_scores: the plain reward model learns the unlabelled pairs as labelled"),
     Mutant(R, "return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()",
            "return -F.logsigmoid(rejected_rewards - chosen_rewards).mean()",
            "bradley_terry_loss: chosen and rejected swapped"),
     # --- implicit reward and the log-ratio margin
-    Mutant(R, "(policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)",
-           "(policy_chosen_logps - reference_rejected_logps) - (policy_rejected_logps - reference_chosen_logps)",
+    Mutant(R, "((policy_chosen_logps - reference_chosen_logps)\n            - (policy_rejected_logps - reference_rejected_logps))",
+           "((policy_chosen_logps - reference_rejected_logps)\n            - (policy_rejected_logps - reference_chosen_logps))",
            "logratio_margin: reference log-probs swapped"),
-    Mutant(R, "(policy_chosen_logps - reference_chosen_logps) - (policy_rejected_logps - reference_rejected_logps)",
-           "(policy_rejected_logps - reference_rejected_logps) - (policy_chosen_logps - reference_chosen_logps)",
+    Mutant(R, "((policy_chosen_logps - reference_chosen_logps)\n            - (policy_rejected_logps - reference_rejected_logps))",
+           "((policy_rejected_logps - reference_rejected_logps)\n            - (policy_chosen_logps - reference_chosen_logps))",
            "logratio_margin: sign flipped (rejected minus chosen)"),
     Mutant(R, "return beta * (policy_logps - reference_logps)", "return beta * (reference_logps - policy_logps)",
            "implicit_reward: sign flipped"),
@@ -118,11 +115,11 @@ MUTANTS = [
            "sequence_logps: float missing (bfloat16 log-probs)"),
     Mutant(R, "logps = logits[:, :-1].float().log_softmax(-1)", "logps = logits[:, 1:].float().log_softmax(-1)",
            "sequence_logps: logits not shifted (position t predicts token t)"),
-    Mutant(R, "[[[0] * len(p) + [1] * len(r) for p, r", "[[[0] * (len(p) - 1) + [1] * (len(r) + 1) for p, r",
+    Mutant(R, "[[0] * len(p) + [1] * len(r) for p, r", "[[0] * (len(p) - 1) + [1] * (len(r) + 1) for p, r",
            "token_rows: response mask shifted onto the prompt's last token"),
     Mutant(R, "r = r + [tokenizer.eos_token_id]", "r = r",
            "encode: eos dropped from the response"),
-    Mutant(R, "r = full[len(p):] if", "r = full[len(p) - 1:] if",
+    Mutant(R, "if apart else full[len(p):]", "if apart else full[len(p) - 1:]",
            "encode: response starts one token early"),
     # --- reward models and the family
     Mutant(R, "return (attention_mask * positions).argmax(-1)", "return attention_mask.sum(-1) - 1",
@@ -168,10 +165,11 @@ MUTANTS = [
     Mutant(T, "return re.findall(r\"[a-z]+\", text.lower())", "return text.split()",
            "words: case and punctuation are read as part of the words"),
     # --- training the policy
-    Mutant(R, "        opt.zero_grad()\n        loss.backward()\n        opt.step()\n        if step == 1",
-           "        loss.backward()\n        opt.step()\n        if step == 1",
+    Mutant(R, "        opt.zero_grad()\n        loss.backward()\n        opt.step()\n        book.after_step",
+           "        loss.backward()\n        opt.step()\n        book.after_step",
            "train_policy: no zero_grad (gradients accumulate)"),
-    Mutant(R, "rows = np.concatenate([idx, idx + n])  # (2B,)", "rows = np.concatenate([idx, idx])  # (2B,)",
+    Mutant(R, "rows = np.concatenate([idx, idx + len(self.pairs.keep)])  # (2B,)",
+           "rows = np.concatenate([idx, idx])  # (2B,)",
            "train_policy: rejected rows index the chosen ones"),
     Mutant(R, "policy = without_dropout(copy.deepcopy(reference).to(device).train())",
            "policy = without_dropout(reference.to(device).train())",
@@ -179,8 +177,7 @@ MUTANTS = [
     Mutant(R, "policy = without_dropout(copy.deepcopy(reference).to(device).train())",
            "policy = without_dropout(type(reference)(reference.config).to(device).train())",
            "train_policy: starts from a freshly initialised model"),
-    Mutant(R, "for i in range(1, min(cfg.eval_points, cfg.steps) + 1)}",
-           "for i in range(1, min(cfg.eval_points, cfg.steps))}",
+    Mutant(R, "for i in range(1, n + 1)}", "for i in range(1, n)}",
            "train_policy: no checkpoint at the last step"),
     # --- evaluation
     Mutant(E, "np.mean((g > ev.ref_gold) + 0.5 * (g == ev.ref_gold))", "np.mean(g >= ev.ref_gold)",
@@ -192,8 +189,8 @@ MUTANTS = [
            "evaluate: KL sign flipped"),
     Mutant(E, "sequence_kl(policy, reference, tokens, device)", "sequence_kl(reference, policy, tokens, device)",
            "evaluate: KL(pi_ref || pi) instead of KL(pi || pi_ref)"),
-    Mutant(R, "p * (lp - lq)", "p * (lq - lp)", "sequence_kl: log-ratio sign flipped"),
-    Mutant(R, "kl.append(torch.where(on, torch.where(p > 0, p * (lp - lq), 0.0).sum(-1), 0.0).sum(-1).cpu())",
+    Mutant(E, "p * (lp - lq)", "p * (lq - lp)", "sequence_kl: log-ratio sign flipped"),
+    Mutant(E, "kl.append(torch.where(on, torch.where(p > 0, p * (lp - lq), 0.0).sum(-1), 0.0).sum(-1).cpu())",
            "kl.append(torch.where(p > 0, p * (lp - lq), 0.0).sum(-1).sum(-1).cpu())",
            "sequence_kl: response mask missing (prompt and padding counted)"),
     Mutant(E, "tokens = token_rows(drawn.prompt_ids, drawn.response_ids, tokenizer.eos_token_id)",
@@ -201,30 +198,29 @@ MUTANTS = [
            "evaluate: scores the re-tokenised text with an eos added (the old estimator)"),
     Mutant(E, "((h > 0).float() + 0.5 * (h == 0).float())", "((h > 0).float() + (h == 0).float())",
            "evaluate: held-out accuracy counts ties as right"),
-    Mutant(R, "*pairs.rm_family[:, rows].chunk(2, dim=1), cfg.beta).argmin()] += 1",
-           "*pairs.rm_family[:, rows].chunk(2, dim=1), cfg.beta).argmax()] += 1",
+    Mutant(R, "self.picked[losses.argmin()] += 1", "self.picked[losses.argmax()] += 1",
            "train_policy: e-DPO's member count records the largest loss"),
     # --- report.py, data.py and models.py
-    Mutant("report.py", "float(value[bias, s, method] - value[bias, s, base])",
+    Mutant("harness/report.py", "float(value[bias, s, method] - value[bias, s, base])",
            "float(value[bias, s, base] - value[bias, s, method])",
            "report.paired: difference sign flipped (base minus method)"),
-    Mutant("data.py", "return [pairs[i] for i in order[n_held:]]", "return [pairs[i] for i in order[n_held - 1:]]",
+    Mutant("harness/data.py", "return [pairs[i] for i in order[n_held:]]", "return [pairs[i] for i in order[n_held - 1:]]",
            "data.split_pairs: one held-out pair also in training"),
-    Mutant("models.py", "return ids, mask, ids.masked_fill(resp == 0, -100)", "return ids, mask, ids.masked_fill(mask == 0, -100)",
+    Mutant("harness/models.py", "return ids, mask, ids.masked_fill(resp == 0, -100)", "return ids, mask, ids.masked_fill(mask == 0, -100)",
            "models.fine_tune: the prompt's tokens are learnt too"),
-    Mutant("models.py", "for part in split_pairs(pairs, seed)]", "for part in split_pairs(pairs, seed)[::-1]]",
+    Mutant("harness/models.py", "for part in split_pairs(pairs, seed)]", "for part in split_pairs(pairs, seed)[::-1]]",
            "models.data_reference: pi_ref is fine-tuned on the held-out pairs"),
-    Mutant("models.py", "chat_template=cfg.chat_template, seed=seed,", "chat_template=cfg.chat_template, seed=0,",
+    Mutant("harness/models.py", "chat_template=cfg.chat_template, seed=seed,", "chat_template=cfg.chat_template, seed=0,",
            "models.sft_cache: every seed shares one fine-tuned pi_ref"),
-    Mutant("models.py", "        seed_everything(1234 + seed)\n", "",
+    Mutant("harness/models.py", "        seed_everything(1234 + seed)\n", "",
            "models.data_reference: fine-tuning unseeded (depends on what ran before)"),
-    Mutant("models.py", "position_ids=positions, cache=cache", "cache=cache",
+    Mutant("harness/models.py", "position_ids=positions, cache=cache", "cache=cache",
            "models.sample_batch: no position ids (left padding shifts every position)"),
-    Mutant("models.py", "mask = torch.cat([mask, (~done).long()[:, None]], 1)",
+    Mutant("harness/models.py", "mask = torch.cat([mask, (~done).long()[:, None]], 1)",
            "mask = torch.cat([mask, done.long()[:, None]], 1)", "models.sample_batch: the new token's mask inverted"),
-    Mutant("report.py", "accuracy_labels=float(np.mean(r_w > r_l))", "accuracy_labels=float(np.mean(r_w >= r_l))",
+    Mutant("harness/report.py", "accuracy_labels=float(np.mean(r_w > r_l))", "accuracy_labels=float(np.mean(r_w >= r_l))",
            "report.reward_model_stats: a tie counts as right"),
-    Mutant("report.py", "((r_w > r_l) == (g_w > g_l))", "((r_w > r_l) == (g_w < g_l))",
+    Mutant("harness/report.py", "((r_w > r_l) == (g_w > g_l))", "((r_w > r_l) == (g_w < g_l))",
            "report.reward_model_stats: accuracy against gold inverted"),
     # --- toy_bandit.py: the hand-written gradients
     Mutant(B, "-beta * sigmoid(-beta * h) / len(h)", "-beta * sigmoid(beta * h) / len(h)",
@@ -247,7 +243,7 @@ def stale(mutants):
     """the mutants whose snippet does not occur exactly once in its file, as printable lines."""
     out = []
     for m in mutants:
-        with open(os.path.join(HERE, m.file)) as fh:
+        with open(os.path.join(ROOT, m.file)) as fh:
             n = fh.read().count(m.old)
         if n != 1 or m.old == m.new:
             out.append(f"{m.file}: {m.description}: snippet found {n} times (need exactly 1): {m.old!r}")
@@ -256,23 +252,23 @@ def stale(mutants):
 
 def working_tree_files():
     """the paths git tracks (as they are now on disk) and the untracked ones it does not ignore."""
-    names = subprocess.run(["git", "-C", HERE, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+    names = subprocess.run(["git", "-C", ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                            capture_output=True, text=True, check=True).stdout.split("\0")
-    return sorted({n for n in names if n and os.path.isfile(os.path.join(HERE, n))})
+    return sorted({n for n in names if n and os.path.isfile(os.path.join(ROOT, n))})
 
 
 def ordered_tests(files, mutant):
     """every test file, the mutated module's own first: the same tests, but -x stops sooner on a catch."""
     tests = [f for f in files if os.path.basename(f).startswith("test_") and f.endswith(".py")]
-    own = "test_" + mutant.file if mutant else None
-    return sorted(tests, key=lambda f: (f != own, f))
+    own = "test_" + os.path.basename(mutant.file) if mutant else None
+    return sorted(tests, key=lambda f: (os.path.basename(f) != own, f))
 
 
 def mutated_copy(files, mutant, tmp):
     """copy the files into the folder tmp and apply the mutant there (None: leave them clean)."""
     for name in files:
         os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
-        shutil.copy2(os.path.join(HERE, name), os.path.join(tmp, name))
+        shutil.copy2(os.path.join(ROOT, name), os.path.join(tmp, name))
     if mutant:
         path = os.path.join(tmp, mutant.file)
         with open(path) as fh:
@@ -284,7 +280,8 @@ def mutated_copy(files, mutant, tmp):
 def run_in(cmd, cwd, timeout):
     """run cmd in cwd, in a process group of its own so that a timeout ends its children too.
     -> (exit status, or None past the timeout; its output)"""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1",
+               PYTHONPATH=cwd)  # the copy's modules, not an installed checkout's
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
@@ -310,15 +307,15 @@ def run_suite(files, mutant, timeout):
     return rc != 0, time.time() - t0, (first or last)[0].split(" - ")[0][:100]
 
 
-# --pins: the pinned --quick run of test_rddpo.py on a mutated copy; it prints the numbers and the pins they miss at
-# the test's tolerance (test_rddpo.PIN_TOLERANCE, against test_rddpo.PINNED)
+# --pins: the pinned --quick run of tests/test_experiment.py on a mutated copy; it prints the numbers and the pins
+# they miss at the test's tolerance (test_experiment.PIN_TOLERANCE, against test_experiment.PINNED)
 PINS_CHILD = """
 import json, os, sys, tempfile
-sys.path.insert(0, os.getcwd())
-import test_rddpo
-results, _ = test_rddpo.experiment.run(test_rddpo.quick(tempfile.mkdtemp(dir="."), methods=test_rddpo.PINNED_METHODS))
-numbers = test_rddpo.pinned_numbers(results)
-print("PINS " + json.dumps(dict(numbers=numbers, missed=test_rddpo.pins_missed(numbers))))
+sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "tests")]  # the copy's root and its tests/
+import test_experiment as pinned
+results, _ = pinned.experiment.run(pinned.quick(tempfile.mkdtemp(dir="."), methods=pinned.PINNED_METHODS))
+numbers = pinned.pinned_numbers(results)
+print("PINS " + json.dumps(dict(numbers=numbers, missed=pinned.pins_missed(numbers))))
 """
 TIGHT = 1e-5  # the tolerance the pins had before issue 21, which held only on the machine that wrote them
 
@@ -347,7 +344,7 @@ def parse_args(argv):
     ap.add_argument("--only", action="append", metavar="SUBSTRING",
                     help="run the mutants whose description contains SUBSTRING (repeatable: any of them)")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
-    ap.add_argument("--pins", action="store_true", help="instead of the fast suite, run test_rddpo.py's pinned "
+    ap.add_argument("--pins", action="store_true", help="instead of the fast suite, run test_experiment.py's pinned "
                     "--quick run per mutant: do the pins at their tolerance catch what pins at rel. 1e-5 would?")
     ap.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1: pytest uses every core)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per mutant; a timeout counts as caught")
@@ -381,7 +378,7 @@ def check_suite(files, chosen, args):
 
 def check_pins(files, chosen, args):
     """the pinned run per mutant: caught by the tight pins (a number moves by more than TIGHT from this machine's
-    clean run) and by the test's (test_rddpo.pins_missed). -> exit status: 0 when the second catch every mutant the
+    clean run) and by the test's (test_experiment.pins_missed). -> exit status: 0 when the second catch every mutant the
     first does"""
     clean, missed, secs = run_pins(files, None, args.timeout)
     print(f"clean run: {'FAILS: ' + '; '.join(missed) if missed else 'within the pins'} ({secs:.0f} s)", flush=True)

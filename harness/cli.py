@@ -7,6 +7,8 @@ runs without it).
 """
 import argparse
 import dataclasses
+import inspect
+import re
 import sys
 
 
@@ -74,13 +76,27 @@ def with_preset(args, given, preset):
     return args
 
 
+def field_comments(cls):
+    """{field: its trailing comment} of a dataclass and its bases, for fields documented the way rddpo.Knobs
+    documents them: `beta: float = 0.1  # KL strength ...`."""
+    comments = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            for line in inspect.getsource(klass).splitlines():
+                m = re.match(r"\s+(\w+): [\w.]+ = [^#]+#\s*(.+)$", line)
+                if m:
+                    comments[m.group(1)] = m.group(2)
+    return comments
+
+
 def parse_config(cls, argv, description, preset):
-    """flags from the fields of a config dataclass (their metadata["help"] is the --help text), so that
-    `Config(steps=5)` and `--steps 5` mean the same. returns (config, names of the flags given)."""
+    """flags from the fields of a config dataclass (their metadata["help"], or else their comment, is the --help
+    text), so that `Config(steps=5)` and `--steps 5` mean the same. returns (config, names of the flags given)."""
     p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        flag, kw = "--" + f.name.replace("_", "-"), dict(default=default, help=f.metadata["help"])
+        flag, kw = "--" + f.name.replace("_", "-"), dict(default=default, help=f.metadata.get("help", comments.get(f.name)))
         kw.update({"choices": f.metadata["choices"]} if "choices" in f.metadata else {})
         if default is None:  # the help says what None stands for; '%(default).0s' keeps "(default: None)" off it
             kw["help"] += "%(default).0s"
@@ -89,7 +105,7 @@ def parse_config(cls, argv, description, preset):
         elif isinstance(default, list):
             p.add_argument(flag, type=type(default[0]) if default else str, nargs="+", **kw)
         else:
-            p.add_argument(flag, type=f.metadata.get("type", type(default)), **kw)
+            p.add_argument(flag, type=f.metadata.get("type", f.type if default is None else type(default)), **kw)
     args, given = parse_given(p, argv)
     return cls(**vars(with_preset(args, given, preset))), given
 

@@ -15,10 +15,10 @@ import socket
 import numpy as np
 import torch
 
-from cli import UsageError, quiet_transformers
-from data import split_pairs
-from rddpo import all_logps, batch_tensors, fits, learning_rate, pad, progress, seed_everything, tokenize
-from task import build_tokenizer, longest_task_tokens, reviews
+from harness.cli import UsageError, quiet_transformers
+from harness.data import split_pairs
+from rddpo import all_logps, batch_tensors, fits, pad, progress, seed_everything, tokenize
+from harness.task import build_tokenizer, longest_task_tokens, reviews
 
 
 # -----------------------------------------------------------------------------
@@ -246,3 +246,15 @@ def sample_batch(model, prompt_ids, eos, n_new, device):
             if done.all():
                 break
     return [row[:row.index(eos) + 1] if eos in row else row for row in torch.stack(new, 1).tolist()]
+
+
+def learning_rate(cfg, model):
+    """--lr, or its default. choice: 1e-4 for the tiny model at any size (the rate its results were made at); for a
+    --model, 1e-4 x 64 / its width (hidden size), the rate that suits the 64-wide tiny model scaled down as the
+    width grows: Adam moves every weight by about the rate, and each unit sums `width` such moves."""
+    if cfg.lr is not None:
+        return cfg.lr
+    if cfg.model == "tiny":
+        return 1e-4
+    width = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd")
+    return 1e-4 * 64 / width

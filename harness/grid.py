@@ -16,10 +16,7 @@ import time
 
 import numpy as np
 
-import cli
-import figures
-import records
-import report
+from harness import cli, figures, records, report
 
 
 def read_size(text):
@@ -247,7 +244,7 @@ def combine(grids):
 
 
 def main(argv=None):
-    """python grid.py GRID [GRID ...] [--figure PATH]: one table (and figure) from the grid folders given."""
+    """python -m harness.grid GRID [GRID ...] [--figure PATH]: one table (and figure) from the grid folders given."""
     p = cli.ArgumentParser(description="print one table from grid folders that rddpo.py --grid wrote (several: "
                                        "their rows in turn, a knob value once), and draw it with --figure")
     p.add_argument("grids", nargs="+", help="grid-NNN folders (or their results.json)")

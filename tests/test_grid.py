@@ -1,6 +1,6 @@
 """tests for grid.py (python rddpo.py --grid ...): bad grids fail before any work, each knob value runs the setting
 it names, settings that two knobs share run once, and every difference pairs a method with its base at the same
-seed. no model is trained here (the end-to-end grid run is in test_rddpo.py). run with `pytest -q test_grid.py`."""
+seed. no model is trained here (the end-to-end grid run is in tests/test_experiment.py). run with `pytest -q tests/test_grid.py`."""
 import json
 import os
 import time
@@ -8,9 +8,8 @@ import time
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
-import experiment  # noqa: E402
-import grid  # noqa: E402
 import rddpo  # noqa: E402
+from harness import experiment, grid  # noqa: E402
 
 
 @pytest.mark.parametrize("args, says", [
@@ -25,7 +24,7 @@ import rddpo  # noqa: E402
     (["--grid", "beta=0.3", "--beta", "0.2"], "--grid beta and --beta both set it"),
     (["--grid", "K=2,8", "--methods", "dpo,p-dpo"], "--grid K=2: --ensemble applies to e-dpo only"),
     (["--grid", "size=4x128", "--model", "gpt2"], "--grid size=4x128: --n-layer --n-embd applies to the built-in tiny"),
-    (["--grid", "pairs=128", "--data", "examples/task_pairs.jsonl"], "--grid pairs=128: --n-pairs applies to the built-in"),
+    (["--grid", "pairs=128", "--data", "docs/examples/task_pairs.jsonl"], "--grid pairs=128: --n-pairs applies to the built-in"),
     (["--grid", "size=4x30"], "--grid size=4x30: the width 30 is not a multiple of --n-head 4"),
     (["--grid", "beta=0.3", "--sweep"], "--grid and --sweep both vary a setting"),
     (["--grid", "beta=0.3", "--methods", "dpo,ipo"], "--methods needs one such pair"),
@@ -125,7 +124,7 @@ def test_a_failed_setting_leaves_the_grid_record_saying_so(tmp_path):
 
 
 def test_grid_py_prints_one_table_from_two_grids_each_knob_value_once(tmp_path, capsys):
-    """two grids that share beta 0.1 (run as two commands): python grid.py A B prints beta 0.05, beta 0.1 (once) and
+    """two grids that share beta 0.1 (run as two commands): python -m harness.grid A B prints beta 0.05, beta 0.1 (once) and
     K 2, draws the figure; an unfinished grid, a missing folder, a grid of other seeds or a run's folder is one error
     line, exit 2."""
     grids = []

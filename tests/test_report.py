@@ -16,13 +16,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-import cli
-import figures
-import records
-import report
+from harness import cli, figures, records, report
 
 METHODS = ["dpo", "ipo", "d-dpo", "e-dpo", "p-dpo"]
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's root
 
 
 # -----------------------------------------------------------------------------
@@ -185,14 +182,14 @@ def test_run_info_names_versions_the_command_and_an_iso_start():
     assert info["torch"] and info["transformers"] and info["platform"]
     when = datetime.datetime.fromisoformat(info["started"])
     assert when.tzinfo is not None and abs(when.timestamp() - started) < 1
-    assert records.run_info(["--steps", "4"], started, "bench.py")["command"] == "python bench.py --steps 4"
+    assert records.run_info(["--steps", "4"], started, "tools/bench.py")["command"] == "python tools/bench.py --steps 4"
     assert records.run_info(None, started)["command"] is None
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_run_info_gives_this_checkouts_commit():
     """in this checkout: the 40-hex commit of HEAD, and a bool for dirty."""
-    head = subprocess.run(["git", "-C", HERE, "rev-parse", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("not a git checkout")
     info = records.run_info([], time.time())
@@ -477,7 +474,7 @@ def test_compare_runs_gives_b_minus_a_seed_by_seed_on_the_seeds_both_ran(tmp_pat
     report.print_comparison(report.compare_runs(a, b), ["a", "b"])
     assert "bias" not in capsys.readouterr().out
     assert report.main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
-    done = subprocess.run([sys.executable, os.path.join(HERE, "report.py"), "compare", str(tmp_path / "a"),
-                           str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and done.stderr.startswith("error:")  # python report.py compare runs main
+    done = subprocess.run([sys.executable, "-m", "harness.report", "compare", str(tmp_path / "a"),
+                           str(tmp_path / "nothing")], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and done.stderr.startswith("error:")  # python -m harness.report compare runs main
     assert "cannot read" in capsys.readouterr().err
