@@ -20,12 +20,14 @@ Shapes: B pairs in a batch, T tokens, V the vocabulary, K reward models, M pool 
 """
 import copy
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from tqdm import tqdm
 
 METHODS = ("dpo", "ipo", "d-dpo", "e-dpo", "p-dpo")
@@ -50,6 +52,9 @@ class Knobs:
     pool_batch: int = None     # M, forward-KL pool responses per e-DPO and p-DPO step; None takes B
     log_every: int = 25        # steps between logged training lines
     eval_points: int = 4       # checkpoints along training, evenly spaced, the last at the end
+    lora: int = 0              # rank of the policy's LoRA adapters (peft); 0 trains every weight
+    reward_models: str = "copies"  # a trained copy of pi_ref each, or "heads" on its features
+    micro_batch: int = None    # most sequences in one forward pass; the step's gradient is the same
 
 
 # -----------------------------------------------------------------------------
@@ -154,23 +159,30 @@ def reward_model_loss(chosen_rewards, rejected_rewards, center=0.01):
 
 
 class RewardModel(nn.Module):
-    """the reference model's transformer plus a scalar head read at the last real token."""
+    """the reference model's transformer plus a scalar head read at the last real token: a copy
+    of the transformer trained with the head, or (frozen) the reference's own, shared, untouched."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, frozen=False):
         super().__init__()
-        self.backbone = copy.deepcopy(lm.base_model)
+        self.backbone = lm.base_model if frozen else copy.deepcopy(lm.base_model)
         self.head = nn.Linear(lm.config.hidden_size, 1)
         nn.init.zeros_(self.head.weight)  # every reward starts at exactly 0
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids, attention_mask):
+    def features(self, input_ids, attention_mask):
+        """the transformer's hidden state at each row's last real token, float32: (B, H)"""
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                position_ids=position_ids).last_hidden_state  # (B, T, H)
         last = last_token_index(attention_mask)  # (B,)
-        # the reward in float32, under --dtype bfloat16 too
-        with torch.autocast(hidden.device.type, enabled=False):
-            return self.head(hidden[torch.arange(len(last)), last].float()).squeeze(-1)  # (B,)
+        return hidden[torch.arange(len(last)), last].float()  # (B, H)
+
+    def reward(self, features):
+        with torch.autocast(features.device.type, enabled=False):  # float32 under bfloat16 too
+            return self.head(features).squeeze(-1)  # (B,)
+
+    def forward(self, input_ids, attention_mask):
+        return self.reward(self.features(input_ids, attention_mask))  # (B,)
 
 
 def last_token_index(attention_mask):
@@ -181,15 +193,22 @@ def last_token_index(attention_mask):
     return (attention_mask * positions).argmax(-1)  # (B,)
 
 
-def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, device, desc):
-    """bradley-terry training on the given pairs (indices may repeat: a resample)."""
+def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, device, desc,
+                       features=None):
+    """bradley-terry training on the given pairs (indices may repeat: a resample). with features
+    (2N, H) of every row, from the reference's frozen transformer, only a head trains, on them."""
     seed_everything(seed)
-    rm = without_dropout(RewardModel(reference).to(device).train())
-    opt = torch.optim.AdamW(rm.parameters(), lr=lr)
+    rm = RewardModel(reference, frozen=features is not None).to(device)
+    trained = rm.head if features is not None else without_dropout(rm)
+    opt = torch.optim.AdamW(trained.train().parameters(), lr=lr)
     n, rng = len(pairs.keep), np.random.default_rng(seed)
     for _ in progress(range(steps), desc):
         idx = pair_idx[rng.integers(len(pair_idx), size=batch_size)]  # (B,)
-        r = rm(*batch_tensors(pairs.tokens, np.concatenate([idx, idx + n]), device)[:2])  # (2B,)
+        rows = np.concatenate([idx, idx + n])  # (2B,)
+        if features is None:
+            r = rm(*batch_tensors(pairs.tokens, rows, device)[:2])  # (2B,)
+        else:
+            r = rm.reward(features[rows].to(device))  # (2B,)
         loss = reward_model_loss(*r.chunk(2))
         opt.zero_grad()
         loss.backward()
@@ -221,12 +240,24 @@ def score(rm, tokens, device, batch_size=64):
                       for i in range(0, len(rows), batch_size)])
 
 
+@torch.no_grad()
+def last_features(reference, tokens, device, batch_size=64):
+    """the reference's hidden state at every row's last real token, for heads on it: (N, H), cpu"""
+    rm, rows = RewardModel(reference, frozen=True).to(device), np.arange(len(tokens.input_ids))
+    return torch.cat([rm.features(*batch_tensors(tokens, rows[i:i + batch_size], device)[:2]).cpu()
+                      for i in range(0, len(rows), batch_size)])
+
+
 def reward_scores(reference, pairs, diagnose, cfg, seed, device, longer_won):
     """train the plain reward model and the family, score every training pair once, free the models.
     returns (2N,) plain rewards, (K, 2N) family rewards, and for each model diagnose(model, its
     (2N,) scores), a dict (the experiment's diagnostics on its held-out pairs).
-    choice: the plain model (d-DPO) sees all pairs as labelled."""
-    fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device)
+    choice: the plain model (d-DPO) sees all pairs as labelled. with cfg.reward_models "heads" the
+    models are heads on the reference's features, computed once for every row."""
+    heads = cfg.reward_models == "heads"
+    features = last_features(reference, pairs.tokens, device) if heads else None  # (2N, H)
+    fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device,
+               features=features)
     shares = family_shares(cfg.ensemble)
     idx = [np.arange(pairs.labelled)] + [
         resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))
@@ -236,7 +267,9 @@ def reward_scores(reference, pairs, diagnose, cfg, seed, device, longer_won):
         desc = "reward model" + (f" {k} (longer-wins share {share:.2f})" if k else "")
         rm = train_reward_model(reference, pairs, idx[k], seed=seed if k == 0 else seed * 1000 + k,
                                 desc=desc, **fit)
-        scores.append(score(rm, pairs.tokens, device))  # (2N,)
+        with torch.no_grad():  # (2N,)
+            scores.append(score(rm, pairs.tokens, device) if features is None
+                          else rm.reward(features.to(device)).cpu())
         name = f"member {k}" if k else "plain"
         diagnostics.append(dict(model=name, share=share, **diagnose(rm, scores[-1])))
         del rm
@@ -278,10 +311,20 @@ def sequence_logps(logits, input_ids, response_mask):
     return torch.where(response_mask[:, 1:].bool(), token_logps, 0.0).sum(-1)  # (B,)
 
 
-def logps_of(model, tokens, rows, device):
-    """log pi(y|x) of the given rows of tokens, with gradients: (len(rows),)"""
-    ids, mask, resp = batch_tensors(tokens, rows, device)  # (R, T) each
-    return sequence_logps(forward(model, ids, mask), ids, resp)  # (R,)
+def logps_of(model, tokens, rows, device, micro_batch=None):
+    """log pi(y|x) of the given rows of tokens, with gradients: (len(rows),). with micro_batch, at
+    most that many rows go through the model at once, and each micro-batch's activations are
+    recomputed in the backward pass instead of kept (activation checkpointing): a step holds one
+    micro-batch's activations, and its gradient is the whole batch's, up to float rounding."""
+    if micro_batch is None or len(rows) <= micro_batch:
+        ids, mask, resp = batch_tensors(tokens, rows, device)  # (R, T) each
+        return sequence_logps(forward(model, ids, mask), ids, resp)  # (R,)
+    parts = [rows[i:i + micro_batch] for i in range(0, len(rows), micro_batch)]
+    if not torch.is_grad_enabled():
+        return torch.cat([logps_of(model, tokens, part, device) for part in parts])
+    again = torch.utils.checkpoint.checkpoint  # keeps the inputs, recomputes the rest when needed
+    return torch.cat([again(logps_of, model, tokens, part, device, use_reentrant=False)
+                      for part in parts])  # (R,)
 
 
 def policy_loss(method, policy_logps, rows, pairs, beta, gamma, pool_logps=None, pool_rows=None):
@@ -312,24 +355,60 @@ def without_dropout(model):
     return model
 
 
+def new_policy(reference, lora, device):
+    """the policy at step 0, pi_ref exactly: a copy of the reference whose every weight trains or,
+    with lora (a rank), the reference itself with LoRA adapters on its linear layers, which peft
+    starts at 0. then no second copy is held: with its adapters off (AdaptersOff) the policy is
+    pi_ref, and free_policy takes them out again."""
+    if not lora:
+        return without_dropout(copy.deepcopy(reference).to(device).train())
+    from peft import LoraConfig, get_peft_model
+    config = LoraConfig(r=lora, lora_alpha=lora, lora_dropout=0.0, target_modules="all-linear")
+    return without_dropout(get_peft_model(reference, config).to(device).train())
+
+
+class AdaptersOff(nn.Module):
+    """pi_ref while the policy is pi_ref plus LoRA adapters: the policy, its adapters off."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, *args, **kwargs):
+        with self.policy.disable_adapter():
+            return self.policy(*args, **kwargs)
+
+
+def free_policy(policy):
+    """the reference as it was before train_policy: a LoRA policy's adapters taken out of it (its
+    own weights, unchanged, trainable again); a copy needs nothing. -> the reference or None"""
+    if not hasattr(policy, "unload"):
+        return None
+    reference = policy.unload()
+    reference.requires_grad_(True)
+    return reference.eval()
+
+
 class TrainingDiverged(Exception):
     """a nan or inf loss: training stops, and what was written so far is kept (exit status 1)."""
 
 
 def train_policy(reference, pairs, method, knobs, seed, device, log,
                  checkpoint=lambda step, policy: None):
-    """train a copy of the reference with `method` for knobs.steps AdamW steps; log(step, metrics)
-    every knobs.log_every steps, checkpoint(step, policy) at knobs.eval_points evenly spaced steps.
+    """train a policy (new_policy: a copy of the reference, or LoRA adapters on it) with `method`
+    for knobs.steps AdamW steps; log(step, metrics) every knobs.log_every steps, and
+    checkpoint(step, policy) at knobs.eval_points evenly spaced steps.
     -> (policy, for e-DPO the share of steps at which each member was the minimum, else None)"""
     seed_everything(seed)
-    policy = without_dropout(copy.deepcopy(reference).to(device).train())
-    opt = torch.optim.AdamW(policy.parameters(), lr=knobs.lr)
-    book = Bookkeeping(pairs, method, knobs, seed, log, checkpoint)
+    policy = new_policy(reference, knobs.lora, device)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=knobs.lr)
+    book, mb = Bookkeeping(pairs, method, knobs, seed, log, checkpoint), knobs.micro_batch
     for step in book.steps():
         # the method: a batch of pairs (and pool responses), its loss, one AdamW step
         rows, pool_rows = book.rows(step)  # (2B,): chosen rows, then rejected rows; (M,) or None
-        policy_logps = logps_of(policy, pairs.tokens, rows, device)  # (2B,)
-        pool_logps = None if pool_rows is None else logps_of(policy, pairs.pool, pool_rows, device)
+        policy_logps = logps_of(policy, pairs.tokens, rows, device, mb)  # (2B,)
+        pool_logps = None if pool_rows is None else \
+            logps_of(policy, pairs.pool, pool_rows, device, mb)  # (M,)
         loss = policy_loss(method, policy_logps, rows, pairs, knobs.beta, knobs.gamma,
                            pool_logps, pool_rows)
         if not torch.isfinite(loss):
@@ -495,8 +574,35 @@ def seed_everything(seed):
 
 
 def progress(iterable, desc):
-    """a progress bar on a terminal, silence in logs and tests."""
-    return tqdm(iterable, desc=desc, mininterval=1, disable=None, leave=False)
+    """a progress bar on a terminal, silence in logs and tests; a loop of a minute or more also says
+    once, from its first steps, how long it will take on this device."""
+    return Progress(iterable, desc)
+
+
+class Progress(tqdm):
+    def __init__(self, iterable, desc):
+        super().__init__(iterable, desc=desc, mininterval=1, disable=None, leave=False)
+        self.what = desc
+
+    def __iter__(self):
+        for i, item in enumerate(super().__iter__()):
+            if i == 1:  # the first step warms up: time the next three
+                start = time.perf_counter()
+            elif i == 4 and self.total:
+                per = (time.perf_counter() - start) / 3  # seconds a step
+                if per * self.total >= 60:
+                    took = duration(per * self.total)
+                    tqdm.write(f"{self.what}: {self.total} steps, about {took} on this device "
+                               f"({per:.2g} s a step)")
+            yield item
+
+
+def duration(seconds):
+    """45 s, 12 min, 3 h 10 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def batch_metrics(loss, policy_logps, reference_logps, beta, forward_kl=None):

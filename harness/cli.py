@@ -6,9 +6,11 @@ input into one `error:` line and exit status 2, never a traceback. Imports no to
 runs without it).
 """
 import argparse
+import contextlib
 import dataclasses
 import inspect
 import re
+import signal
 import sys
 
 
@@ -21,12 +23,34 @@ class UsageError(Exception):
 
 
 class Interrupted(Exception):
-    """ctrl-c: reported as one line that says what was kept and where, exit status 130."""
+    """ctrl-c or SIGTERM: reported as one line that says what was kept and where, exit status 130."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping a job, a machine pre-empted), raised where the program is, as ctrl-c is."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """inside it, a SIGTERM raises Terminated wherever the program is, as ctrl-c raises KeyboardInterrupt; later
+    ones are ignored while the program saves what it has. outside the main thread it changes nothing."""
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("SIGTERM")
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread, where python cannot handle signals
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def cli(command, failures=()):
-    """run command() as a program's main: exit status 0; a bad input (2), one of `failures` (1) or ctrl-c (130)
-    is one line on stderr, never a traceback."""
+    """run command() as a program's main: exit status 0; a bad input (2), one of `failures` (1) or ctrl-c or
+    SIGTERM (130, under sigterm_as_interrupt) is one line on stderr, never a traceback."""
     try:
         command()
     except UsageError as e:
@@ -38,8 +62,9 @@ def cli(command, failures=()):
     except Interrupted as e:
         print(e, file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("interrupted; files written before this point are kept", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        by = " by SIGTERM" if isinstance(e, Terminated) else ""
+        print(f"interrupted{by}; files written before this point are kept", file=sys.stderr)
         return 130
     return 0
 
@@ -89,10 +114,14 @@ def field_comments(cls):
     return comments
 
 
-def parse_config(cls, argv, description, preset):
+def parse_config(cls, argv, description, preset, extra=None):
     """flags from the fields of a config dataclass (their metadata["help"], or else their comment, is the --help
-    text), so that `Config(steps=5)` and `--steps 5` mean the same. returns (config, names of the flags given)."""
+    text), so that `Config(steps=5)` and `--steps 5` mean the same. returns (config, names of the flags given);
+    extra: {name: add_argument keywords} of flags that are no field (rddpo.py's --resume), whose values come
+    back as a third item, {name: value}."""
     p = ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for name, kw in (extra or {}).items():
+        p.add_argument("--" + name.replace("_", "-"), **kw)
     comments = field_comments(cls)
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
@@ -107,7 +136,9 @@ def parse_config(cls, argv, description, preset):
         else:
             p.add_argument(flag, type=f.metadata.get("type", f.type if default is None else type(default)), **kw)
     args, given = parse_given(p, argv)
-    return cls(**vars(with_preset(args, given, preset))), given
+    extras = {name: vars(args).pop(name) for name in extra or {}}
+    config = cls(**vars(with_preset(args, given - set(extras), preset)))
+    return (config, given - set(extras)) if extra is None else (config, given - set(extras), extras)
 
 
 # -----------------------------------------------------------------------------

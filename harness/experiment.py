@@ -3,14 +3,16 @@
 For each bias and seed: the pairs (the built-in task's, sampled from pi_ref and labelled by the biased annotator,
 or your own --data), the reward models and the forward-KL pool that rddpo.py's losses need, every method trained
 from the same reference on the same pairs, and each evaluated on held-out prompts along training. The run's folder
-gets results.json, metrics.jsonl, samples.jsonl and the figures.
+gets results.json, metrics.jsonl, samples.jsonl and the figures. A run stopped (ctrl-c, SIGTERM, an error, a kill)
+goes on in its folder with --resume, and ends as it would have without the stop.
 
     python rddpo.py --quick    # the same as python rddpo.py --quick
+    python rddpo.py --resume runs/run-001
 """
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 import numpy as np
 import torch
@@ -18,7 +20,7 @@ import torch
 import rddpo
 from harness import cli, data, grid, models, records, report
 from harness.models import learning_rate, load_reference, sample
-from rddpo import (METHODS, Knobs, Pairs, Tokens, TrainingDiverged, all_logps, batch_tensors, fits, forward,
+from rddpo import (METHODS, Knobs, Pairs, Tokens, TrainingDiverged, all_logps, batch_tensors, duration, fits, forward,
                    logratio_margin, pool_rows_per_step, reward_scores, score, seed_everything, token_rows,
                    tokenize_pairs, train_policy)
 from harness.task import EVAL_TITLES, GOLDS, TITLES, gold_reward, label_pairs, make_prompts, words
@@ -38,7 +40,15 @@ class Config(Knobs):
     the task, the model and the run. every field is a flag: Config(steps=5) is --steps 5."""
     # the policy's rate depends on the model here, so its default moves from the method's to learning_rate's
     lr: float = field(default=None, metadata={"type": float, "help": "policy learning rate (AdamW); default: 1e-4 for "
-                      "the tiny model, 1e-4 x 64 / its width for a --model (models.learning_rate)"})
+                      "the tiny model, 1e-4 x 64 / its width for a --model, x 10 with --lora (models.learning_rate)"})
+    # and these, whose defaults depend on the model too (models.model_defaults)
+    lora: int = field(default=None, metadata={"type": int, "help": "rank of the policy's LoRA adapters; 0 trains every "
+                      "weight; default: 0 for the tiny model, 16 for a --model"})
+    reward_models: str = field(default="auto", metadata={"choices": ("auto", "copies", "heads"), "help": "each reward "
+                               "model a trained copy of pi_ref, or a head on its frozen features; auto: copies for the "
+                               "tiny model, heads for a --model"})
+    micro_batch: int = field(default=None, metadata={"type": int, "help": "most sequences in one forward pass (the "
+                             "step's gradient is the same); default: all at once for the tiny model, 8 for a --model"})
     model: str = field(default="tiny", metadata={"help": "'tiny' builds and pretrains a small GPT-2 offline; "
                                                  "or a causal LM name or local path for from_pretrained, e.g. gpt2"})
     methods: str = field(default=",".join(METHODS), metadata={"help": "comma list of methods to train (any case)"})
@@ -78,9 +88,60 @@ class Config(Knobs):
         return [m.strip().lower() for m in self.methods.split(",") if m.strip()]
 
 
-def parse_args(argv=None):
-    """(Config, names of the flags given on the command line)."""
-    return cli.parse_config(Config, argv, rddpo.__doc__.split("\n")[1], QUICK)  # rddpo.py's own description
+def parse_args(argv=None, extra=None):
+    """(Config, names of the flags given on the command line); with extra (RESUME), their values too."""
+    return cli.parse_config(Config, argv, rddpo.__doc__.split("\n")[1], QUICK, extra)  # rddpo.py's own description
+
+
+RESUME = {"resume": dict(metavar="FOLDER", default=None, help="go on with an unfinished run (interrupted, failed or "
+                         "killed) in its folder, such as runs/run-001: its finished method runs are kept, the rest run "
+                         "as they would have; the run's own settings are used, and a flag given beside it must say "
+                         "the same%(default).0s")}
+
+
+def resumed(folder, given_cfg, given):
+    """--resume FOLDER: the run's own Config, read from its results.json, with --out the folder that holds it (where
+    its reference is cached). a flag given beside --resume must say what the run's config says (the value parsed
+    against the value recorded), and the run goes on on the device it ran on: another computes other numbers."""
+    results = records.read_run(folder)
+    path = os.path.join(folder, "results.json")
+    own = dict(results["config"], out=os.path.dirname(os.path.abspath(folder)))
+    unknown = sorted(set(own) - {f.name for f in fields(Config)})
+    if unknown:
+        raise cli.UsageError(f"{path} has settings that this code does not know ({', '.join(unknown)}); "
+                             "resume the run with the code that started it")
+    for name in sorted(given):
+        if name not in own or comparable(name, getattr(given_cfg, name)) != comparable(name, own[name]):
+            ran = flag_text(name, own[name]) if name in own else f"no {flag_text(name, True)}"
+            raise cli.UsageError(f"{flag_text(name, getattr(given_cfg, name))} differs from the run's own setting "
+                                 f"({ran}, in {path}); leave it out: --resume goes on with the run's own settings")
+    cfg = Config(**own)
+    device = cli.pick_device(cfg.device)
+    if str(device) != results["device"]:
+        raise cli.UsageError(f"--resume {folder}: the run ran on {results['device']}, and its --device {cfg.device} "
+                             f"is {device} here; resume it on {results['device']}, as another device computes "
+                             "other numbers")
+    return cfg
+
+
+def comparable(name, value):
+    """a setting as --resume compares it: --methods as the list it names, --sweep-biases as numbers, paths resolved."""
+    if name == "methods":
+        return Config(methods=value).method_list()
+    if name == "sweep_biases":
+        try:
+            return [float(b) for b in value.split(",")]
+        except ValueError:
+            return value
+    return os.path.realpath(value) if name in ("out", "data") and value else value
+
+
+def flag_text(name, value):
+    """a setting as a flag says it: --steps 15, --seeds 0 1, --quick, no --quick."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or value in ("", None, []):
+        return flag if value else f"no {flag}"
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 # -----------------------------------------------------------------------------
@@ -201,6 +262,56 @@ def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
     return pairs, ev, info, [dict(bias=bias, seed=seed, **d) for d in diagnostics]
 
 
+def prepared(record, reference, tokenizer, cfg, bias, seed, device, user_pairs):
+    """prepare's output for one (bias, seed), and the seconds prepare took: read from the run's folder
+    (RunRecord.prepared_path) where an earlier session of the run computed it, else computed and written there whole
+    (under a temporary name, then renamed), so that --resume need not compute it again."""
+    path = record.prepared_path(bias, seed)
+    if os.path.isfile(path):
+        try:
+            saved = torch.load(path, weights_only=True)
+            return tuple(unplain(saved["prepared"])), saved["seconds"]
+        except Exception as e:  # written whole, so rare; prepared again, it comes out the same
+            print(f"note: {path} cannot be read ({records.one_line(e)}); preparing it again")
+    t0 = time.time()
+    out = prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs)
+    seconds, tmp = time.time() - t0, f"{path}.tmp{os.getpid()}"
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        torch.save(dict(bias=bias, seed=seed, seconds=seconds, prepared=plain(out)), tmp)
+        os.replace(tmp, path)
+    finally:  # renamed, or left by an error, ctrl-c or SIGTERM: no temporary file stays
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out, seconds
+
+
+def plain(x):
+    """prepare's output as torch.load(weights_only=True) reads it back (which runs no code from the file): a
+    dataclass as a dict that names its class, a numpy array as a tensor, a numpy number as a python one."""
+    if is_dataclass(x):
+        return {"__class__": type(x).__name__, **{f.name: plain(getattr(x, f.name)) for f in fields(x)}}
+    if isinstance(x, np.ndarray):
+        return {"__array__": torch.from_numpy(x)}
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def unplain(x):
+    """plain's inverse; a tuple comes back as a list."""
+    if isinstance(x, dict) and "__class__" in x:
+        cls = {c.__name__: c for c in (Pairs, Tokens, HeldOut)}[x["__class__"]]
+        return cls(**{k: unplain(v) for k, v in x.items() if k != "__class__"})
+    if isinstance(x, dict) and "__array__" in x:
+        return x["__array__"].numpy()
+    if isinstance(x, dict):
+        return {k: unplain(v) for k, v in x.items()}
+    return [unplain(v) for v in x] if isinstance(x, list) else x
+
+
 # -----------------------------------------------------------------------------
 # 3. evaluation
 
@@ -270,33 +381,37 @@ def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed,
     method, train_seconds, the last evaluation's numbers, checkpoints (each evaluation, with its step) and for
     e-DPO member_min_share. every evaluation draws the same random numbers (common random numbers along training)."""
     checkpoints, shown, t0 = [], [], time.time()
-    def checkpoint(step, policy):
-        reference.to(device)
+    def checkpoint(step, policy):  # with LoRA, pi_ref is the policy with its adapters off: no second model
+        ref = rddpo.AdaptersOff(policy) if cfg.lora else reference.to(device)
         seed_everything(seed * 100 + METHODS.index(method))
-        metrics, shown[:] = evaluate(policy, reference, tokenizer, pairs, ev, cfg.beta, cfg.max_new_tokens,
+        metrics, shown[:] = evaluate(policy, ref, tokenizer, pairs, ev, cfg.beta, cfg.max_new_tokens,
                                      cfg.max_length, device, N_SHOW)
         checkpoints.append(dict(step=step, **metrics))
-        reference.cpu()  # while a policy trains, only the policy is on the device
-    reference.cpu()
+        if not cfg.lora:
+            reference.cpu()  # while a policy trains, only the policy is on the device
+    if not cfg.lora:
+        reference.cpu()
     tag = dict(bias=bias, seed=seed, method=method)  # on every logged row
     policy, member_min_share = train_policy(reference, pairs, method, cfg, seed, device, checkpoint=checkpoint,
                                             log=lambda step, m: log(dict(tag, step=step, **m)))
-    reference.to(device)
-    for part in (policy, tokenizer) if save_dir else ():  # a model folder that from_pretrained loads
+    for part in (policy, tokenizer) if save_dir else ():  # a folder that from_pretrained loads (with LoRA, peft's)
         part.save_pretrained(os.path.join(save_dir, f"policy-{method}{'' if bias is None else f'-bias{bias}'}-seed{seed}"))
+    rddpo.free_policy(policy)  # a LoRA policy's adapters out of the reference again
+    reference.to(device)
     record = dict(bias=bias, seed=seed, method=method, train_seconds=time.time() - t0, checkpoints=checkpoints,
                   **{k: v for k, v in checkpoints[-1].items() if k != "step"},
                   **({"member_min_share": member_min_share} if member_min_share else {}))
     return record, [dict(bias=bias, seed=seed, policy=method, **row) for row in shown]
 
 
-def run(cfg, given=None, argv=None):
-    """the whole experiment; returns (results, run folder). every check runs before any work."""
+def run(cfg, given=None, argv=None, resume=None):
+    """the whole experiment; returns (results, run folder). every check runs before any work. resume: an unfinished
+    run's folder, whose own config cfg is (resumed): its finished method runs are kept, the rest are run."""
     if cfg.grid:  # each setting is a run of its own
         return grid.run_grid(cfg, given, argv, run, METHODS)
     started = time.time()
     cli.check_config(cfg, METHODS, given)
-    cfg = replace(cfg, methods=",".join(cfg.method_list()), sft_steps=models.sft_steps(cfg))
+    cfg = replace(models.model_defaults(cfg), methods=",".join(cfg.method_list()), sft_steps=models.sft_steps(cfg))
     device = cli.pick_device(cfg.device)
     amp = cli.precision(device, cfg.dtype)
     user_pairs = data.user_pairs(cfg)  # your own pairs (--data), or None
@@ -307,24 +422,111 @@ def run(cfg, given=None, argv=None):
     cfg = replace(cfg, lr=learning_rate(cfg, reference))  # results.json records the rate used
     biases, info = [None] if cfg.data else cli.sweep_bias_list(cfg), records.run_info(argv, started)  # no annotator
     config = {k: v for k, v in asdict(cfg).items() if not (cfg.data and k in cli.TASK_ONLY)}
-    with records.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started) as record, amp:
-        for bias in biases:
-            for seed in cfg.seeds:  # every method from the same reference, on the same pairs
-                ref, sft = models.data_reference(reference, tokenizer, cfg, user_pairs, seed, device)
-                pairs, ev, kept, diagnostics = prepare(ref, tokenizer, cfg, bias, seed, device, user_pairs)
-                record.samples += [dict(bias=bias, seed=seed, policy="pi_ref", **row) for row in ev.ref_shown]
-                record.results["reward_models"] += diagnostics
-                for method in cfg.method_list():  # each record is kept as soon as it is made
-                    record.add(*train_and_evaluate(ref, tokenizer, pairs, ev, method, cfg, bias, seed, device,
-                                                   record.log, record.dir if cfg.save_policy else None))
-                record.results["data"].append(dict(bias=bias, seed=seed, **kept, **({"sft": sft} if sft else {})))
+    record = records.RunRecord.reopen(resume, (biases[0], cfg.seeds[0]), info, started) if resume else \
+        records.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started)
+    with record, amp:
+        run_all(record, reference, tokenizer, cfg, biases, device, user_pairs)
     record.finish(METHODS, data.users_question(cfg.model) if cfg.chat_template else str)
     return record.results, record.dir
 
 
+def run_all(record, reference, tokenizer, cfg, biases, device, user_pairs):
+    """every (bias, seed) and method that the record does not hold yet (all of them, but on --resume), in order:
+    every method from the same reference, on the same pairs; each record is kept as soon as it is made. once a
+    method has run, one line estimates the time the run has to go (clock_line)."""
+    told = False
+    for bias in biases:
+        for seed in cfg.seeds:
+            if record.has_data(bias, seed):  # wholly done before --resume: nothing to prepare
+                continue
+            t0 = time.time()
+            ref, sft = models.data_reference(reference, tokenizer, cfg, user_pairs, seed, device)
+            took = time.time() - t0  # beside prepare's own seconds, measured now or when first computed
+            (pairs, ev, kept, diagnostics), seconds = prepared(record, ref, tokenizer, cfg, bias, seed, device,
+                                                               user_pairs)
+            if not record.done(bias, seed):  # as an uninterrupted run: pi_ref's samples and reward models once
+                record.samples += [dict(bias=bias, seed=seed, policy="pi_ref", **row) for row in ev.ref_shown]
+                record.results["reward_models"] += diagnostics
+            for method in (m for m in cfg.method_list() if not record.done(bias, seed, m)):
+                record.add(*train_and_evaluate(ref, tokenizer, pairs, ev, method, cfg, bias, seed, device,
+                                               record.log, record.dir if cfg.save_policy else None))
+                told = told or tell_time(record, cfg, biases, device, took + seconds)
+            record.results["data"].append(dict(bias=bias, seed=seed, **kept, **({"sft": sft} if sft else {})))
+
+
+def tell_time(record, cfg, biases, device, prep_seconds):
+    """print clock_line for the method runs the record does not hold yet, if any. -> True (told)"""
+    keys = [(b, s) for b in biases for s in cfg.seeds]
+    methods = [m for b, s in keys for m in cfg.method_list() if not record.done(b, s, m)]
+    if methods:
+        print(clock_line(cfg, biases, device, prep_seconds, record.results["runs"],
+                         sum(not record.done(b, s) for b, s in keys), methods), flush=True)
+    return True
+
+
+POOLED = ("e-dpo", "p-dpo")  # the methods with the forward-KL term: their steps also run the pool's responses
+
+
+def expected_seconds(cfg, runs):
+    """{method: the seconds one run of it is expected to take} from the method runs measured so far (their
+    train_seconds: training and its evaluations): its own mean where it has run; else the mean of the methods of
+    its kind that have (e-DPO and p-DPO, or the others); else the other kind's, e-DPO and p-DPO at (2B + M) / 2B
+    times the others (1.5 at the default --pool-batch B): each of their steps runs the policy on the M pool
+    responses beside the batch's 2B pair rows, and those passes are the bulk of a method's time."""
+    ratio = (2 * cfg.batch_size + pool_rows_per_step(cfg.batch_size, cfg.pool_batch)) / (2 * cfg.batch_size)
+    times = {}
+    for r in runs:
+        times.setdefault(r["method"], []).append(r.get("train_seconds") or 0.0)
+    mean = lambda values: sum(values) / len(values) if values else 0.0  # noqa: E731
+    kind = {pooled: [mean(v) for m, v in times.items() if (m in POOLED) == pooled] for pooled in (False, True)}
+    def expect(method):
+        pooled = method in POOLED
+        if method in times or kind[pooled]:
+            return mean(times.get(method) or kind[pooled])
+        return mean(kind[not pooled]) * (ratio if pooled else 1 / ratio)
+    return {m: expect(m) for m in cfg.method_list()}
+
+
+def clock_line(cfg, biases, device, prep_seconds, runs, preps_to_go, methods_to_go):
+    """one line: the run's remaining time on this device from what it has measured. the estimate: a (bias, seed)'s
+    preparation (its pairs, reward models and pool, as long as the last one took) for each (bias, seed) still to
+    prepare, plus each method run to go at its expected time (expected_seconds); past an hour, the budgets that fit.
+    the reference is loaded (or fine-tuned) once, before, and is not counted."""
+    each = expected_seconds(cfg, runs)
+    left = prep_seconds * preps_to_go + sum(each[m] for m in methods_to_go)
+    counts = [(len(cfg.seeds), "seed", "seeds"), (len(cfg.method_list()), "method", "methods")]
+    size = " x ".join(f"{n} {one if n == 1 else many}" for n, one, many in
+                      ([] if cfg.data else [(len(biases), "bias", "biases")]) + counts)
+    ran = {r["method"] for r in runs}
+    measured = ", ".join(f"{duration(each[m])} per {m} run" for m in cfg.method_list() if m in ran)
+    line = (f"run: about {duration(left)} to go on {device} ({size}; measured: {duration(prep_seconds)} per "
+            f"preparation, {measured})")
+    options = faster(cfg, device, prep_seconds, each, len(biases) * len(cfg.seeds)) if left > 3600 else []
+    return line + (f"; over an hour: try {' or '.join(options)}" if options else "")
+
+
+def faster(cfg, device, prep_seconds, each, n_keys):
+    """the budgets that fit a run of over an hour: --quick, unless the run is as small already, with its time for
+    the whole run scaled by the step counts (a preparation by --rm-steps, its reward models being its bulk; a method
+    run by --steps; --quick's fewer pairs and held-out prompts make both shorter still); a GPU, unless on one."""
+    prep, method = (min(1.0, QUICK[k] / getattr(cfg, k)) for k in ("rm_steps", "steps"))
+    options = []
+    if prep < 1 or method < 1:
+        options.append(f"--quick (about {duration(n_keys * (prep_seconds * prep + sum(each.values()) * method))})")
+    if torch.device(device).type != "cuda":
+        options.append("a GPU (--device cuda)")
+    return options
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    return cli.cli(lambda: run(*parse_args(argv), argv=argv), failures=(TrainingDiverged,))
+    def command():
+        cfg, given, extra = parse_args(argv, RESUME)
+        if extra["resume"] is None:
+            return run(cfg, given, argv)
+        return run(resumed(extra["resume"], cfg, given), argv=argv, resume=extra["resume"])
+    with cli.sigterm_as_interrupt():  # a scheduler's SIGTERM stops the run as ctrl-c does
+        return cli.cli(command, failures=(TrainingDiverged,))
 
 
 if __name__ == "__main__":

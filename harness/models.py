@@ -99,21 +99,28 @@ def cached_model(path, build):
 # 2. the reference pi_ref: a supervised model
 
 
-TASK_SFT_STEPS, QUICK_SFT_STEPS = 600, 150  # --sft-steps on the built-in task, and under --quick
+TASK_SFT_STEPS, QUICK_SFT_STEPS = 600, 150  # --sft-steps on the built-in task, and under --quick (tiny model)
+# choice: a pretrained --model learns the task's reviews in tens of steps of 16 reviews (docs/METHOD.md#pretrained)
+MODEL_SFT_STEPS = 60
+MODEL_SFT_BATCH = 16
+SFT_BATCH = 64  # the tiny model's reviews a step, which it learns from scratch
 
 
 def sft_steps(cfg):
-    """--sft-steps, or its default: 600 on the task's reviews (150 under --quick, also for a Config built in code
-    with quick=True), none on --data with a --model."""
+    """--sft-steps, or its default: on the task's reviews 600 for the tiny model (150 under --quick, also for a
+    Config built in code with quick=True) and 60 for a --model; none on --data with a --model."""
     if cfg.sft_steps is not None:
         return cfg.sft_steps
-    return 0 if cfg.data and cfg.model != "tiny" else QUICK_SFT_STEPS if cfg.quick else TASK_SFT_STEPS
+    if cfg.model != "tiny":
+        return 0 if cfg.data else MODEL_SFT_STEPS
+    return QUICK_SFT_STEPS if cfg.quick else TASK_SFT_STEPS
 
 
 def load_reference(cfg, device, check=lambda tokenizer: None):
     """the frozen reference pi_ref and its tokenizer. on the built-in task the tiny gpt-2 built in code, or a hub model
     or folder, is first fine-tuned for --sft-steps on the task's reviews (pi_ref is a supervised model), cached in --out
-    by model and settings; --max-length and check(tokenizer) run first. choice: learning rate 3e-3 (tiny), else 1e-4."""
+    by model and settings; --max-length and check(tokenizer) run first. choice: learning rate 3e-3 for the tiny model
+    (from scratch); for a --model 1e-4, or 1e-3 for LoRA adapters (--lora), merged into the weights after."""
     tiny, steps = cfg.model == "tiny", sft_steps(cfg)
     model, tokenizer = (None, build_tokenizer()) if tiny else load_pretrained(cfg.model, cfg.max_length)
     if (tiny or not cfg.data) and cfg.max_length < (need := longest_task_tokens(tokenizer)):  # fine-tuning reads it too
@@ -122,37 +129,69 @@ def load_reference(cfg, device, check=lambda tokenizer: None):
     check(tokenizer)
     if not tiny and (cfg.data or steps == 0):  # your data (fine-tuned per seed, data_reference), or the model as it is
         return model.to(device).eval(), tokenizer
+    batch, lr = (SFT_BATCH, 3e-3) if tiny else (MODEL_SFT_BATCH, 1e-3 if cfg.lora else 1e-4)
     def build():
         seed_everything(1234)
         base = build_tiny_gpt2(tokenizer, cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.max_length) if tiny else model
-        return pretrain(base.to(device), tokenizer, reviews, steps, device, lr=3e-3 if tiny else 1e-4), tokenizer
-    name = f"L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}" if tiny else slug(cfg.model)
+        return pretrain(base.to(device), tokenizer, lambda rng: reviews(rng, batch), steps, device, lr=lr,
+                        micro_batch=cfg.micro_batch, lora=cfg.lora), tokenizer
+    name = f"L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}" if tiny else \
+        f"{slug(cfg.model)}-B{batch}" + (f"-lora{cfg.lora}" if cfg.lora else "")
     model, tokenizer = cached_model(os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{steps}"), build)
     return model.to(device).eval(), tokenizer
 
 
-def next_token_steps(model, batch, steps, lr, desc):
+def next_token_steps(model, batch, steps, lr, desc, micro_batch=None):
     """steps of AdamW on the next-token loss of batch(step) = (input_ids, attention_mask, labels), labels -100 where
-    a token is not learnt; the model comes back in eval mode. pretrain and fine_tune are this loop."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    a token is not learnt; the model comes back in eval mode. pretrain and fine_tune are this loop. with micro_batch,
+    at most that many rows go through the model at once and their gradients add up to the whole batch's: each
+    micro-batch's mean token loss weighted by its share of the batch's learnt tokens."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for step in progress(range(steps), desc):
         ids, mask, labels = batch(step)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
-        loss.backward()
+        if micro_batch is None:
+            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        else:
+            learnt = (labels[:, 1:] != -100).sum()  # the tokens the loss averages over (labels shift by one)
+            for part in torch.arange(len(ids)).split(micro_batch):
+                share = (labels[part, 1:] != -100).sum() / learnt
+                (model(input_ids=ids[part], attention_mask=mask[part], labels=labels[part]).loss * share).backward()
         opt.step()
     return model.eval()
 
 
-def pretrain(model, tokenizer, texts, steps, device, lr=3e-3):
-    """next-token training on texts(rng), a batch of texts per step (rng: a fixed generator), each ending in eos."""
+def pretrain(model, tokenizer, texts, steps, device, lr=3e-3, micro_batch=None, lora=0):
+    """next-token training on texts(rng), a batch of texts per step (rng: a fixed generator), each ending in eos;
+    prints the mean token loss on a held-out batch of them before and after. with lora (a rank), LoRA adapters train
+    and are then merged into the weights: a plain model, fine-tuned without AdamW's two copies of every weight."""
     rng = np.random.default_rng(1234)
-    def batch(step):
+    def batch(step, rng=rng):
         rows = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts(rng)]
         ids, mask = (x.to(device) for x in pad(rows, tokenizer.eos_token_id))  # (B, T) each
         return ids, mask, ids.masked_fill(mask == 0, -100)
-    return next_token_steps(model, batch, steps, lr, "pretrain")
+    held = batch(None, np.random.default_rng(4321))  # never trained on: another generator
+    before = held_out_loss(model, held, micro_batch)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=lora, lora_alpha=lora, lora_dropout=0.0, target_modules="all-linear"))
+    model = next_token_steps(model, batch, steps, lr, "fine-tune pi_ref on the task's reviews", micro_batch)
+    model = model.merge_and_unload().requires_grad_(True) if lora else model  # plain again, every weight trainable
+    print(f"pi_ref fine-tuned on the task's reviews for {steps} steps of {len(held[0])} at rate {lr:.2g}: "
+          f"held-out loss {before:.3f} -> {held_out_loss(model, held, micro_batch):.3f} nats per token")
+    return model
+
+
+@torch.no_grad()
+def held_out_loss(model, batch, micro_batch=None):
+    """the mean next-token loss of a batch (input_ids, attention_mask, labels), in eval mode."""
+    ids, mask, labels = batch
+    model.eval()
+    parts = torch.arange(len(ids)).split(micro_batch or len(ids))
+    learnt = [(labels[part, 1:] != -100).sum() for part in parts]
+    losses = [model(input_ids=ids[p], attention_mask=mask[p], labels=labels[p]).loss * n for p, n in zip(parts, learnt)]
+    return (sum(losses) / sum(learnt)).item()
 
 
 def data_reference(base, tokenizer, cfg, pairs, seed, device):
@@ -163,12 +202,13 @@ def data_reference(base, tokenizer, cfg, pairs, seed, device):
     the policy's default for the model (learning_rate), whatever --lr says. anything else: (base, {})."""
     if not (pairs and cfg.model != "tiny" and cfg.sft_steps):
         return base, {}
-    lr = learning_rate(dataclasses.replace(cfg, lr=None), base)
+    lr = learning_rate(dataclasses.replace(cfg, lr=None, lora=0), base)  # every weight fine-tunes
     fit = [[(p, c) for p, c, _ in part if fits(tokenizer, p, cfg.max_length)] for part in split_pairs(pairs, seed)]
     rows = [tokenize(tokenizer, *zip(*part), cfg.max_length) for part in fit]  # training, held-out chosen: (N, T) each
     def build():  # seeded: dropout's draws must not depend on what ran before in this process
         seed_everything(1234 + seed)
-        return fine_tune(copy.deepcopy(base), rows[0], cfg.sft_steps, lr, cfg.batch_size, seed, device), tokenizer
+        return fine_tune(copy.deepcopy(base), rows[0], cfg.sft_steps, lr, cfg.batch_size, seed, device,
+                         cfg.micro_batch), tokenizer
     reference = cached_model(sft_cache(cfg, seed, lr), build)[0].to(device).eval()
     def measure(model):
         train, held = (all_logps(model, part, np.arange(len(part.input_ids)), device) for part in rows)
@@ -181,7 +221,7 @@ def data_reference(base, tokenizer, cfg, pairs, seed, device):
                            **{f"{k}_{when}": v for when, m in (("before", before), ("after", after)) for k, v in m.items()})
 
 
-def fine_tune(model, tokens, steps, lr, batch_size, seed, device):
+def fine_tune(model, tokens, steps, lr, batch_size, seed, device, micro_batch=None):
     """supervised fine-tuning on the responses of `tokens` (rddpo.Tokens, right-padded): each step the mean
     next-token loss over the response tokens of batch_size rows, drawn in a fresh random order each pass."""
     rng, n = np.random.default_rng([seed, 5]), len(tokens.input_ids)
@@ -189,7 +229,7 @@ def fine_tune(model, tokens, steps, lr, batch_size, seed, device):
     def batch(step):
         ids, mask, resp = batch_tensors(tokens, order[step * batch_size:(step + 1) * batch_size], device)  # (B, T) each
         return ids, mask, ids.masked_fill(resp == 0, -100)
-    return next_token_steps(model, batch, steps, lr, "fine-tune pi_ref on your chosen responses")
+    return next_token_steps(model, batch, steps, lr, "fine-tune pi_ref on your chosen responses", micro_batch)
 
 
 def sft_cache(cfg, seed, lr):
@@ -251,10 +291,23 @@ def sample_batch(model, prompt_ids, eos, n_new, device):
 def learning_rate(cfg, model):
     """--lr, or its default. choice: 1e-4 for the tiny model at any size (the rate its results were made at); for a
     --model, 1e-4 x 64 / its width (hidden size), the rate that suits the 64-wide tiny model scaled down as the
-    width grows: Adam moves every weight by about the rate, and each unit sums `width` such moves."""
+    width grows: Adam moves every weight by about the rate, and each unit sums `width` such moves; x 10 for LoRA."""
     if cfg.lr is not None:
         return cfg.lr
-    if cfg.model == "tiny":
-        return 1e-4
-    width = getattr(model.config, "hidden_size", None) or getattr(model.config, "n_embd")
-    return 1e-4 * 64 / width
+    tiny = cfg.model == "tiny"
+    rate = 1e-4 if tiny else 1e-4 * 64 / (getattr(model.config, "hidden_size", None) or model.config.n_embd)
+    # choice: LoRA adapters move the model about 10x less per step at one rate (measured: the reference's fine-tuning
+    # on SmolLM2 reached the same loss at 1e-3 with adapters as at 1e-4 with every weight), so they take 10x the rate
+    return rate * 10 if cfg.lora else rate
+
+
+def model_defaults(cfg):
+    """the settings whose default depends on the model, as the run uses them. choice (docs/METHOD.md#pretrained):
+    the tiny model trains every weight of one copy per policy and reward model, all rows at once, as its published
+    numbers were made; a --model trains LoRA adapters of rank 16 (--lora), reward-model heads on pi_ref's frozen
+    features (--reward-models heads) and 8 sequences at a time (--micro-batch)."""
+    tiny = cfg.model == "tiny"
+    return dataclasses.replace(
+        cfg, lora=(0 if tiny else 16) if cfg.lora is None else cfg.lora,
+        reward_models=("copies" if tiny else "heads") if cfg.reward_models == "auto" else cfg.reward_models,
+        micro_batch=(None if tiny else 8) if cfg.micro_batch is None else cfg.micro_batch)

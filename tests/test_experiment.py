@@ -191,7 +191,7 @@ def differences(before, after, where="", rel=3e-4):
     return [] if before == after else [f"{where}: {before!r}, now {after!r}"]
 
 
-FLAGS_SINCE_THE_FIXTURE = {"pool_batch": None}
+FLAGS_SINCE_THE_FIXTURE = {"pool_batch": None, "lora": 0, "reward_models": "copies", "micro_batch": None}
 # at step 1 the policy is the reference, so every implicit reward is 0 up to float32 rounding, and the share of
 # pairs with r_w > r_l counts which way the rounding fell: 0.0 at 2 threads, 0.0625 (one pair) at 1 thread
 ROUNDING_AT_STEP_1 = {"rewards/accuracies"}
@@ -443,23 +443,267 @@ def test_a_data_file_that_is_not_json_lines_is_one_error_line(tmp_path, capsys, 
     assert len(err) == 1 and err[0].startswith("error:") and says in err[0], err
 
 
-def test_ctrl_c_keeps_the_finished_runs_and_says_where_in_one_line(tmp_path, monkeypatch, capsys):
-    """seed 0 finishes, ctrl-c comes during seed 1: exit 130, one line naming results.json, which holds seed 0."""
+def fake_experiment(monkeypatch, stop_seed=1):
+    """the experiment without models, in a blink: each method run is a made-up dpo record, and ctrl-c comes when
+    seed `stop_seed` starts training. -> the seeds whose training started, in order"""
     calls = []
     def fake_train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed, device, log, save_dir):
         calls.append(seed)
-        if seed == 1:
+        if seed == stop_seed:
             raise KeyboardInterrupt
         return dict(bias=bias, seed=seed, method="dpo", kl=0.0, length=1.0, train_seconds=0.0), []
     monkeypatch.setattr(experiment, "load_reference", lambda cfg, device, check: (None, None))
     held = experiment.HeldOut([], [], [], None, ref_shown=[])
     monkeypatch.setattr(experiment, "prepare", lambda *args: (None, held, dict(pairs=1), []))
     monkeypatch.setattr(experiment, "train_and_evaluate", fake_train_and_evaluate)
+    return calls
+
+
+def test_ctrl_c_keeps_the_finished_runs_and_says_where_and_how_to_resume_in_one_line(tmp_path, monkeypatch, capsys):
+    """seed 0 finishes, ctrl-c comes during seed 1: exit 130, one line naming results.json, which holds seed 0 and
+    says ctrl-c stopped it, and the command that goes on with it."""
+    calls = fake_experiment(monkeypatch)
     assert experiment.main(["--seeds", "0", "1", "--methods", "dpo", "--out", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     path = tmp_path / "run-001" / "results.json"
-    assert calls == [0, 1] and len(err) == 1 and "interrupted" in err[0] and str(path) in err[0], err
-    assert [r["seed"] for r in json.loads(path.read_text())["runs"]] == [0]
+    assert calls == [0, 1] and len(err) == 1 and "interrupted by ctrl-c" in err[0] and str(path) in err[0], err
+    assert err[0].endswith(f"python rddpo.py --resume {tmp_path / 'run-001'}")
+    saved = json.loads(path.read_text())
+    assert [r["seed"] for r in saved["runs"]] == [0] and saved["run"]["interrupted_by"] == "ctrl-c"
+
+
+# -----------------------------------------------------------------------------
+# stopping a run and going on with it: --resume, SIGTERM, the run's clock
+
+
+# the smallest run with everything --resume keeps: two seeds, and e-dpo's reward models and forward-KL pool
+RESUME_ARGS = ["--quick", "--methods", "dpo,e-dpo", "--seeds", "0", "1", "--steps", "1", "--rm-steps", "1",
+               "--n-pairs", "4", "--n-eval", "4", "--batch-size", "4", "--eval-points", "1", "--ensemble", "1",
+               "--max-new-tokens", "4", "--sft-steps", "1"]
+
+
+def stop_at(monkeypatch):
+    """-> a list of one item: set it to (seed, method), and ctrl-c comes in that method run's training just after its
+    first logged row (metrics.jsonl has it); None: no ctrl-c."""
+    real, when = rddpo.train_policy, [None]
+    def train_policy(reference, pairs, method, knobs, seed, device, log, checkpoint):
+        def log_then_stop(step, metrics):
+            log(step, metrics)
+            if (seed, method) == when[0]:
+                raise KeyboardInterrupt
+        return real(reference, pairs, method, knobs, seed, device, log=log_then_stop, checkpoint=checkpoint)
+    monkeypatch.setattr(experiment, "train_policy", train_policy)
+    return when
+
+
+def saved_files(folder):
+    """{path: bytes} of every file under a folder."""
+    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(folder) for f in files}
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for a test of many tiny steps: on two free cores about as fast, and on cores shared with
+    other work several times faster (two threads wait on each other); the test compares runs made alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_resumed_run_writes_what_an_uninterrupted_run_writes_and_prepares_nothing_twice(tmp_path, monkeypatch,
+                                                                                        capsys, one_thread):
+    """a run stopped by ctrl-c in seed 0's e-dpo, resumed (the flags given beside --resume as the run's own), stopped
+    again in seed 1's dpo after seed 1 was prepared, and resumed to the end, writes the results.json (times and
+    paths aside), samples.jsonl and metrics.jsonl, byte for byte, of the same run made without a stop in another
+    --out: the same runs and numbers exactly (same machine, same threads), no row twice. prepare runs once per
+    seed in all: a resume reads an earlier session's preparation from prepared/, and skips a finished seed. the
+    uninterrupted run prints one line of the run's clock."""
+    when, seen, real_prepare = stop_at(monkeypatch), [], experiment.prepare
+    def spy(reference, tokenizer, cfg, bias, seed, device, user_pairs):
+        seen.append(seed)
+        return real_prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs)
+    monkeypatch.setattr(experiment, "prepare", spy)
+    monkeypatch.setattr(records, "plot", lambda *args: None)  # figures are not compared: no time drawing them
+    assert experiment.main(RESUME_ARGS + ["--out", str(tmp_path / "whole")]) == 0
+    assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("run: about")]) == 1
+    folder = tmp_path / "stopped" / "run-001"
+    sessions = [((0, "e-dpo"), RESUME_ARGS + ["--out", str(tmp_path / "stopped")], 130, [0]),
+                ((1, "dpo"), ["--resume", str(folder), "--methods", "DPO,e-dpo", "--seeds", "0", "1"], 130, [1]),
+                (None, ["--resume", str(folder)], 0, [])]
+    walls = []
+    for n, (stop, args, status, prepared) in enumerate(sessions):
+        when[0], seen[:] = stop, []
+        assert experiment.main(args) == status and seen == prepared, n
+        err = capsys.readouterr().err.strip().splitlines()
+        saved = json.loads((folder / "results.json").read_text())
+        walls.append(saved["run"]["wall_seconds"])
+        metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        if status == 130:  # what the next session must drop: a started method's rows (and seed 1's reward models)
+            assert len(err) == 1 and err[0].endswith(f"to go on: python rddpo.py --resume {folder}"), err
+            assert saved["run"]["interrupted_by"] == "ctrl-c" and (folder / "prepared" / "bias0.5-seed0.pt").is_file()
+            assert [(m["seed"], m["method"]) for m in metrics][-1] == stop and len(saved["runs"]) == n + 1
+            assert {m["seed"] for m in saved["reward_models"]} == {0, n}
+    assert saved["run"]["status"] == "finished" and not (folder / "prepared").exists()
+    assert [(r["after"], r["interrupted_by"]) for r in saved["run"]["resumed"]] == [("interrupted", "ctrl-c")] * 2
+    assert "interrupted_by" not in saved["run"] and walls == sorted(set(walls))  # the sessions' wall times add up
+    whole = tmp_path / "whole" / "run-001"
+    assert without_times(saved) == without_times(json.loads((whole / "results.json").read_text()))
+    for name in ("samples.jsonl", "metrics.jsonl"):
+        assert (folder / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_resuming_with_other_code_than_started_the_run_says_so_in_one_line(capsys):
+    """another git commit or torch version: a note naming both; the same: nothing."""
+    run = dict(git_commit="abc", torch="2.13.0+cpu", python="3.11.7")
+    records.note_other_code(run, dict(run, python="3.12.0"))
+    assert capsys.readouterr().out == ""
+    records.note_other_code(run, dict(run, git_commit="def"))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("note: ") and "git_commit abc (now def)" in lines[0]
+
+
+def stopped_run(tmp_path, monkeypatch):
+    """an interrupted run's folder (no models: seed 0's made-up dpo record, ctrl-c in seed 1), and its files."""
+    fake_experiment(monkeypatch)
+    assert experiment.main(["--seeds", "0", "1", "--methods", "dpo", "--out", str(tmp_path)]) == 130
+    folder = tmp_path / "run-001"
+    return folder, saved_files(folder)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--steps", "7"], "--steps 7 differs from the run's own setting (--steps 150, in "),
+    (["--methods", "dpo,ipo"], "--methods dpo,ipo differs from the run's own setting (--methods dpo, in "),
+    (["--quick"], "--quick differs from the run's own setting (no --quick, in "),
+    (["--seeds", "0"], "--seeds 0 differs from the run's own setting (--seeds 0 1, in "),
+    (["--out", "elsewhere"], "--out elsewhere differs"),
+    (["--grid", "K=2,3"], "--grid K=2,3 differs"),
+])
+def test_a_flag_beside_resume_that_differs_from_the_runs_own_is_one_error_line_and_changes_nothing(
+        tmp_path, monkeypatch, capsys, args, says):
+    """the values parsed from the command line against those in results.json: one error line naming the flag and
+    both values, exit 2, every file of the folder as it was. flags that say the run's own values (in another case,
+    another order of writing) are accepted: that resume goes on, to the next ctrl-c."""
+    folder, before = stopped_run(tmp_path, monkeypatch)
+    capsys.readouterr()
+    assert experiment.main(["--resume", str(folder), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert saved_files(folder) == before
+    same = ["--methods", "DPO", "--seeds", "0", "1", "--out", str(tmp_path)]
+    assert experiment.main(["--resume", str(folder), *same]) == 130
+    assert "resuming" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, says", [
+    ("empty folder", "not a run's folder"),
+    ("no folder", "not a run's folder"),
+    ("not json", "not a run's folder"),
+    ("finished", "this run has finished, so there is nothing to resume"),
+    ("grid", "a --grid run, which --resume does not continue"),
+    ("another device", "the run ran on cuda:7, and its --device auto is "),
+])
+def test_resuming_what_is_not_an_unfinished_run_is_one_error_line_and_changes_nothing(tmp_path, monkeypatch, capsys,
+                                                                                     case, says):
+    folder, _ = stopped_run(tmp_path, monkeypatch)
+    results = json.loads((folder / "results.json").read_text())
+    if case in ("empty folder", "no folder"):
+        folder = tmp_path / "other"
+        folder.mkdir() if case == "empty folder" else None
+    elif case == "not json":
+        (folder / "results.json").write_text("{")
+    else:
+        changes = {"finished": dict(run=dict(results["run"], status="finished")),
+                   "grid": dict(config=dict(results["config"], grid=["K=2,3"]), rows=[]),
+                   "another device": dict(device="cuda:7")}
+        (folder / "results.json").write_text(json.dumps(dict(results, **changes[case])))
+    before = saved_files(folder) if folder.exists() else None
+    capsys.readouterr()
+    assert experiment.main(["--resume", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+    assert (saved_files(folder) if folder.exists() else None) == before
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_says_how_to_go_on(tmp_path):
+    """python rddpo.py in a process of its own, sent SIGTERM (as a scheduler or a pre-empted machine sends it) once
+    results.json holds a finished method run: exit 130, results.json says interrupted by SIGTERM and keeps the
+    finished runs, and stderr's one line says what was kept and the command that goes on with the run. (about 5 s:
+    the process loads torch and fine-tunes its reference for one step)"""
+    import signal
+    args = ["--quick", "--methods", "dpo", "--seeds", *map(str, range(8)), "--steps", "2", "--n-pairs", "8",
+            "--n-eval", "4", "--batch-size", "4", "--eval-points", "1", "--max-new-tokens", "8", "--sft-steps", "1"]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "rddpo.py"), *args, "--out", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg"))
+    path, deadline = tmp_path / "run-001" / "results.json", time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if json.loads(path.read_text())["runs"]:
+                break
+        except (OSError, ValueError):  # not written yet
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    saved = json.loads(path.read_text())
+    assert proc.returncode == 130, err[-2000:]
+    assert saved["run"]["status"] == "interrupted" and saved["run"]["interrupted_by"] == "SIGTERM"
+    n = len(saved["runs"])
+    assert 1 <= n < 8 and [r["seed"] for r in saved["runs"]] == list(range(n))
+    assert err.strip().splitlines() == [f"interrupted by SIGTERM: {n} finished method runs kept in {path}; "
+                                        f"to go on: python rddpo.py --resume {path.parent}"]
+
+
+def test_the_runs_clock_counts_what_is_left_at_the_measured_times_and_over_an_hour_names_what_fits():
+    """4 biases x 5 seeds x dpo, e-dpo, p-dpo, after the first preparation (6 min) and dpo run (9 min): 19
+    preparations and 19 dpo runs to go at those times, 20 e-dpo and 20 p-dpo runs at 1.5 x dpo's (no pooled method
+    measured yet): 49500 s. over an hour on a cpu: --quick, the whole run at 15 of 150 steps and reward-model steps
+    (20 x (36 + 54 + 81 + 81) s), or a GPU. under an hour, or already at --quick's steps, or on a GPU: less said."""
+    cfg = experiment.Config(methods="dpo,e-dpo,p-dpo", seeds=[0, 1, 2, 3, 4], sweep=True,
+                            sweep_biases="0,0.25,0.5,1")
+    biases, runs = cli.sweep_bias_list(cfg), [dict(method="dpo", train_seconds=540.0)]
+    to_go = ["dpo"] * 19 + ["e-dpo", "p-dpo"] * 20
+    line = experiment.clock_line(cfg, biases, torch.device("cpu"), 360.0, runs, 19, to_go)
+    assert line == ("run: about 13 h 45 min to go on cpu (4 biases x 5 seeds x 3 methods; measured: 6 min per "
+                    "preparation, 9 min per dpo run); over an hour: try --quick (about 1 h 24 min) or a GPU "
+                    "(--device cuda)")
+    assert experiment.clock_line(cfg, biases, "cuda", 360.0, runs, 19, to_go).endswith("try --quick (about 1 h 24 min)")
+    small = dataclasses.replace(cfg, steps=15, rm_steps=15)
+    assert experiment.clock_line(small, biases, "cpu", 360.0, runs, 19, to_go).endswith("; over an hour: try a GPU "
+                                                                                         "(--device cuda)")
+    assert "over an hour" not in experiment.clock_line(small, biases, "cuda", 360.0, runs, 19, to_go)
+    assert experiment.clock_line(cfg, biases, "cpu", 30.0, runs, 1, ["dpo", "e-dpo"]) == (
+        "run: about 23 min to go on cpu (4 biases x 5 seeds x 3 methods; measured: 30 s per preparation, 9 min per "
+        "dpo run)")  # 30 + 540 + 810 s
+
+
+def test_the_runs_clock_takes_each_methods_measured_time_and_else_its_kinds_or_the_pool_ratio():
+    """measured dpo 100 s, e-dpo 300 s: ipo and d-dpo at dpo's, p-dpo at e-dpo's (the measured kind). only dpo
+    measured, at --pool-batch 8 beside a batch of 16: e-dpo at (32 + 8) / 32 = 1.25 x; only e-dpo measured: dpo at
+    1 / 1.5 of it (the default pool batch)."""
+    cfg = experiment.Config(methods="dpo,ipo,d-dpo,e-dpo,p-dpo")
+    both = experiment.expected_seconds(cfg, [dict(method="dpo", train_seconds=100.0),
+                                             dict(method="e-dpo", train_seconds=300.0)])
+    assert both == {"dpo": 100.0, "ipo": 100.0, "d-dpo": 100.0, "e-dpo": 300.0, "p-dpo": 300.0}
+    one = experiment.expected_seconds(dataclasses.replace(cfg, pool_batch=8), [dict(method="dpo", train_seconds=100.0)])
+    assert one["e-dpo"] == one["p-dpo"] == 125.0 and one["ipo"] == 100.0
+    assert experiment.expected_seconds(cfg, [dict(method="e-dpo", train_seconds=150.0)])["dpo"] == 100.0
+    assert [experiment.duration(s) for s in (44.6, 89, 90, 3569, 3600, 11400)] == [
+        "45 s", "89 s", "2 min", "59 min", "1 h 0 min", "3 h 10 min"]
+
+
+def test_a_file_written_whole_leaves_no_temporary_file_when_interrupted(tmp_path, monkeypatch):
+    """ctrl-c (or SIGTERM) between writing the temporary file and renaming it: the old file stays as it was."""
+    path = tmp_path / "results.json"
+    path.write_text("old")
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(records.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_whole(str(path), "new")
+    assert os.listdir(tmp_path) == ["results.json"] and path.read_text() == "old"
 
 
 def test_a_run_folder_taken_at_the_same_moment_is_skipped(tmp_path, monkeypatch):
@@ -693,7 +937,7 @@ def test_reward_model_stats_hand_values():
 def test_a_model_folder_is_fine_tuned_on_the_task_once_and_then_read_from_the_cache(tmp_path, tiny, tokenizer,
                                                                                     monkeypatch):
     """--model FOLDER --sft-steps 3: the reference is the folder's model after 3 steps on the task's reviews (its
-    weights moved), saved as reference-<folder>-T64-S3 in --out; a second load reads that folder (fine-tuning is
+    weights moved), saved as reference-<folder>-B16-T64-S3 in --out (16 reviews a step); a second load reads that folder (fine-tuning is
     not called again) and gives the same weights. --sft-steps 0 keeps the folder's model as it is, caching nothing."""
     folder = tmp_path / "my-model"
     tiny.save_pretrained(folder)
@@ -702,7 +946,7 @@ def test_a_model_folder_is_fine_tuned_on_the_task_once_and_then_read_from_the_ca
     tuned, _ = models.load_reference(cfg, "cpu")
     key = "transformer.h.0.mlp.c_fc.weight"
     assert not torch.equal(tuned.state_dict()[key], tiny.state_dict()[key])
-    cached = tmp_path / "out" / f"reference-{models.slug(str(folder))}-T64-S3"
+    cached = tmp_path / "out" / f"reference-{models.slug(str(folder))}-B16-T64-S3"
     assert (cached / "config.json").is_file()
     monkeypatch.setattr(models, "pretrain", lambda *a, **k: pytest.fail("fine-tuned twice"))
     again, _ = models.load_reference(cfg, "cpu")
@@ -730,12 +974,12 @@ def test_sft_on_your_data_trains_on_the_seeds_training_chosen_responses_only(tmp
     tiny.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     seen, fine_tune = {}, models.fine_tune
-    def spy(model, tokens, steps, lr, batch_size, seed, device):
+    def spy(model, tokens, steps, lr, batch_size, seed, device, micro_batch=None):
         seen[seed] = {tokenizer.decode(ids[resp.bool()][:-1])
                       for ids, resp in zip(tokens.input_ids, tokens.response_mask)}
         assert all(tokenizer.decode(ids[resp.bool() == 0][:m.sum() - resp.sum()]).endswith(":")
                    for ids, resp, m in zip(tokens.input_ids, tokens.response_mask, tokens.attention_mask))
-        return fine_tune(model, tokens, steps, lr, batch_size, seed, device)
+        return fine_tune(model, tokens, steps, lr, batch_size, seed, device, micro_batch)
     monkeypatch.setattr(models, "fine_tune", spy)
     cfg = experiment.Config(model=str(folder), data=str(path), methods="dpo", sft_steps=4, steps=1, seeds=[0, 1],
                        batch_size=4, eval_points=1, max_new_tokens=4, out=str(tmp_path / "out"))

@@ -89,7 +89,7 @@ def test_the_method_file_imports_no_other_module_of_the_project_and_hands_its_co
 def test_the_method_file_reads_in_the_papers_order_with_its_knobs_first():
     """rddpo.py defines Knobs first, then the implicit reward, the losses and the forward-KL estimate, reward models,
     training, and only then the tokenisation helpers; the experiment's Config extends Knobs and repeats none of its
-    fields but lr, whose default depends on the model there."""
+    fields but those whose default depends on the model there (lr, lora, reward_models, micro_batch)."""
     tree = ast.parse(open(os.path.join(ROOT, "rddpo.py")).read())
     line = {n.name: n.lineno for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     order = ["Knobs", "implicit_reward", "dpo_loss", "ipo_loss", "distill_loss", "pessimistic_distill_loss",
@@ -104,7 +104,8 @@ def test_the_method_file_reads_in_the_papers_order_with_its_knobs_first():
     knobs = rddpo.Knobs()
     assert (knobs.beta, knobs.gamma, knobs.ensemble, knobs.rm_steps) == (0.1, 0.1, 4, 150)
     assert issubclass(experiment.Config, rddpo.Knobs)
-    assert set(experiment.Config.__annotations__) & set(rddpo.Knobs.__annotations__) == {"lr"}
+    assert set(experiment.Config.__annotations__) & set(rddpo.Knobs.__annotations__) == {
+        "lr", "lora", "reward_models", "micro_batch"}
 
 
 def test_the_modules_marked_no_torch_import_without_loading_torch():
