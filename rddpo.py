@@ -372,7 +372,7 @@ class AdaptersOff(nn.Module):
 
     def __init__(self, policy):
         super().__init__()
-        self.policy = policy
+        self.policy, self.config = policy, policy.config
 
     def forward(self, *args, **kwargs):
         with self.policy.disable_adapter():
@@ -562,8 +562,15 @@ def batch_tensors(tokens, rows, device):
 @torch.no_grad()
 def all_logps(model, tokens, rows, device, batch_size=64):
     """sequence log-probs of the given rows, in batches -> (len(rows),) on the cpu."""
+    batch_size = rows_per_pass(model, tokens, batch_size)
     return torch.cat([logps_of(model, tokens, rows[i:i + batch_size], device).cpu()
                       for i in range(0, len(rows), batch_size)])
+
+
+def rows_per_pass(model, tokens, most, floats=2**25):
+    """at most `most` rows, and few enough that their (T, V) float32 logits hold `floats` numbers
+    (128 MB): a 49k-word vocabulary takes 10 rows of 64 tokens at a time, a small one all `most`."""
+    return max(1, min(most, floats // (tokens.input_ids.shape[1] * model.config.vocab_size)))
 
 
 def seed_everything(seed):
