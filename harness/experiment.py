@@ -455,14 +455,24 @@ def run_all(record, reference, tokenizer, cfg, biases, device, user_pairs):
             record.results["data"].append(dict(bias=bias, seed=seed, **kept, **({"sft": sft} if sft else {})))
 
 
+CLOCK_FROM = 60  # seconds: a run with less than this to go prints no clock (nor do a notebook's short runs)
+
+
 def tell_time(record, cfg, biases, device, prep_seconds):
-    """print clock_line for the method runs the record does not hold yet, if any. -> True (told)"""
+    """print clock_line for the method runs the record does not hold yet, if they take CLOCK_FROM or more. -> True"""
     keys = [(b, s) for b in biases for s in cfg.seeds]
     methods = [m for b, s in keys for m in cfg.method_list() if not record.done(b, s, m)]
-    if methods:
-        print(clock_line(cfg, biases, device, prep_seconds, record.results["runs"],
-                         sum(not record.done(b, s) for b, s in keys), methods), flush=True)
+    preps, runs = sum(not record.done(b, s) for b, s in keys), record.results["runs"]
+    if methods and seconds_to_go(cfg, runs, prep_seconds, preps, methods) >= CLOCK_FROM:
+        print(clock_line(cfg, biases, device, prep_seconds, runs, preps, methods), flush=True)
     return True
+
+
+def seconds_to_go(cfg, runs, prep_seconds, preps_to_go, methods_to_go):
+    """a (bias, seed)'s preparation as long as the last one took, for each still to prepare, plus each method run to
+    go at its expected time (expected_seconds)."""
+    each = expected_seconds(cfg, runs)
+    return prep_seconds * preps_to_go + sum(each[m] for m in methods_to_go)
 
 
 POOLED = ("e-dpo", "p-dpo")  # the methods with the forward-KL term: their steps also run the pool's responses
@@ -493,8 +503,7 @@ def clock_line(cfg, biases, device, prep_seconds, runs, preps_to_go, methods_to_
     preparation (its pairs, reward models and pool, as long as the last one took) for each (bias, seed) still to
     prepare, plus each method run to go at its expected time (expected_seconds); past an hour, the budgets that fit.
     the reference is loaded (or fine-tuned) once, before, and is not counted."""
-    each = expected_seconds(cfg, runs)
-    left = prep_seconds * preps_to_go + sum(each[m] for m in methods_to_go)
+    each, left = expected_seconds(cfg, runs), seconds_to_go(cfg, runs, prep_seconds, preps_to_go, methods_to_go)
     counts = [(len(cfg.seeds), "seed", "seeds"), (len(cfg.method_list()), "method", "methods")]
     size = " x ".join(f"{n} {one if n == 1 else many}" for n, one, many in
                       ([] if cfg.data else [(len(biases), "bias", "biases")]) + counts)

@@ -137,7 +137,13 @@ def load_reference(cfg, device, check=lambda tokenizer: None):
                         micro_batch=cfg.micro_batch, lora=cfg.lora), tokenizer
     name = f"L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}" if tiny else \
         f"{slug(cfg.model)}-B{batch}" + (f"-lora{cfg.lora}" if cfg.lora else "")
-    model, tokenizer = cached_model(os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{steps}"), build)
+    held = text_batch(tokenizer, reviews(np.random.default_rng(4321), batch), device)  # never trained on
+    before = None if tiny else held_out_loss(model.to(device), held, cfg.micro_batch)  # a --model before: the base
+    path = os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{steps}")
+    model, tokenizer = cached_model(path, build)
+    if not tiny:  # as --data's fine-tuning says, cached or not
+        print(f"pi_ref fine-tuned on the task's reviews ({path}, {steps} steps of {batch} at rate {lr:.2g}): held-out "
+              f"loss {before:.3f} -> {held_out_loss(model.to(device), held, cfg.micro_batch):.3f} nats per token")
     return model.to(device).eval(), tokenizer
 
 
@@ -163,24 +169,23 @@ def next_token_steps(model, batch, steps, lr, desc, micro_batch=None):
 
 
 def pretrain(model, tokenizer, texts, steps, device, lr=3e-3, micro_batch=None, lora=0):
-    """next-token training on texts(rng), a batch of texts per step (rng: a fixed generator), each ending in eos;
-    prints the mean token loss on a held-out batch of them before and after. with lora (a rank), LoRA adapters train
-    and are then merged into the weights: a plain model, fine-tuned without AdamW's two copies of every weight."""
+    """next-token training on texts(rng), a batch of texts per step (rng: a fixed generator), each ending in eos.
+    with lora (a rank), LoRA adapters train and are then merged into the weights: a plain model, fine-tuned without
+    AdamW's two copies of every weight."""
     rng = np.random.default_rng(1234)
-    def batch(step, rng=rng):
-        rows = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts(rng)]
-        ids, mask = (x.to(device) for x in pad(rows, tokenizer.eos_token_id))  # (B, T) each
-        return ids, mask, ids.masked_fill(mask == 0, -100)
-    held = batch(None, np.random.default_rng(4321))  # never trained on: another generator
-    before = held_out_loss(model, held, micro_batch)
+    batch = lambda step: text_batch(tokenizer, texts(rng), device)  # noqa: E731
     if lora:
         from peft import LoraConfig, get_peft_model
         model = get_peft_model(model, LoraConfig(r=lora, lora_alpha=lora, lora_dropout=0.0, target_modules="all-linear"))
     model = next_token_steps(model, batch, steps, lr, "fine-tune pi_ref on the task's reviews", micro_batch)
-    model = model.merge_and_unload().requires_grad_(True) if lora else model  # plain again, every weight trainable
-    print(f"pi_ref fine-tuned on the task's reviews for {steps} steps of {len(held[0])} at rate {lr:.2g}: "
-          f"held-out loss {before:.3f} -> {held_out_loss(model, held, micro_batch):.3f} nats per token")
-    return model
+    return model.merge_and_unload().requires_grad_(True) if lora else model  # plain again, every weight trainable
+
+
+def text_batch(tokenizer, texts, device):
+    """texts, each ending in eos -> (input_ids, attention_mask, labels), the labels -100 on the padding."""
+    rows = [tokenizer(t).input_ids + [tokenizer.eos_token_id] for t in texts]
+    ids, mask = (x.to(device) for x in pad(rows, tokenizer.eos_token_id))  # (B, T) each
+    return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
 @torch.no_grad()

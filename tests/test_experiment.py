@@ -519,15 +519,18 @@ def test_a_resumed_run_writes_what_an_uninterrupted_run_writes_and_prepares_noth
     paths aside), samples.jsonl and metrics.jsonl, byte for byte, of the same run made without a stop in another
     --out: the same runs and numbers exactly (same machine, same threads), no row twice. prepare runs once per
     seed in all: a resume reads an earlier session's preparation from prepared/, and skips a finished seed. the
-    uninterrupted run prints one line of the run's clock."""
+    uninterrupted run prints one line of the run's clock (when told to for a run this short: a run with less than
+    a minute to go prints none)."""
     when, seen, real_prepare = stop_at(monkeypatch), [], experiment.prepare
     def spy(reference, tokenizer, cfg, bias, seed, device, user_pairs):
         seen.append(seed)
         return real_prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs)
     monkeypatch.setattr(experiment, "prepare", spy)
     monkeypatch.setattr(records, "plot", lambda *args: None)  # figures are not compared: no time drawing them
+    monkeypatch.setattr(experiment, "CLOCK_FROM", 0)  # this short run's clock, shown though it is under a minute
     assert experiment.main(RESUME_ARGS + ["--out", str(tmp_path / "whole")]) == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if line.startswith("run: about")]) == 1
+    monkeypatch.setattr(experiment, "CLOCK_FROM", 60)
     folder = tmp_path / "stopped" / "run-001"
     sessions = [((0, "e-dpo"), RESUME_ARGS + ["--out", str(tmp_path / "stopped")], 130, [0]),
                 ((1, "dpo"), ["--resume", str(folder), "--methods", "DPO,e-dpo", "--seeds", "0", "1"], 130, [1]),
