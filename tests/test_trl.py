@@ -126,7 +126,7 @@ def test_sample_pool_draws_exactly_rddpo_kl_pool_rows(tokenizer, reference, text
 
 
 def test_pool_rows_follow_rddpo_pool_batch_and_split_between_processes():
-    """one process: call c takes positions cB to (c+1)B of the order, rddpo.pool_batch's rows at step c + 1. two
+    """one process: call c takes positions cB to (c+1)B of the order, the rows rddpo.Bookkeeping.rows takes at step c + 1. two
     processes: at each call they take the next 2B positions, rank 0 the first B, so no row is used twice; evaluation
     does not advance."""
     def trainer(rank, world):

@@ -235,7 +235,7 @@ class DistilledDPOTrainer(DPOTrainer):
     log-probs, batching, the optimizer and distributed training are TRL's and transformers'; the loss and the
     forward-KL pool are rddpo.py's. The pool (`pool_dataset`: sample_pool's ids, or prompt/completion texts) is
     scored by the reference once, here; each step then takes its next M rows (args.pool_batch, by default
-    rddpo.pool_rows_per_step's), each row used once (rddpo.pool_batch).
+    rddpo.pool_rows_per_step's), each row used once (rddpo.Bookkeeping.rows).
     choice: with several processes each computes the loss of its own B pairs and M pool rows, and DDP averages the
     gradients: for d-DPO and p-DPO that is the loss of the whole batch, for e-DPO the min over the K members is taken
     per process (the whole batch's min would need the members' losses all-reduced before the min)."""
@@ -275,7 +275,7 @@ class DistilledDPOTrainer(DPOTrainer):
 
     def pool_rows(self, n, advance):
         """this process's next n pool rows: call c on process r of W takes positions (cW + r)n to (cW + r + 1)n of the
-        pool's order, so with W = 1 they are rddpo.pool_batch's at step c + 1, and no row is used twice until the
+        pool's order, so with W = 1 they are rddpo.Bookkeeping.rows' at step c + 1, and no row is used twice until the
         pool wraps. evaluation takes the rows without advancing. -> (n,)"""
         c, W, r = self.pool_calls, self.accelerator.num_processes, self.accelerator.process_index
         self.pool_calls += int(advance)
