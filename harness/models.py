@@ -137,8 +137,9 @@ def load_reference(cfg, device, check=lambda tokenizer: None):
                         micro_batch=cfg.micro_batch, lora=cfg.lora), tokenizer
     name = f"L{cfg.n_layer}-E{cfg.n_embd}-H{cfg.n_head}" if tiny else \
         f"{slug(cfg.model)}-B{batch}" + (f"-lora{cfg.lora}" if cfg.lora else "")
-    held = text_batch(tokenizer, reviews(np.random.default_rng(4321), batch), device)  # never trained on
-    before = None if tiny else held_out_loss(model.to(device), held, cfg.micro_batch)  # a --model before: the base
+    if not tiny:  # the base's loss on reviews the fine-tuning never sees, before it is fine-tuned
+        held = text_batch(tokenizer, reviews(np.random.default_rng(4321), batch), device)
+        before = held_out_loss(model.to(device), held, cfg.micro_batch)
     path = os.path.join(cfg.out, f"reference-{name}-T{cfg.max_length}-S{steps}")
     model, tokenizer = cached_model(path, build)
     if not tiny:  # as --data's fine-tuning says, cached or not
@@ -155,15 +156,9 @@ def next_token_steps(model, batch, steps, lr, desc, micro_batch=None):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     for step in progress(range(steps), desc):
-        ids, mask, labels = batch(step)
         opt.zero_grad()
-        if micro_batch is None:
-            model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
-        else:
-            learnt = (labels[:, 1:] != -100).sum()  # the tokens the loss averages over (labels shift by one)
-            for part in torch.arange(len(ids)).split(micro_batch):
-                share = (labels[part, 1:] != -100).sum() / learnt
-                (model(input_ids=ids[part], attention_mask=mask[part], labels=labels[part]).loss * share).backward()
+        for loss in token_losses(model, batch(step), micro_batch):
+            loss.backward()
         opt.step()
     return model.eval()
 
@@ -188,15 +183,21 @@ def text_batch(tokenizer, texts, device):
     return ids, mask, ids.masked_fill(mask == 0, -100)
 
 
+def token_losses(model, batch, micro_batch=None):
+    """the next-token loss of a batch (input_ids, attention_mask, labels) as one loss per micro-batch of at most
+    micro_batch rows (None: one, the whole batch): its mean token loss times its share of the batch's learnt
+    tokens, so that they add up to the whole batch's mean, and so do their gradients."""
+    ids, mask, labels = batch
+    learnt = (labels[:, 1:] != -100).sum()  # the tokens the loss averages over (labels shift by one)
+    for part in torch.arange(len(ids)).split(micro_batch or len(ids)):
+        share = (labels[part, 1:] != -100).sum() / learnt
+        yield model(input_ids=ids[part], attention_mask=mask[part], labels=labels[part]).loss * share
+
+
 @torch.no_grad()
 def held_out_loss(model, batch, micro_batch=None):
     """the mean next-token loss of a batch (input_ids, attention_mask, labels), in eval mode."""
-    ids, mask, labels = batch
-    model.eval()
-    parts = torch.arange(len(ids)).split(micro_batch or len(ids))
-    learnt = [(labels[part, 1:] != -100).sum() for part in parts]
-    losses = [model(input_ids=ids[p], attention_mask=mask[p], labels=labels[p]).loss * n for p, n in zip(parts, learnt)]
-    return (sum(losses) / sum(learnt)).item()
+    return sum(token_losses(model.eval(), batch, micro_batch)).item()
 
 
 def data_reference(base, tokenizer, cfg, pairs, seed, device):
