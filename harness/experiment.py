@@ -6,7 +6,7 @@ from the same reference on the same pairs, and each evaluated on held-out prompt
 gets results.json, metrics.jsonl, samples.jsonl and the figures. A run stopped (ctrl-c, SIGTERM, an error, a kill)
 goes on in its folder with --resume, and ends as it would have without the stop.
 
-    python rddpo.py --quick    # the same as python rddpo.py --quick
+    python rddpo.py --quick    # this file is the harness.experiment module, run from rddpo.py
     python rddpo.py --resume runs/run-001
 """
 import os
