@@ -355,6 +355,13 @@ def without_dropout(model):
     return model
 
 
+def lora_config(rank):
+    """LoRA adapters of rank `rank` on every linear layer but the output layer, at scale 1
+    (alpha = rank) and without dropout. peft starts them at 0: the model is unchanged."""
+    from peft import LoraConfig
+    return LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules="all-linear")
+
+
 def new_policy(reference, lora, device):
     """the policy at step 0, pi_ref exactly: a copy of the reference whose every weight trains or,
     with lora (a rank), the reference itself with LoRA adapters on its linear layers, which peft
@@ -362,9 +369,8 @@ def new_policy(reference, lora, device):
     pi_ref, and free_policy takes them out again."""
     if not lora:
         return without_dropout(copy.deepcopy(reference).to(device).train())
-    from peft import LoraConfig, get_peft_model
-    config = LoraConfig(r=lora, lora_alpha=lora, lora_dropout=0.0, target_modules="all-linear")
-    return without_dropout(get_peft_model(reference, config).to(device).train())
+    from peft import get_peft_model
+    return without_dropout(get_peft_model(reference, lora_config(lora)).to(device).train())
 
 
 class AdaptersOff(nn.Module):

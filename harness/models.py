@@ -17,7 +17,7 @@ import torch
 
 from harness.cli import UsageError, quiet_transformers
 from harness.data import split_pairs
-from rddpo import all_logps, batch_tensors, fits, pad, progress, seed_everything, tokenize
+from rddpo import all_logps, batch_tensors, fits, lora_config, pad, progress, seed_everything, tokenize
 from harness.task import build_tokenizer, longest_task_tokens, reviews
 
 
@@ -170,8 +170,8 @@ def pretrain(model, tokenizer, texts, steps, device, lr=3e-3, micro_batch=None, 
     rng = np.random.default_rng(1234)
     batch = lambda step: text_batch(tokenizer, texts(rng), device)  # noqa: E731
     if lora:
-        from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=lora, lora_alpha=lora, lora_dropout=0.0, target_modules="all-linear"))
+        from peft import get_peft_model
+        model = get_peft_model(model, lora_config(lora))
     model = next_token_steps(model, batch, steps, lr, "fine-tune pi_ref on the task's reviews", micro_batch)
     return model.merge_and_unload().requires_grad_(True) if lora else model  # plain again, every weight trainable
 

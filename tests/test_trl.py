@@ -72,16 +72,30 @@ def moved(model, scale=0.05, seed=3):
 # the same step as rddpo.py
 
 
-@pytest.mark.parametrize("method,pool_batch", [("d-dpo", None), ("e-dpo", None), ("p-dpo", None), ("e-dpo", B // 2),
-                                               ("p-dpo", 1)])
-def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch, tokenizer, reference, texts, scores,
-                                                              tmp_path):
+def moved_adapters(model, seed=5, scale=0.05):
+    """a LoRA policy away from pi_ref: every adapter weight set to seeded noise, by name (A and B both nonzero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if "lora_" in name:
+                p.copy_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("method,pool_batch,lora", [("d-dpo", None, 0), ("e-dpo", None, 0), ("p-dpo", None, 0),
+                                                    ("e-dpo", B // 2, 0), ("p-dpo", 1, 0), ("e-dpo", None, 4),
+                                                    ("d-dpo", None, 4)])
+def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch, lora, tokenizer, reference, texts,
+                                                              scores, tmp_path):
     """on one tiny gpt-2, one batch (the first B pairs), the same scores and the same M pool rows (--pool-batch M,
     or its default), the trainer's compute_loss and its gradients equal rddpo.train_policy's step (forward,
     sequence_logps, pool_batch, policy_loss) to 1e-5. the policy is moved off the reference, so a swapped reference,
-    a flipped sign, a missing beta or gamma, a lost eos or prompt token, or other pool rows all change the numbers."""
+    a flipped sign, a missing beta or gamma, a lost eos or prompt token, or other pool rows all change the numbers.
+    with lora, both are LoRA policies (rddpo.new_policy; TRL's peft_config, no ref_model) with the same adapter
+    weights, moved off zero: pi_ref is then the policy with its adapters off on both sides, and the gradients are
+    the adapters'."""
     k, M = 1 if method == "d-dpo" else K, rddpo.pool_rows_per_step(B, pool_batch)
-    policy = moved(reference)
+    policy = moved_adapters(rddpo.new_policy(copy.deepcopy(reference), lora, "cpu")) if lora else moved(reference)
     # rddpo.py's side, as experiment.prepare and rddpo.train_policy build it
     pairs = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH)
     pairs.ref_logps = rddpo.all_logps(reference, pairs.tokens, np.arange(2 * N), "cpu")  # (2N,)
@@ -100,17 +114,40 @@ def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch
     expected.backward()
     # the trainer's side: TRL tokenises the texts and precomputes the reference's log-probs
     pool = rddpo_trl.sample_pool(reference, tokenizer, texts[0], 2 * M, 20, MAX_LENGTH, 0, "cpu")
-    trainer = rddpo_trl.DistilledDPOTrainer(policy, ref_model=copy.deepcopy(reference),
+    trainer = rddpo_trl.DistilledDPOTrainer(copy.deepcopy(reference) if lora else policy,
+                                            ref_model=None if lora else copy.deepcopy(reference),
+                                            peft_config=rddpo.lora_config(lora) if lora else None,
                                             args=trl_args(tmp_path, method, pool_batch=pool_batch),
                                             train_dataset=scored_dataset(texts, scores[:k]), processing_class=tokenizer,
                                             pool_dataset=None if method == "d-dpo" else pool)
+    if lora:  # TRL's reference log-probs and the pool's were taken with the fresh adapters; now move them as ours
+        torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"][:B]),
+                                   pairs.ref_logps[:B], atol=1e-5, rtol=0)
+        moved_adapters(trainer.model)
     loss = trainer.compute_loss(trainer.model, rddpo_trl.step_batch(trainer, B))
     loss.backward()
     assert abs(loss.item() - expected.item()) < 1e-5 and abs(expected.item()) > 1e-3
-    grads = dict(ours.named_parameters())
-    for name, p in trainer.model.named_parameters():
+    grads = {name: p for name, p in ours.named_parameters() if p.requires_grad}
+    trained = {name: p for name, p in trainer.model.named_parameters() if p.requires_grad}
+    assert trained.keys() == grads.keys() and (not lora or all("lora_" in name for name in trained))
+    for name, p in trained.items():
         torch.testing.assert_close(p.grad, grads[name].grad, atol=1e-5, rtol=0, msg=name)
-    assert max(p.grad.abs().max().item() for p in trainer.model.parameters()) > 1e-3
+    assert max(p.grad.abs().max().item() for p in trained.values()) > 1e-3
+
+
+def test_adapters_off_is_pi_ref_inside_a_trained_lora_policy_and_nothing_for_a_plain_model(tokenizer, reference, texts):
+    """the pool's reference log-probs under LoRA: with the adapters moved, the policy's log-probs differ from pi_ref's,
+    and inside adapters_off they are pi_ref's again (the same weights, adapters disabled); a plain model is as it is."""
+    tokens = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH).tokens
+    rows = np.arange(2 * N)
+    ref = rddpo.all_logps(reference, tokens, rows, "cpu")  # (2N,)
+    policy = moved_adapters(rddpo.new_policy(copy.deepcopy(reference), 4, "cpu")).eval()
+    assert (rddpo.all_logps(policy, tokens, rows, "cpu") - ref).abs().max() > 1e-2
+    with rddpo_trl.adapters_off(policy):
+        torch.testing.assert_close(rddpo.all_logps(policy, tokens, rows, "cpu"), ref, atol=1e-5, rtol=0)
+    assert (rddpo.all_logps(policy, tokens, rows, "cpu") - ref).abs().max() > 1e-2  # on again after
+    with rddpo_trl.adapters_off(reference), rddpo_trl.adapters_off(None):
+        torch.testing.assert_close(rddpo.all_logps(reference, tokens, rows, "cpu"), ref, atol=0, rtol=0)
 
 
 def test_sample_pool_draws_exactly_rddpo_kl_pool_rows(tokenizer, reference, texts):
@@ -281,3 +318,20 @@ def test_main_runs_edpo_through_trl_on_the_cached_reference(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("e-dpo through TRL, 1 process") and "kl/forward" in last and "distill/member_1" in last
     assert "nan" not in last and "inf" not in last
+
+
+def test_main_trains_lora_adapters_on_a_model_folder(tokenizer, reference, tmp_path, capsys):
+    """python tools/rddpo_trl.py --model FOLDER (a small gpt-2 saved here, as a user's model): rddpo.py's defaults for
+    a --model (LoRA of rank 16, reward heads) unless --lora says otherwise, and e-DPO through TRL runs to the end."""
+    folder = str(tmp_path / "model")
+    reference.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    common = ["--model", folder, "--steps", "2", "--n-pairs", "8", "--batch-size", "4", "--rm-steps", "2",
+              "--ensemble", "2", "--log-every", "1", "--sft-steps", "3", "--out", str(tmp_path / "runs")]
+    assert rddpo_trl.main(common) == 0
+    out = capsys.readouterr().out
+    assert "policy: LoRA adapters of rank 16 on pi_ref" in out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("e-dpo through TRL") and "nan" not in last
+    assert rddpo_trl.main(common + ["--lora", "0", "--method", "p-dpo"]) == 0
+    assert "policy: a copy of pi_ref, every weight" in capsys.readouterr().out

@@ -12,12 +12,16 @@ The method lives in rddpo.py; this file only plugs its losses into TRL, in three
     python tools/rddpo_trl.py                    # offline: e-DPO through TRL on the cached tiny reference, 12 s on 2 cores
     python tools/rddpo_trl.py --method p-dpo --steps 30
     python tools/rddpo_trl.py --data pairs.jsonl --model PATH --sft-steps 20   # your pairs, on pi_ref fine-tuned on them
-    python -m pytest test_trl.py -q        # the trainer's loss and gradients equal rddpo.py's step, to 1e-5
+    python tools/rddpo_trl.py --model PATH      # a --model trains LoRA adapters (TRL's peft_config), as rddpo.py does
+    python -m pytest tests/test_trl.py -q        # the trainer's loss and gradients equal rddpo.py's step, to 1e-5
 
 Several GPUs (needs the Hugging Face hub or a local copy of the model; every process trains on its own B pairs and
 its own B pool responses; the data is prepared once, by the main process, and read from --out by the others):
 
-    accelerate launch --num_processes 8 rddpo_trl.py --model gpt2 --steps 150 --batch-size 16
+    accelerate launch --num_processes 8 tools/rddpo_trl.py --model gpt2 --steps 150 --batch-size 16
+
+LoRA: DistilledDPOTrainer(model, ..., peft_config=rddpo.lora_config(16)) trains adapters, and pi_ref is the model
+with them off, for the pairs (TRL's reference log-probs) and the forward-KL pool (adapters_off) alike.
 
 TRL internals used (trl 1.16.0; they may move in other versions):
   DPOTrainer._prepare_dataset          tokenises the pairs and appends eos (not overridden)
@@ -230,6 +234,18 @@ def check_config(args, data, pool_dataset):
                          f"term: make one with rddpo_trl.sample_pool(reference, tokenizer, prompts, n=steps*M)")
 
 
+def adapters_off(model):
+    """pi_ref inside a LoRA policy (peft_config, or a PeftModel with ref_model=None), as TRL's compute_ref_log_probs
+    takes it: its "ref" adapter where TRL made one (a PeftModel that came with trained adapters), else the
+    adapters disabled; for a plain model, or None, nothing changes."""
+    import contextlib
+    from accelerate.utils import is_peft_model
+    from trl.trainer.utils import use_adapter
+    if model is None or not is_peft_model(model):
+        return contextlib.nullcontext()
+    return use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None)
+
+
 class DistilledDPOTrainer(DPOTrainer):
     """TRL's DPOTrainer with rddpo.py's d-DPO, e-DPO or p-DPO loss. Tokenisation, the reference's precomputed
     log-probs, batching, the optimizer and distributed training are TRL's and transformers'; the loss and the
@@ -263,12 +279,14 @@ class DistilledDPOTrainer(DPOTrainer):
 
     @torch.no_grad()
     def pool_reference_logps(self):
-        """log pi_ref of every pool row, before training: with precompute_ref_log_probs and no ref_model the model
-        is still pi_ref here, as in TRL's _precompute_ref_logps. choice: every process scores the whole pool, one
-        forward pass over P rows, so no gather is needed. -> (P,) on the cpu"""
+        """log pi_ref of every pool row, before training: the ref_model, or else the model, which is still pi_ref
+        here (as in TRL's _precompute_ref_logps), with its LoRA adapters off where it has them (adapters_off).
+        choice: every process scores the whole pool, one forward pass over P rows, so no gather is needed.
+        -> (P,) on the cpu"""
         model, rows = self.ref_model or self.model, np.arange(len(self.pool.input_ids))
         bs = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
-        with self.accelerator.autocast():
+        lora_policy = None if self.ref_model else self.accelerator.unwrap_model(self.model)
+        with self.accelerator.autocast(), adapters_off(lora_policy):
             return torch.cat([response_logps(model, *rddpo.batch_tensors(self.pool, rows[i:i + bs],
                                                                            self.accelerator.device))[0].float().cpu()
                               for i in range(0, len(rows), bs)])
@@ -458,12 +476,16 @@ class Args:
                                                  "0: its default (rddpo.pool_rows_per_step)"})
     lr: float = field(default=0.0, metadata={"help": "learning rate (AdamW); 0: models.learning_rate's default for the "
                                              "model (1e-4 for the tiny model, 1e-4 x 64 / width for a --model)"})
+    lora: int = field(default=-1, metadata={"help": "rank of the policy's LoRA adapters (TRL's peft_config; pi_ref is the "
+                                            "policy with them off); 0 trains every weight; -1: rddpo.py's default, "
+                                            "16 for a --model, 0 for the tiny model"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the reward models and TRL"})
     log_every: int = field(default=5, metadata={"help": "steps between logged lines"})
     data: str = field(default="", metadata={"help": "your own pairs (JSON lines, as rddpo.py --data): the reward models "
                                             "and the policy train on this seed's training split (data.split_pairs)"})
-    sft_steps: int = field(default=0, metadata={"help": "--data on a --model: first fine-tune pi_ref on the training "
-                                                "split's chosen responses, as rddpo.py --sft-steps (the same cache)"})
+    sft_steps: int = field(default=0, metadata={"help": "pi_ref's fine-tuning steps, as rddpo.py --sft-steps (the same "
+                                                "cache): on the task's reviews, or with --data on a --model the training "
+                                                "split's chosen responses; 0: rddpo.py's default"})
     chat_template: bool = field(default=False, metadata={"help": "--data: each prompt in the model's chat template"})
     max_length: int = field(default=64, metadata={"help": "tokens per prompt+response"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest sampled pool response"})
@@ -479,11 +501,13 @@ def parse_args(argv=None):
 
 
 def rddpo_config(a):
-    """experiment.Config for the same budget; the tiny model's defaults key the cached reference."""
-    return experiment.Config(model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs,
-                             n_eval=8, ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma,
-                             pool_batch=a.pool_batch or None, out=a.out, data=a.data, sft_steps=a.sft_steps or None,
-                             chat_template=a.chat_template, max_length=a.max_length, max_new_tokens=a.max_new_tokens)
+    """experiment.Config for the same budget, with rddpo.py's defaults for the model (models.model_defaults: LoRA,
+    reward heads and micro-batches for a --model); the tiny model's defaults key the cached reference."""
+    return models.model_defaults(experiment.Config(
+        model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs, n_eval=8,
+        ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma, pool_batch=a.pool_batch or None,
+        out=a.out, data=a.data, sft_steps=a.sft_steps or None, chat_template=a.chat_template, max_length=a.max_length,
+        max_new_tokens=a.max_new_tokens, lora=None if a.lora < 0 else a.lora))
 
 
 def prepare(a, reference, tokenizer, world, device):
@@ -532,8 +556,11 @@ def prepared(a, state):
 
 
 def train(a, reference, tokenizer, data, pool, use_cpu):
-    """a copy of the reference trained with a.method through TRL. choice: as rddpo.train_policy, AdamW at a constant
-    rate with weight decay 0.01 and no gradient clipping (transformers' Trainer leaves biases and norms undecayed)."""
+    """the policy trained with a.method through TRL: a copy of the reference, or with LoRA (rddpo_config(a).lora) the
+    reference itself with adapters (TRL's peft_config, rddpo.lora_config), pi_ref being it with them off. choice: as
+    rddpo.train_policy, AdamW at a constant rate with weight decay 0.01 and no gradient clipping (transformers'
+    Trainer leaves biases and norms undecayed)."""
+    cfg = rddpo_config(a)
     from transformers.trainer_callback import PrinterCallback, TrainerCallback
     class PrintLine(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
@@ -541,15 +568,19 @@ def train(a, reference, tokenizer, data, pool, use_cpu):
                     "distill/member", "kl/forward")
             if state.is_world_process_zero and "loss" in (logs or {}):
                 print(f"step {state.global_step:4d}  " + "  ".join(f"{k} {logs[k]:.4f}" for k in keys if k in logs))
+    lr = a.lr or models.learning_rate(cfg, reference)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"policy: {f'LoRA adapters of rank {cfg.lora} on pi_ref' if cfg.lora else 'a copy of pi_ref, every weight'}"
+              f" trained at rate {lr:.3g}")
     args = DistilledDPOConfig(output_dir=os.path.join(a.out, f"trl-{a.method}"), method=a.method, gamma=a.gamma,
-                              pool_batch=a.pool_batch or None,
-                              beta=a.beta, learning_rate=a.lr or models.learning_rate(rddpo_config(a), reference),
+                              pool_batch=a.pool_batch or None, beta=a.beta, learning_rate=lr,
                               max_steps=a.steps, per_device_train_batch_size=a.batch_size,
                               max_length=a.max_length, lr_scheduler_type="constant", weight_decay=0.01,
                               max_grad_norm=0.0, logging_steps=a.log_every, save_strategy="no", report_to="none",
                               seed=a.seed, use_cpu=use_cpu, disable_tqdm=True)
-    trainer = DistilledDPOTrainer(copy.deepcopy(reference), args=args, train_dataset=data, pool_dataset=pool,
-                                  processing_class=tokenizer, callbacks=[PrintLine()])
+    policy = reference if cfg.lora else copy.deepcopy(reference)  # TRL's disable_dropout takes out its dropout
+    trainer = DistilledDPOTrainer(policy, args=args, train_dataset=data, pool_dataset=pool, processing_class=tokenizer,
+                                  callbacks=[PrintLine()], peft_config=rddpo.lora_config(cfg.lora) if cfg.lora else None)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     return trainer
