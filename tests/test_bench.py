@@ -242,3 +242,41 @@ def test_pool_noise_measures_each_m_at_pi_ref_and_the_trained_policies(tmp_path)
         assert (max(n["fkl_sd"].values()) < 1e-4) == name.startswith("pi_ref")  # float32 rounding only
     saved = json.loads((tmp_path / "bench-001" / "bench.json").read_text())
     assert saved["pool_noise"]["p-dpo"]["rho"]["16"] == pytest.approx(noise["p-dpo"]["rho"][16])
+
+
+TINY_RUN = ("--quick --methods dpo --seeds 0 --sft-steps 2 --steps 2 --batch-size 4 --rm-steps 2 --n-pairs 8 --n-eval 4 "
+            "--eval-points 1 --max-new-tokens 8")
+
+
+@pytest.mark.slow
+def test_pretrained_runs_each_part_in_its_own_process_and_folder_and_reads_its_peak(tmp_path, monkeypatch, capsys):
+    """--pretrained FOLDER, the parts shrunk to a tiny budget on a small gpt-2 saved here: each part is a whole
+    rddpo.py run in its own folder (its reference fine-tuned there), with its seconds, its peak memory (a python
+    process that imported torch holds more than 0.1 GB) and a target; a part that fails (a model folder that is not
+    there) is exit status 2, its target missed, and rddpo.py's own error line is printed."""
+    from harness.task import build_tokenizer
+    from harness import models
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    folder = str(tmp_path / "model")
+    models.build_tiny_gpt2(tokenizer, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    for part, big in bench.PRETRAINED.items():
+        monkeypatch.setitem(bench.PRETRAINED, part, dict(big, flags=TINY_RUN))
+    out = bench.run(bench.parse_args(["--pretrained", folder, "--threads", "1", "--out", str(tmp_path / "b")]))
+    saved = json.loads((tmp_path / "b" / "bench-001" / "bench.json").read_text())["pretrained"]
+    assert list(saved) == ["quick", "cell"] and saved == json.loads(json.dumps(out["pretrained"]))
+    for part, res in saved.items():
+        assert res["exit_status"] == 0 and res["seconds"] > 0 and 0.1 < res["peak_gb"] < 20
+        assert res["target"]["met"] == (res["peak_gb"] <= 3 if part == "quick" else res["seconds"] <= 1800)
+        assert (tmp_path / "b" / "bench-001" / part / "run-001" / "results.json").exists()
+        assert any(p.startswith("reference-") for p in os.listdir(tmp_path / "b" / "bench-001" / part))
+    out = bench.run(bench.parse_args(["--pretrained", str(tmp_path / "absent"), "--parts", "quick", "--out",
+                                      str(tmp_path / "b")]))
+    assert out["pretrained"]["quick"]["exit_status"] == 2 and not out["pretrained"]["quick"]["target"]["met"]
+    assert "quick: rddpo.py said: error:" in capsys.readouterr().out
+
+
+def test_pretrained_parts_are_checked_before_any_folder_is_made(tmp_path, capsys):
+    assert bench.main(["--pretrained", "m", "--parts", "quick,huge", "--out", str(tmp_path / "b")]) == 2
+    assert "unknown --parts huge" in capsys.readouterr().err and not (tmp_path / "b").exists()

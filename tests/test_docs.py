@@ -43,3 +43,23 @@ def test_every_choice_in_the_code_is_in_method_md_and_every_link_to_it_resolves(
         for match in re.finditer(r"([\w./]*)METHOD\.md(#[\w-]+)?", open(os.path.join(ROOT, path)).read()):
             assert match.group(1).endswith("docs/"), (path, match.group(0))
             assert match.group(2) is None or match.group(2)[1:] in anchors, (path, match.group(0))
+
+
+def test_bench_pretrained_cell_is_one_cell_of_the_protocol_committed_in_method_md():
+    """bench.py --pretrained's "cell" run has the flags of docs/METHOD.md#pretrained-protocol's command (its budget,
+    methods and reward models' rate), at one of its biases and seeds: the time target is measured on the study's run."""
+    import bench
+    doc = open(os.path.join(ROOT, "docs/METHOD.md")).read()
+    protocol = doc[doc.index('<a id="pretrained-protocol">'):]
+    command = " ".join(re.search(r"\*\*Command\.\*\* `(python rddpo\.py[^`]+)`", protocol, re.S).group(1).split())
+    flags = bench.PRETRAINED["cell"]["flags"].split()
+    pairs = dict(zip(flags[::2], flags[1::2]))
+    assert set(pairs) == {"--bias", "--seeds", "--methods", "--n-pairs", "--n-eval", "--steps", "--batch-size",
+                          "--eval-points", "--rm-lr"}
+    for flag, value in pairs.items():
+        if flag == "--bias":
+            assert value in re.search(r"--sweep-biases (\S+)", command).group(1).split(",")
+        elif flag == "--seeds":
+            assert value in re.search(r"--seeds ([\d ]+)", command).group(1).split()
+        else:
+            assert f"{flag} {value}" in command, flag

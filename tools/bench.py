@@ -11,6 +11,7 @@ computes the reference log-probs and the reward-model scores.
     python tools/bench.py                  # cpu: the offline default model and a 4-layer 256-wide gpt-2
     python tools/bench.py --device cuda    # adds gpt-2-small's shape on the gpu, in float32 and bfloat16
     python tools/bench.py --quick          # the smoke test's budget: the default model, a few steps
+    python tools/bench.py --pretrained models/smollm2-135m   # whole runs on a pretrained LM: peak memory and time
 
 It prints a table and which targets were met, and writes the numbers to bench.json in a new folder
 bench-NNN inside --out (default runs/), so an earlier result is never overwritten.
@@ -42,6 +43,13 @@ VARIANTS = ("bare", "dpo", "ipo", "d-dpo", "e-dpo K=4", "e-dpo K=16", "p-dpo",  
             "e-dpo K=4 M=B/2", "e-dpo K=4 M=B/4", "p-dpo M=B/2", "p-dpo M=B/4")  # --pool-batch B/2, B/4
 K_MAX = 16
 QUICK = dict(sizes="tiny", steps=5, warmup=1, pairs=16, threads=1)
+# --pretrained: whole runs of rddpo.py on a --model, each in a fresh folder (its reference fine-tuned inside it), with
+# their limits. "quick" is issue 31's --quick command; "cell" is one (bias, seed) of the pretrained study's protocol
+# (docs/METHOD.md#pretrained-protocol; tests/test_docs.py checks that the protocol's command has these flags)
+PRETRAINED = {
+    "quick": dict(flags="--quick --methods dpo,e-dpo --seeds 0", limit="peak_gb", value=3.0),
+    "cell": dict(flags="--bias 0.5 --seeds 1 --methods dpo,e-dpo,p-dpo --n-pairs 256 --n-eval 64 --steps 40 "
+                       "--batch-size 8 --eval-points 2 --rm-lr 3e-3", limit="minutes", value=30.0)}
 
 
 def parse_args(argv=None):
@@ -66,6 +74,11 @@ def parse_args(argv=None):
     p.add_argument("--pool-noise", action="store_true", help="instead of timing: the forward-KL estimate's noise at "
                    "M = B, B/2, B/4 pool rows per step, on the built-in task at rddpo.py's defaults (docs/METHOD.md"
                    "#pool-batch-protocol); --quick: at rddpo.py's --quick budget")
+    p.add_argument("--pretrained", default="", metavar="MODEL", help="instead of timing steps: whole rddpo.py runs "
+                   "on MODEL (a folder or hub name), each in its own process and fresh folder, its wall time and peak "
+                   "resident memory against a target: " + "; ".join(f"{k}: {v['flags']} (within {v['value']:g} "
+                   f"{v['limit'].split('_')[-1]})" for k, v in PRETRAINED.items()))
+    p.add_argument("--parts", default=",".join(PRETRAINED), help="--pretrained: which runs, a comma list")
     p.add_argument("--quick", action="store_true", help="the smoke test's budget; flags given beside it win: "
                    + ", ".join(f"{k} {v}" for k, v in QUICK.items()))
     args, given = cli.parse_given(p, argv)
@@ -352,7 +365,66 @@ def targets(res):
 
 
 # -----------------------------------------------------------------------------
-# 6. --pool-noise: how much noise fewer pool rows per step add (docs/METHOD.md#pool-batch-protocol)
+# 6. --pretrained: whole runs on a pretrained LM, their wall time and peak memory
+
+
+def pretrained_parts(args):
+    """the --parts to run, checked before any work -> list of names."""
+    parts = [p for p in args.parts.split(",") if p]
+    bad = [p for p in parts if p not in PRETRAINED]
+    if bad or not parts:
+        raise cli.UsageError(f"unknown --parts {','.join(bad) or '(none)'}; choose from {','.join(PRETRAINED)}")
+    if not hasattr(os, "wait4"):
+        raise cli.UsageError("--pretrained reads a run's peak memory with os.wait4, which this system lacks (Windows)")
+    return parts
+
+
+def whole_run(model, part, folder, threads=0):
+    """python rddpo.py --model MODEL with the part's flags, in its own process, --out a fresh folder inside `folder`
+    (so the reference is fine-tuned there too), its output in part.log -> dict: seconds, peak resident memory (GB, of
+    that process, read from the kernel when it ends) and exit status."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [sys.executable, os.path.join(root, "rddpo.py"), "--model", model, *PRETRAINED[part]["flags"].split(),
+            "--out", os.path.join(folder, part)]
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))  # --threads, for the run too
+    t0 = time.time()
+    with open(os.path.join(folder, f"{part}.log"), "w") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except KeyboardInterrupt:
+            proc.terminate()  # rddpo.py keeps what it finished, as on ctrl-c
+            proc.wait()
+            raise
+    kib = usage.ru_maxrss / (1024 if platform.system() == "Darwin" else 1)  # macOS counts bytes, Linux KiB
+    return dict(command=" ".join(argv[1:]), seconds=time.time() - t0, peak_gb=kib * 1024 / 1e9,
+                exit_status=os.waitstatus_to_exitcode(status))
+
+
+def pretrained_runs(args, folder):
+    """--pretrained: each part's whole run and its target, printed as it finishes -> dict part -> result."""
+    out = {}
+    for part in pretrained_parts(args):
+        print(f"{part}: python rddpo.py --model {args.pretrained} {PRETRAINED[part]['flags']} (log: {folder}/{part}.log)")
+        res = whole_run(args.pretrained, part, folder, args.threads)
+        limit, value = PRETRAINED[part]["limit"], PRETRAINED[part]["value"]
+        measured = res["peak_gb"] if limit == "peak_gb" else res["seconds"] / 60
+        res["target"] = dict(limit=limit, value=value, met=bool(res["exit_status"] == 0 and measured <= value))
+        out[part] = res
+        ok = "failed: see the log" if res["exit_status"] else ("met" if res["target"]["met"] else "missed")
+        if res["exit_status"]:
+            with open(os.path.join(folder, f"{part}.log")) as f:
+                print(f"{part}: rddpo.py said: {([''] + f.read().strip().splitlines())[-1]}")
+        what = f"peak memory within {value:g} GB" if limit == "peak_gb" else f"wall time within {value:g} minutes"
+        print(f"{part}: {rddpo.duration(res['seconds'])}, peak {res['peak_gb']:.2f} GB, exit {res['exit_status']}; "
+              f"target, {what}: {ok}")
+    return out
+
+
+# -----------------------------------------------------------------------------
+# 7. --pool-noise: how much noise fewer pool rows per step add (docs/METHOD.md#pool-batch-protocol)
 
 
 def gradient_noise(losses, params):
@@ -428,7 +500,7 @@ def print_noise(noise, gamma):
 
 
 # -----------------------------------------------------------------------------
-# 7. report and main
+# 8. report and main
 
 
 def print_case(res):
@@ -480,6 +552,8 @@ def run(args):
     """every case, printed as it finishes; returns the JSON object, also written to bench.json in a new
     bench-NNN folder inside args.out. every check runs before any work."""
     todo, t0, threads = cases(args), time.time(), torch.get_num_threads()
+    if args.pretrained:
+        pretrained_parts(args)
     path = os.path.join(records.new_run_dir(args.out, "bench"), "bench.json")
     torch.set_num_threads(args.threads or threads)
     out = dict(machine=machine(), settings=vars(args), cases=[])
@@ -488,6 +562,9 @@ def run(args):
         hint = "; --threads 1 keeps torch from waiting on descheduled threads" if torch.get_num_threads() > 1 else ""
         print(f"note: load average {load:.1f} on {os.cpu_count()} cpus: other work is running, so times are noisy{hint}")
     try:
+        if args.pretrained:
+            out["pretrained"] = pretrained_runs(args, os.path.dirname(path))
+            todo = []
         if args.pool_noise:
             out["pool_noise"] = pool_noise(args)
             print_noise(out["pool_noise"], experiment.Config.gamma)
