@@ -196,35 +196,70 @@ def test_trl_timing_writes_the_three_steps_and_their_ratios(tmp_path):
     assert t["trl_over_rddpo"] == pytest.approx(t["trl_edpo_ms"] / t["rddpo_edpo_ms"])
 
 
+def gpu_script(out, **env):
+    """bash tools/gpu.sh OUT on the cpu, its parts shrunk through the environment -> the finished process."""
+    import subprocess
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", RDDPO_DEVICE="cpu", OMP_NUM_THREADS="1",
+               RDDPO_BENCH="--quick --device cpu --steps 4 --warmup 0 --pairs 8", **env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(["bash", os.path.join(root, "tools", "gpu.sh"), str(out)], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert [line.split(" at ")[0] for line in proc.stdout.splitlines() if line.startswith("gpu.sh:")][1:] == [
+        "gpu.sh: reference ready", "gpu.sh: headline done", "gpu.sh: all done"]
+    assert os.path.exists(out / "bench-001" / "bench.json")
+    return proc
+
+
+def bias_runs(out, n_bias):
+    """the run folders of the biases (after the reference's own run-001), each one's results; one reference."""
+    assert len([p for p in os.listdir(out) if p.startswith("reference-")]) == 1, os.listdir(out)
+    runs = sorted(p for p in os.listdir(out) if p.startswith("run-"))
+    assert len(runs) == 1 + n_bias
+    return [json.loads((out / run / "results.json").read_text()) for run in runs[1:]]
+
+
 @pytest.mark.slow
 def test_gpu_script_runs_each_part_on_the_cpu_at_a_tiny_budget(tmp_path):
-    """tools/gpu.sh with its parts shrunk through the environment (a 1-layer model, 2 steps, two biases, two
-    seeds, bench --quick) and the cpu: it exits 0, builds the reference once, runs each bias as its own run with
-    every method on both seeds, prints each run's table and writes the bench folder."""
-    import subprocess
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", RDDPO_DEVICE="cpu", RDDPO_SEEDS="0 1",
-               RDDPO_BIASES="0 1", RDDPO_SHAPE="--n-layer 1 --n-embd 32 --n-head 2",
-               RDDPO_BUDGET="--quick --sft-steps 10 --steps 2 --rm-steps 2 --n-pairs 16 --n-eval 8 --eval-points 1 "
-                            "--max-new-tokens 12",
-               RDDPO_BENCH="--quick --device cpu --steps 4 --warmup 0 --pairs 8")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(["bash", os.path.join(root, "tools", "gpu.sh"), str(tmp_path)], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [line.split(" at ")[0] for line in proc.stdout.splitlines() if line.startswith("gpu.sh:")] == [
-        "gpu.sh: reference ready", "gpu.sh: headline done", "gpu.sh: all done"]
+    """tools/gpu.sh with RDDPO_MODEL=tiny (gpt-2-small's shape built in code, here shrunk to 1 layer) and its parts
+    shrunk (2 steps, two biases, two seeds, bench --quick) on the cpu: it says which model it runs and why, exits
+    0, builds the reference once, runs each bias as its own run with every method on both seeds, prints each
+    run's table and writes the bench folder."""
+    proc = gpu_script(tmp_path, RDDPO_MODEL="tiny", RDDPO_SEEDS="0 1", RDDPO_BIASES="0 1",
+                      RDDPO_SHAPE="--n-layer 1 --n-embd 32 --n-head 2",
+                      RDDPO_BUDGET="--quick --sft-steps 10 --steps 2 --rm-steps 2 --n-pairs 16 --n-eval 8 "
+                                   "--eval-points 1 --max-new-tokens 12")
+    assert proc.stdout.startswith("gpu.sh: runs the headline on gpt-2-small's shape, built in code (RDDPO_MODEL=tiny)")
     assert proc.stdout.count("=== bias") == 2 and proc.stdout.count(" bias method ") >= 2
-    references = [p for p in os.listdir(tmp_path) if p.startswith("reference-")]
-    assert len(references) == 1, os.listdir(tmp_path)
-    runs = sorted(p for p in os.listdir(tmp_path) if p.startswith("run-"))
-    assert len(runs) == 3  # the reference's own run, then one per bias
-    for run in runs[1:]:
-        results = json.loads((tmp_path / run / "results.json").read_text())
-        assert sorted({(r["method"], r["seed"]) for r in results["runs"]}) == sorted(
+    results = bias_runs(tmp_path, 2)
+    for r in results:
+        assert sorted({(x["method"], x["seed"]) for x in r["runs"]}) == sorted(
             (m, s) for m in ("dpo", "d-dpo", "e-dpo", "p-dpo") for s in (0, 1))
-        assert results["config"]["n_layer"] == 1 and results["config"]["device"] == "cpu"
-    assert sorted({json.loads((tmp_path / r / "results.json").read_text())["config"]["bias"] for r in runs[1:]}) == [0, 1]
-    assert os.path.exists(tmp_path / "bench-001" / "bench.json")
+        assert r["config"]["n_layer"] == 1 and r["config"]["device"] == "cpu" and r["config"]["model"] == "tiny"
+    assert sorted(r["config"]["bias"] for r in results) == [0, 1]
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_the_pretrained_protocol_on_a_model_folder(tmp_path):
+    """tools/gpu.sh with RDDPO_MODEL a model folder (a small gpt-2 saved here, standing in for SmolLM2) at a tiny
+    budget: the pretrained protocol's biases (0.5 and 0), methods (DPO, e-DPO, p-DPO) and reward-head rate, LoRA
+    (a --model's default), one reference for both biases, and the first line names the model."""
+    from harness import models
+    from harness.task import build_tokenizer
+    tokenizer, folder = build_tokenizer(), tmp_path / "model"
+    torch.manual_seed(0)
+    models.build_tiny_gpt2(tokenizer, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "gpu"
+    proc = gpu_script(out, RDDPO_MODEL=str(folder), RDDPO_SEEDS="1",
+                      RDDPO_BUDGET="--quick --sft-steps 2 --steps 2 --rm-steps 2 --n-pairs 8 --batch-size 4 "
+                                   "--n-eval 4 --eval-points 1 --max-new-tokens 8")
+    assert proc.stdout.startswith(f"gpu.sh: runs the pretrained protocol on {folder} (RDDPO_MODEL names it)")
+    results = bias_runs(out, 2)
+    for r in results:
+        assert sorted({(x["method"], x["seed"]) for x in r["runs"]}) == [("dpo", 1), ("e-dpo", 1), ("p-dpo", 1)]
+        assert r["config"]["model"] == str(folder) and r["config"]["rm_lr"] == 3e-3 and r["config"]["lora"] == 16
+    assert sorted(r["config"]["bias"] for r in results) == [0, 0.5]
 
 
 @pytest.mark.slow
