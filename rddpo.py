@@ -18,6 +18,7 @@ The math, and every choice made where the paper is silent (marked `choice:` belo
 docs/METHOD.md.
 Shapes: B pairs in a batch, T tokens, V the vocabulary, K reward models, M pool responses in a step.
 """
+import contextlib
 import copy
 import random
 import time
@@ -53,7 +54,8 @@ class Knobs:
     log_every: int = 25        # steps between logged training lines
     eval_points: int = 4       # checkpoints along training, evenly spaced, the last at the end
     lora: int = 0              # rank of the policy's LoRA adapters (peft); 0 trains every weight
-    reward_models: str = "copies"  # a trained copy of pi_ref each, or "heads" on its features
+    reward_models: str = "copies"  # a trained copy of pi_ref each, "heads" on its features, or
+    #                                "adapters": LoRA adapters of rank 16 on it, trained with a head
     micro_batch: int = None    # most sequences in one forward pass; the step's gradient is the same
 
 
@@ -194,13 +196,14 @@ def last_token_index(attention_mask):
 
 
 def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, device, desc,
-                       features=None):
+                       features=None, shared=False):
     """bradley-terry training on the given pairs (indices may repeat: a resample). with features
-    (2N, H) of every row, from the reference's frozen transformer, only a head trains, on them."""
+    (2N, H) of every row, from the reference's frozen transformer, only a head trains, on them;
+    shared, the reference's own transformer carries adapters (lora_adapters), which train too."""
     seed_everything(seed)
-    rm = RewardModel(reference, frozen=features is not None).to(device)
+    rm = RewardModel(reference, frozen=features is not None or shared).to(device)
     trained = rm.head if features is not None else without_dropout(rm)
-    opt = torch.optim.AdamW(trained.train().parameters(), lr=lr)
+    opt = torch.optim.AdamW([p for p in trained.train().parameters() if p.requires_grad], lr=lr)
     n, rng = len(pairs.keep), np.random.default_rng(seed)
     for _ in progress(range(steps), desc):
         idx = pair_idx[rng.integers(len(pair_idx), size=batch_size)]  # (B,)
@@ -240,6 +243,22 @@ def score(rm, tokens, device, batch_size=64):
                       for i in range(0, len(rows), batch_size)])
 
 
+@contextlib.contextmanager
+def lora_adapters(model, rank, seed):
+    """the model with fresh LoRA adapters of `rank` (seeded) in its linear layers, the only weights
+    that train, while inside; as it was before, every weight trainable, after. rank 0: as it is."""
+    if not rank:
+        yield model
+        return
+    from peft import get_peft_model
+    seed_everything(seed)
+    wrapped = get_peft_model(model, lora_config(rank))
+    try:
+        yield model
+    finally:
+        wrapped.unload().requires_grad_(True)
+
+
 @torch.no_grad()
 def last_features(reference, tokens, device, batch_size=64):
     """the reference's hidden state at every row's last real token, for heads on it: (N, H), cpu"""
@@ -253,11 +272,13 @@ def reward_scores(reference, pairs, diagnose, cfg, seed, device, longer_won):
     returns (2N,) plain rewards, (K, 2N) family rewards, and for each model diagnose(model, its
     (2N,) scores), a dict (the experiment's diagnostics on its held-out pairs).
     choice: the plain model (d-DPO) sees all pairs as labelled. with cfg.reward_models "heads" the
-    models are heads on the reference's features, computed once for every row."""
-    heads = cfg.reward_models == "heads"
+    models are heads on the reference's features, computed once for every row; "adapters", each
+    trains rank-16 adapters on the reference's own transformer, taken out again once it has scored.
+    """
+    heads, shared = cfg.reward_models == "heads", cfg.reward_models == "adapters"
     features = last_features(reference, pairs.tokens, device) if heads else None  # (2N, H)
     fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device,
-               features=features)
+               features=features, shared=shared)
     shares = family_shares(cfg.ensemble)
     idx = [np.arange(pairs.labelled)] + [
         resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))
@@ -265,14 +286,15 @@ def reward_scores(reference, pairs, diagnose, cfg, seed, device, longer_won):
     scores, diagnostics = [], []
     for k, share in enumerate([None] + shares):
         desc = "reward model" + (f" {k} (longer-wins share {share:.2f})" if k else "")
-        rm = train_reward_model(reference, pairs, idx[k], seed=seed if k == 0 else seed * 1000 + k,
-                                desc=desc, **fit)
-        with torch.no_grad():  # (2N,)
-            scores.append(score(rm, pairs.tokens, device) if features is None
-                          else rm.reward(features.to(device)).cpu())
-        name = f"member {k}" if k else "plain"
-        diagnostics.append(dict(model=name, share=share, **diagnose(rm, scores[-1])))
-        del rm
+        rm_seed = seed if k == 0 else seed * 1000 + k
+        with lora_adapters(reference, 16 if shared else 0, rm_seed):
+            rm = train_reward_model(reference, pairs, idx[k], seed=rm_seed, desc=desc, **fit)
+            with torch.no_grad():  # (2N,)
+                scores.append(score(rm, pairs.tokens, device) if features is None
+                              else rm.reward(features.to(device)).cpu())
+            name = f"member {k}" if k else "plain"
+            diagnostics.append(dict(model=name, share=share, **diagnose(rm, scores[-1])))
+            del rm
     return scores[0], torch.stack(scores[1:]), diagnostics  # (2N,), (K, 2N), K + 1 dicts
 
 

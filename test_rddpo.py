@@ -742,6 +742,30 @@ def test_reward_heads_on_frozen_features_learn_to_rank_and_leave_the_reference_u
     assert (scores[:8] > scores[8:]).all()
 
 
+def test_reward_adapters_learn_to_rank_inside_lora_adapters_and_leave_the_reference_as_it_was(tiny, tokenizer):
+    """reward_models "adapters": inside lora_adapters the reference's own transformer carries LoRA adapters, which
+    train with the head (every other weight frozen); the reward model ranks every easy pair; after, the reference
+    has no adapter left, every weight as it was and trainable, and the adapters' seed decides their start."""
+    reference, pairs = copy.deepcopy(tiny), easy_pairs(tokenizer)
+    before = copy.deepcopy(reference.state_dict())
+    with rddpo.lora_adapters(reference, 4, seed=0):
+        lora = {n: p.detach().clone() for n, p in reference.named_parameters() if "lora_" in n}
+        assert lora and all(p.requires_grad == ("lora_" in n) for n, p in reference.named_parameters())
+        rm = rddpo.train_reward_model(reference, pairs, np.arange(8), steps=60, lr=3e-2, batch_size=4, seed=0,
+                                      device="cpu", desc="rm", shared=True)
+        assert rm.backbone is reference.base_model
+        assert any(not torch.equal(p, lora[n]) for n, p in reference.named_parameters() if "lora_" in n)
+        assert sorted(n for n, p in rm.named_parameters() if p.requires_grad and "lora_" not in n) == [
+            "head.bias", "head.weight"]
+        scores = rddpo.score(rm, pairs.tokens, "cpu")  # (16,)
+        assert (scores[:8] > scores[8:]).all()
+    assert sorted(reference.state_dict()) == sorted(before)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in before.items())
+    assert all(p.requires_grad for p in reference.parameters())
+    with rddpo.lora_adapters(reference, 4, seed=0):
+        assert all(torch.equal(p, lora[n]) for n, p in reference.named_parameters() if "lora_" in n)
+
+
 def test_a_loop_of_a_minute_or_more_says_how_long_it_will_take_from_its_first_steps(monkeypatch, capsys):
     """progress times steps 2-4 (the first warms up) and, when steps x that time is 60 s or more, prints one line;
     a shorter loop prints nothing. the clock is faked: read after step 1 and after step 4, 3 x 2 s apart, then

@@ -44,9 +44,9 @@ class Config(Knobs):
     # and these, whose defaults depend on the model too (models.model_defaults)
     lora: int = field(default=None, metadata={"type": int, "help": "rank of the policy's LoRA adapters; 0 trains every "
                       "weight; default: 0 for the tiny model, 16 for a --model"})
-    reward_models: str = field(default="auto", metadata={"choices": ("auto", "copies", "heads"), "help": "each reward "
-                               "model a trained copy of pi_ref, or a head on its frozen features; auto: copies for the "
-                               "tiny model, heads for a --model"})
+    reward_models: str = field(default="auto", metadata={"choices": ("auto", "copies", "heads", "adapters"), "help":
+                               "each reward model a trained copy of pi_ref, a head on its frozen features, or rank-16 "
+                               "LoRA adapters on it with a head; auto: copies for the tiny model, heads for a --model"})
     micro_batch: int = field(default=None, metadata={"type": int, "help": "most sequences in one forward pass (the "
                              "step's gradient is the same); default: all at once for the tiny model, 8 for a --model"})
     model: str = field(default="tiny", metadata={"help": "'tiny' builds and pretrains a small GPT-2 offline; "
