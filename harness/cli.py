@@ -23,7 +23,12 @@ class UsageError(Exception):
 
 
 class Interrupted(Exception):
-    """ctrl-c or SIGTERM: reported as one line that says what was kept and where, exit status 130."""
+    """ctrl-c or SIGTERM: reported as one line that says what was kept and where, exit status 130. `by` says
+    which ("ctrl-c" or "SIGTERM"), for a caller that records it (a grid's results.json)."""
+
+    def __init__(self, message, by="ctrl-c"):
+        super().__init__(message)
+        self.by = by
 
 
 class Terminated(KeyboardInterrupt):

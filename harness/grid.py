@@ -140,8 +140,12 @@ def run_grid(cfg, given, argv, run, methods):
             done[key] = run(setting, flags, argv)
             grid["rows"] = grid_rows(rows, done)
             records.write_json(path, grid)
-    except BaseException as e:
-        grid["run"].update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed", error=records.one_line(e))
+    except BaseException as e:  # a setting's run stopped by ctrl-c or SIGTERM comes back as cli.Interrupted
+        if isinstance(e, (KeyboardInterrupt, cli.Interrupted)):
+            by = getattr(e, "by", "SIGTERM" if isinstance(e, cli.Terminated) else "ctrl-c")
+            grid["run"].update(status="interrupted", interrupted_by=by, error=records.one_line(e))
+        else:
+            grid["run"].update(status="failed", error=records.one_line(e))
         records.write_json(path, grid)
         raise
     grid["run"].update(status="finished", wall_seconds=time.time() - started)

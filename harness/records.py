@@ -244,7 +244,7 @@ class RunRecord:
             self.save("interrupted")
             n, again = len(self.results["runs"]), shlex.join(["python", "rddpo.py", "--resume", self.dir])
             raise Interrupted(f"interrupted by {by}: {n} finished method runs kept in {self.path}; "
-                              f"to go on: {again}") from None
+                              f"to go on: {again}", by) from None
         else:  # the error goes on up, as it came
             self.save("failed", one_line(error))
 

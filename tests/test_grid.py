@@ -9,7 +9,7 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import rddpo  # noqa: E402
-from harness import experiment, grid  # noqa: E402
+from harness import cli, experiment, grid  # noqa: E402
 
 
 @pytest.mark.parametrize("args, says", [
@@ -120,6 +120,26 @@ def test_a_failed_setting_leaves_the_grid_record_saying_so(tmp_path):
     with open(os.path.join(tmp_path, "grid-001", "results.json")) as fh:
         saved = json.load(fh)
     assert saved["run"]["status"] == "failed" and "nan" in saved["run"]["error"]
+    assert [r["value"] for r in saved["rows"]] == ["0.05"]
+
+
+@pytest.mark.parametrize("stop,by", [(lambda: cli.Interrupted("interrupted by SIGTERM: ...", "SIGTERM"), "SIGTERM"),
+                                     (lambda: cli.Terminated("SIGTERM"), "SIGTERM"), (KeyboardInterrupt, "ctrl-c")])
+def test_a_setting_stopped_by_ctrl_c_or_sigterm_leaves_the_grid_record_interrupted_not_failed(tmp_path, stop, by):
+    """a setting's run stopped by SIGTERM (which experiment.run reports as cli.Interrupted) or ctrl-c: the grid's
+    results.json says interrupted and by what, keeps the first row, and the stop goes on up as it came."""
+    inner = fake_run([])
+
+    def run(cfg, given, argv):
+        if cfg.beta == 0.2:
+            raise stop()
+        return inner(cfg, given, argv)
+    cfg = experiment.Config(grid=["beta=0.05,0.2"], methods="dpo,e-dpo", seeds=[0, 1], out=str(tmp_path))
+    with pytest.raises((cli.Interrupted, KeyboardInterrupt)):
+        grid.run_grid(cfg, {"grid"}, [], run, rddpo.METHODS)
+    with open(os.path.join(tmp_path, "grid-001", "results.json")) as fh:
+        saved = json.load(fh)
+    assert saved["run"]["status"] == "interrupted" and saved["run"]["interrupted_by"] == by
     assert [r["value"] for r in saved["rows"]] == ["0.05"]
 
 
