@@ -11,9 +11,10 @@ exp(r / beta) / Z; pessimism over a family of reward models (e-DPO), or a forwar
 written by hand, every closed form sits next to the gradient descent that should reach it, and
 test_toy_bandit.py checks that they agree. Method names and function names follow rddpo.py
 ("d-dpo", logratio_margin, bradley_terry_loss, train_policy, ...). Each run draws its figures,
-a_divergence.png .. d_beta_sweep.png, into a new numbered folder inside --out, so no run overwrites another.
+a_divergence.png .. d_beta_sweep.png, into a new numbered folder inside --out, so no run overwrites
+another.
 
-    python toy_bandit.py [--out runs] [--json]   # figures in runs/bandit-001/, then bandit-002/, ...
+    python toy_bandit.py [--out runs] [--json]  # figures in runs/bandit-001/, then bandit-002/, ...
 """
 import argparse
 import json
@@ -76,7 +77,8 @@ class Bandit:
 
 def tabular(pi_ref, pairs, gold):
     pairs = np.asarray(pairs)  # (B, 2) rows (winner, loser)
-    return Bandit(np.eye(len(pi_ref)), np.log(pi_ref), pairs[:, 0], pairs[:, 1], np.asarray(gold, float))
+    return Bandit(np.eye(len(pi_ref)), np.log(pi_ref), pairs[:, 0], pairs[:, 1],
+                  np.asarray(gold, float))
 
 
 def probs(bandit, theta):
@@ -90,13 +92,15 @@ def pair_features(bandit, phi=None):
 
 
 def logratio_margin(bandit, logp):
-    """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)); the implicit margin is beta h."""
+    """h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l)); the implicit margin
+    is beta h."""
     s = logp - bandit.ref_logp  # (..., n)
     return s[..., bandit.winners] - s[..., bandit.losers]  # (..., B)
 
 
 def logratio_margin_grad(bandit, dl_dh):
-    """Chain rule through h: d h_i / d logits = e_w - e_l, because log Z cancels in the difference."""
+    """Chain rule through h: d h_i / d logits = e_w - e_l, because log Z cancels in the
+    difference."""
     n = len(bandit.gold)
     return np.bincount(bandit.winners, dl_dh, n) - np.bincount(bandit.losers, dl_dh, n)  # (n,)
 
@@ -123,16 +127,20 @@ def distill_loss(h, dr, beta):
 
 
 def pessimistic_distill_loss(h, drs, beta):
-    """min over k of the batch-level d-DPO loss for (K, B) reward differences; returns the argmin k too."""
-    # choice: min over whole-batch losses, not per pair: a per-pair min lets every pair pick its easiest model
+    """min over k of the batch-level d-DPO loss for (K, B) reward differences; returns the argmin
+    k too."""
+    # choice: min over whole-batch losses, not per pair: a per-pair min lets every pair pick its
+    # easiest model
     losses = [distill_loss(h, dr, beta) for dr in drs]
     k = int(np.argmin([loss for loss, _ in losses]))
     return losses[k][0], losses[k][1], k
 
 
 def forward_kl(logp, ref_logp):
-    """KL(pi_ref || pi) = sum pi_ref (log pi_ref - log pi) and its gradient in the logits, pi - pi_ref."""
-    # the bandit sums over every arm, so this is the exact FKL; the LM code estimates it on pi_ref's samples
+    """KL(pi_ref || pi) = sum pi_ref (log pi_ref - log pi) and its gradient in the logits,
+    pi - pi_ref."""
+    # the bandit sums over every arm, so this is the exact FKL; the LM code estimates it on pi_ref's
+    # samples
     ref = np.exp(ref_logp)
     return float(np.sum(ref * (ref_logp - logp))), np.exp(logp) - ref
 
@@ -174,7 +182,8 @@ def policy_loss(bandit, m, theta):
 
 
 def gradient_descent(grad_fn, x0, lr, steps, tol=1e-11):
-    """Full-batch gradient descent with a fixed step; stops once |grad| < tol. Returns x and its path."""
+    """Full-batch gradient descent with a fixed step; stops once |grad| < tol. Returns x and its
+    path."""
     x, path = np.array(x0, float), [np.array(x0, float)]
     for _ in range(steps):
         g = grad_fn(x)
@@ -186,14 +195,17 @@ def gradient_descent(grad_fn, x0, lr, steps, tol=1e-11):
 
 
 def train_policy(bandit, m, steps=20000):
-    """Gradient descent on a method's loss from pi_ref, with step 1/L for a bound L on its curvature."""
-    # choice: step 1/L (L = sup |loss''(h)| |A|^2 / B + gamma |phi|^2 / 2) so every method and beta is
-    # stable and converges at a comparable speed; |phi|^2 / 2 bounds the FKL's Hessian phi^T Cov_pi phi
+    """Gradient descent on a method's loss from pi_ref, with step 1/L for a bound L on its
+    curvature."""
+    # choice: step 1/L (L = sup |loss''(h)| |A|^2 / B + gamma |phi|^2 / 2) so every method and beta
+    # is stable and converges at a comparable speed; |phi|^2 / 2 bounds the FKL's Hessian
+    # phi^T Cov_pi phi
     A = pair_features(bandit)  # (B, d)
     curv = {"dpo": m.beta ** 2 / 4, "p-dpo": m.beta ** 2 / 4, "ipo": 2.0, "d-dpo": 2 * m.beta ** 2,
             "e-dpo": 2 * m.beta ** 2}[m.name]
     L = curv * np.linalg.norm(A, 2) ** 2 / len(A) + m.gamma * np.linalg.norm(bandit.phi, 2) ** 2 / 2
-    return gradient_descent(lambda th: policy_loss(bandit, m, th)[1], bandit.theta_ref, 1 / L, steps)
+    return gradient_descent(lambda th: policy_loss(bandit, m, th)[1], bandit.theta_ref, 1 / L,
+                            steps)
 
 
 def bradley_terry_loss(bandit, r, weights=None):
@@ -205,7 +217,8 @@ def bradley_terry_loss(bandit, r, weights=None):
 
 
 def reward_model_loss(bandit, r, lam=0.0, weights=None):
-    """Bradley-Terry plus lam/2 |r|^2, and d/dr (rddpo.py's reward_model_loss adds a centering term instead)."""
+    """Bradley-Terry plus lam/2 |r|^2, and d/dr (rddpo.py's reward_model_loss adds a centering term
+    instead)."""
     loss, grad = bradley_terry_loss(bandit, r, weights)
     return loss + lam / 2 * r @ r, grad + lam * r
 
@@ -217,17 +230,20 @@ def train_reward_model(bandit, lam=0.1, weights=None, steps=20000):
     E = np.sqrt(w / w.sum())[:, None] * pair_features(bandit, np.eye(len(bandit.gold)))  # (B, n)
     lr = 1 / (np.linalg.norm(E, 2) ** 2 / 4 + lam)  # BT's curvature is at most 1/4 per pair
     r0 = np.zeros(len(bandit.gold))
-    return gradient_descent(lambda r: reward_model_loss(bandit, r, lam, weights)[1], r0, lr, steps)[0]  # (n,)
+    return gradient_descent(lambda r: reward_model_loss(bandit, r, lam, weights)[1], r0, lr,
+                            steps)[0]  # (n,)
 
 
 def reward_family(bandit, length, shares, lam=0.1):
-    """One BT model per share s: the data reweighted so that, among pairs of unequal length, those the
-    longer arm won carry a share s of the weight (pairs of equal length keep weight 1)."""
-    # choice: reweighting stands in for docs/METHOD.md's resampling, so the toy has no sampling noise
+    """One BT model per share s: the data reweighted so that, among pairs of unequal length, those
+    the longer arm won carry a share s of the weight (pairs of equal length keep weight 1)."""
+    # choice: reweighting stands in for docs/METHOD.md's resampling, so the toy has no sampling
+    # noise
     longer_won = length[bandit.winners] > length[bandit.losers]  # (B,)
     shorter_won = length[bandit.winners] < length[bandit.losers]  # (B,)
     f = longer_won.sum() / (longer_won.sum() + shorter_won.sum())  # the share in the data as it is
-    weights = [np.where(longer_won, s / f, np.where(shorter_won, (1 - s) / (1 - f), 1.0)) for s in shares]
+    weights = [np.where(longer_won, s / f, np.where(shorter_won, (1 - s) / (1 - f), 1.0))
+               for s in shares]
     return np.array([train_reward_model(bandit, lam, w) for w in weights])  # (K, n)
 
 
@@ -241,18 +257,21 @@ def optimal_policy(pi_ref, reward, beta):
 
 
 def rlhf_value(pi, pi_ref, reward, beta):
-    """J(pi, r) = E_pi[r] - E_ref[r] - beta KL(pi || pi_ref); invariant to shifting r by a constant."""
+    """J(pi, r) = E_pi[r] - E_ref[r] - beta KL(pi || pi_ref); invariant to shifting r by a
+    constant."""
     return float(pi @ reward - pi_ref @ reward - beta * kl(pi, pi_ref))
 
 
 def best_value(pi_ref, reward, beta):
-    """max_pi J(pi, r) = beta KL(pi_ref || pi*_r); both sides equal beta log E_ref e^{r/beta} - E_ref r."""
+    """max_pi J(pi, r) = beta KL(pi_ref || pi*_r); both sides equal
+    beta log E_ref e^{r/beta} - E_ref r."""
     return beta * kl(pi_ref, optimal_policy(pi_ref, reward, beta))
 
 
 def pessimistic_choice(pi_ref, rewards, beta):
-    """pi*_r of the member whose optimum is nearest pi_ref in forward KL: e-DPO's limit as gamma -> 0.
-    It is the maximin policy when the family is convex; over a few members, the maximin can mix them."""
+    """pi*_r of the member whose optimum is nearest pi_ref in forward KL: e-DPO's limit as
+    gamma -> 0. It is the maximin policy when the family is convex; over a few members, the maximin
+    can mix them."""
     kls = [kl(pi_ref, optimal_policy(pi_ref, r, beta)) for r in rewards]
     k = int(np.argmin(kls))
     return k, optimal_policy(pi_ref, rewards[k], beta)
@@ -260,7 +279,8 @@ def pessimistic_choice(pi_ref, rewards, beta):
 
 def least_squares_policy(bandit, target):
     """Where GD from pi_ref stops on mean((target - h)^2): theta_ref plus the min-norm least-squares
-    solution of A (theta - theta_ref) = target, because every gradient A^T v stays in A's row space."""
+    solution of A (theta - theta_ref) = target, because every gradient A^T v stays in A's row
+    space."""
     A = pair_features(bandit)  # (B, d)
     target = np.broadcast_to(np.asarray(target, float), len(A))  # (B,)
     return probs(bandit, bandit.theta_ref + np.linalg.lstsq(A, target, rcond=None)[0])
@@ -272,18 +292,21 @@ def ipo_policy(bandit, beta):
 
 
 def distill_policy(bandit, reward, beta):
-    """d-DPO's limit: (dr - beta h)^2 = beta^2 (dr / beta - h)^2. If the pairs connect every arm of a
-    tabular bandit this is optimal_policy(pi_ref, reward, beta); if not, only each part's ratios are set."""
+    """d-DPO's limit: (dr - beta h)^2 = beta^2 (dr / beta - h)^2. If the pairs connect every arm of
+    a tabular bandit this is optimal_policy(pi_ref, reward, beta); if not, only each part's ratios
+    are set."""
     return least_squares_policy(bandit, (reward[bandit.winners] - reward[bandit.losers]) / beta)
 
 
 def pdpo_one_pair(pi_ref, w, l, beta, gamma):
     """p-DPO's exact optimum for the single pair y_w > y_l (tabular). Setting the logit gradient
     -beta sigmoid(-beta h) (e_w - e_l) + gamma (pi - pi_ref) to 0: unseen arms keep pi_ref, and
-    pi(y_w) = pi_ref(y_w) + d, pi(y_l) = pi_ref(y_l) - d with d = (beta / gamma) sigmoid(-beta h(d))."""
+    pi(y_w) = pi_ref(y_w) + d, pi(y_l) = pi_ref(y_l) - d with
+    d = (beta / gamma) sigmoid(-beta h(d))."""
     pi_ref = np.asarray(pi_ref, float)
     h = lambda d: np.log1p(d / pi_ref[w]) - np.log1p(-d / pi_ref[l])
-    lo, hi = 0.0, pi_ref[l]  # d - (beta/gamma) sigmoid(-beta h(d)) rises from < 0 to > 0 on (0, pi_ref(l))
+    # d - (beta/gamma) sigmoid(-beta h(d)) rises from < 0 to > 0 on (0, pi_ref(l))
+    lo, hi = 0.0, pi_ref[l]
     for _ in range(200):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if mid < beta / gamma * sigmoid(-beta * h(mid)) else (lo, mid)
@@ -295,18 +318,23 @@ def pdpo_one_pair(pi_ref, w, l, beta, gamma):
 # -----------------------------------------------------------------------------
 # 6. scenarios: each returns its numbers and, given a folder, draws its figure
 
-GAMMA_E = 0.01  # choice: e-DPO's FKL only has to break ties between members that fit (docs/METHOD.md)
+# choice: e-DPO's FKL only has to break ties between members that fit (docs/METHOD.md)
+GAMMA_E = 0.01
 GAMMA_P = 1.0   # choice: p-DPO's gamma must stay away from 0, or it falls back to DPO
-# note: DPO pulls h with beta sigmoid(-beta h) but the FKL term has no beta, so at a fixed gamma p-DPO
-# moves less from pi_ref as beta shrinks (scenario d): one pair gives d = (beta / gamma) sigmoid(-beta h)
-SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)  # share of the weight on pairs the longer answer won, per member
+# note: DPO pulls h with beta sigmoid(-beta h) but the FKL term has no beta, so at a fixed gamma
+# p-DPO moves less from pi_ref as beta shrinks (scenario d): one pair gives
+# d = (beta / gamma) sigmoid(-beta h)
+# share of the weight on pairs the longer answer won, per member
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def row(bandit, name, logp, beta, closed=None):
-    """One line of a table: policy, E_pi[gold], KL(pi || pi_ref), largest beta h, gap to the closed form."""
+    """One line of a table: policy, E_pi[gold], KL(pi || pi_ref), largest beta h, gap to the closed
+    form."""
     pi = np.exp(logp)
     return {"method": name, "policy": pi.round(4).tolist(), "gold": float(pi @ bandit.gold),
-            "kl": kl(pi, np.exp(bandit.ref_logp)), "margin": float(beta * logratio_margin(bandit, logp).max()),
+            "kl": kl(pi, np.exp(bandit.ref_logp)),
+            "margin": float(beta * logratio_margin(bandit, logp).max()),
             "gap": None if closed is None else float(np.abs(pi - closed).max())}
 
 
@@ -316,24 +344,29 @@ def run(bandit, name, m, closed=None, steps=20000):
 
 
 def scenario_divergence(out=None, beta=1.0, betas=(0.1, 0.5, 1.0, 2.0), steps=3000):
-    """(a) DPO diverges. docs/METHOD.md's one pair y1 > y2 over 3 arms (y3 unseen), then the total order
-    a > b, b > c, a > c. DPO's margin grows for every beta and each arm that never wins goes to 0;
-    IPO, d-DPO and (one pair) p-DPO stop at their closed forms."""
+    """(a) DPO diverges. docs/METHOD.md's one pair y1 > y2 over 3 arms (y3 unseen), then the total
+    order a > b, b > c, a > c. DPO's margin grows for every beta and each arm that never wins goes
+    to 0; IPO, d-DPO and (one pair) p-DPO stop at their closed forms."""
     one = tabular(np.ones(3) / 3, [(0, 1)], gold=[1.0, 0.0, 0.5])
     tot = tabular(np.ones(3) / 3, [(0, 1), (1, 2), (0, 2)], gold=[1.0, 0.5, 0.0])
-    rows = [row(one, "oracle pi*_gold [y1>y2]", np.log(optimal_policy(np.ones(3) / 3, one.gold, beta)), beta)]
+    rows = [row(one, "oracle pi*_gold [y1>y2]",
+                np.log(optimal_policy(np.ones(3) / 3, one.gold, beta)), beta)]
     for tag, b in (("y1>y2", one), ("a>b>c", tot)):
         r_hat = train_reward_model(b)
         closed_p = pdpo_one_pair(np.ones(3) / 3, 0, 1, beta, GAMMA_P) if b is one else None
         rows += [run(b, f"DPO [{tag}]", Method("dpo", beta), steps=steps),
                  run(b, f"IPO [{tag}]", Method("ipo", beta), ipo_policy(b, beta)),
-                 run(b, f"d-DPO [{tag}]", Method("d-dpo", beta, rewards=r_hat[None]), distill_policy(b, r_hat, beta)),
+                 run(b, f"d-DPO [{tag}]", Method("d-dpo", beta, rewards=r_hat[None]),
+                     distill_policy(b, r_hat, beta)),
                  run(b, f"p-DPO [{tag}]", Method("p-dpo", beta, GAMMA_P), closed_p)]
-    # with the step 1/L, L ~ beta^2, DPO's beta h takes the same path for every beta: beta only rescales h
-    dpo = {bt: probs(tot, train_policy(tot, Method("dpo", bt), steps)[1]) for bt in betas}  # (T + 1, 3) each
+    # with the step 1/L, L ~ beta^2, DPO's beta h takes the same path for every beta: beta only
+    # rescales h
+    dpo = {bt: probs(tot, train_policy(tot, Method("dpo", bt), steps)[1])
+           for bt in betas}  # (T + 1, 3) each
     ipo = {bt: ipo_policy(tot, bt) for bt in betas}
     res = {"rows": rows, "beta": beta, "steps": steps,
-           "dpo_largest_h": {str(bt): float(logratio_margin(tot, np.log(p[-1])).max()) for bt, p in dpo.items()},
+           "dpo_largest_h": {str(bt): float(logratio_margin(tot, np.log(p[-1])).max())
+                             for bt, p in dpo.items()},
            "dpo_pi_c": {str(bt): float(p[-1, 2]) for bt, p in dpo.items()},
            "ipo_pi_c": {str(bt): float(p[2]) for bt, p in ipo.items()}}
     if out:
@@ -348,17 +381,22 @@ def displacement_bandit():
 
 
 def scenario_displacement(out=None, beta=1.0, steps=3000):
-    """(b) Likelihood displacement: logits are (t, -t, 3t) along DPO's only direction phi_w - phi_l = (1, -1),
-    so y_u's logit rises 3 times as fast as y_w's: pi(y_w) falls while the margin 2t grows without bound."""
+    """(b) Likelihood displacement: logits are (t, -t, 3t) along DPO's only direction
+    phi_w - phi_l = (1, -1), so y_u's logit rises 3 times as fast as y_w's: pi(y_w) falls while the
+    margin 2t grows without bound."""
     bandit = displacement_bandit()
     # choice: the family varies the L2 strength; a single pair gives nothing to resample
     family = np.array([train_reward_model(bandit, lam) for lam in (0.1, 0.3, 1.0)])  # (3, 3)
     methods = {"DPO": Method("dpo", beta), "d-DPO": Method("d-dpo", beta, rewards=family[:1]),
-               "e-DPO": Method("e-dpo", beta, GAMMA_E, family), "p-DPO": Method("p-dpo", beta, GAMMA_P)}
+               "e-DPO": Method("e-dpo", beta, GAMMA_E, family),
+               "p-DPO": Method("p-dpo", beta, GAMMA_P)}
     drs = family[:, bandit.winners] - family[:, bandit.losers]  # (K, B)
-    k = pessimistic_distill_loss(np.zeros(1), drs, beta)[2]  # e-DPO follows the member it starts nearest
-    closed = {"d-DPO": distill_policy(bandit, family[0], beta), "e-DPO": distill_policy(bandit, family[k], beta)}
-    paths = {k: probs(bandit, train_policy(bandit, m, steps)[1]) for k, m in methods.items()}  # (T + 1, 3) each
+    # e-DPO follows the member it starts nearest
+    k = pessimistic_distill_loss(np.zeros(1), drs, beta)[2]
+    closed = {"d-DPO": distill_policy(bandit, family[0], beta),
+              "e-DPO": distill_policy(bandit, family[k], beta)}
+    paths = {k: probs(bandit, train_policy(bandit, m, steps)[1])
+             for k, m in methods.items()}  # (T + 1, 3) each
     rows = [row(bandit, k, np.log(p[-1]), beta, closed.get(k)) for k, p in paths.items()]
     dpo = paths["DPO"]
     res = {"rows": rows, "beta": beta, "steps": steps,
@@ -372,17 +410,20 @@ def scenario_displacement(out=None, beta=1.0, steps=3000):
 
 
 def length_bias_bandit(bias=0.7, n_compare=4):
-    """Five answers: good-short, ok-short, ok-long, bad-short, bad-long (the good one only exists short).
+    """Five answers: good-short, ok-short, ok-long, bad-short, bad-long (the good one only exists
+    short).
     Each pair is compared n_compare times; the annotator prefers the longer answer with probability
     `bias`, and otherwise samples Bradley-Terry on gold."""
-    gold, length = np.array([1.0, 0.0, 0.0, -1.0, -1.0]), np.array([1.0, 1.0, 2.0, 1.0, 2.0])  # (5,)
+    gold, length = (np.array([1.0, 0.0, 0.0, -1.0, -1.0]),
+                    np.array([1.0, 1.0, 2.0, 1.0, 2.0]))  # (5,)
     pairs = []
     for i in range(5):
         for j in range(i + 1, 5):
             p = sigmoid(gold[i] - gold[j])  # P(i beats j) for the gold annotator
             if length[i] != length[j]:
                 p = bias * (length[i] > length[j]) + (1 - bias) * p
-            k = int(np.floor(n_compare * p + 0.5))  # choice: expected counts, rounded: no sampling noise
+            # choice: expected counts, rounded: no sampling noise
+            k = int(np.floor(n_compare * p + 0.5))
             pairs += [(i, j)] * k + [(j, i)] * (n_compare - k)
     return tabular(np.ones(5) / 5, pairs, gold), length
 
@@ -390,14 +431,17 @@ def length_bias_bandit(bias=0.7, n_compare=4):
 def methods_for(beta, r_hat, family):
     return {"DPO": Method("dpo", beta), "IPO": Method("ipo", beta),
             "d-DPO": Method("d-dpo", beta, rewards=r_hat[None]),
-            "e-DPO": Method("e-dpo", beta, GAMMA_E, family), "p-DPO": Method("p-dpo", beta, GAMMA_P)}
+            "e-DPO": Method("e-dpo", beta, GAMMA_E, family),
+            "p-DPO": Method("p-dpo", beta, GAMMA_P)}
 
 
 def scenario_family(out=None, beta=0.5, steps=3000):
-    """(c) Length-biased labels. d-DPO distils the BT model fitted to all the data, which learned the bias;
-    e-DPO takes the worst case over models fitted with 0% .. 100% of the weight on longer-won pairs."""
+    """(c) Length-biased labels. d-DPO distils the BT model fitted to all the data, which learned
+    the bias; e-DPO takes the worst case over models fitted with 0% .. 100% of the weight on
+    longer-won pairs."""
     bandit, length = length_bias_bandit()
-    pi_ref, r_hat, family = np.exp(bandit.ref_logp), train_reward_model(bandit), reward_family(bandit, length, SHARES)
+    pi_ref, r_hat, family = (np.exp(bandit.ref_logp), train_reward_model(bandit),
+                             reward_family(bandit, length, SHARES))
     k, pess = pessimistic_choice(pi_ref, family, beta)
     m = methods_for(beta, r_hat, family)
     rows = [row(bandit, "oracle pi*_gold", np.log(optimal_policy(pi_ref, bandit.gold, beta)), beta),
@@ -418,13 +462,16 @@ def scenario_family(out=None, beta=0.5, steps=3000):
 
 
 def scenario_beta_sweep(out=None, betas=(0.1, 0.2, 0.5, 1.0, 2.0), steps=3000):
-    """(d) Final gold reward and KL(pi || pi_ref) of each method against beta, on the length-biased data."""
+    """(d) Final gold reward and KL(pi || pi_ref) of each method against beta, on the length-biased
+    data."""
     bandit, length = length_bias_bandit()
     r_hat, family = train_reward_model(bandit), reward_family(bandit, length, SHARES)
-    res = {"betas": list(betas), "steps": steps, "ref_gold": float(np.exp(bandit.ref_logp) @ bandit.gold)}
+    res = {"betas": list(betas), "steps": steps,
+           "ref_gold": float(np.exp(bandit.ref_logp) @ bandit.gold)}
     for beta in betas:
         for name, m in methods_for(beta, r_hat, family).items():
-            r, cur = run(bandit, name, m, steps=steps), res.setdefault(name, {"gold": [], "kl": [], "margin": []})
+            r, cur = (run(bandit, name, m, steps=steps),
+                      res.setdefault(name, {"gold": [], "kl": [], "margin": []}))
             for key in cur:
                 cur[key].append(r[key])
     if out:
@@ -488,7 +535,8 @@ def draw_family(bandit, res, path):
             label="pi*_gold for beta in [0.1, 10] (best possible)")
     for m in res["members"]:
         ax.scatter(m["kl"], m["gold"], c="grey", marker="x")
-        ax.annotate(f"s={m['share']}", (m["kl"], m["gold"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(f"s={m['share']}", (m["kl"], m["gold"]), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
     for i, r in enumerate(res["rows"][1:]):
         ax.scatter(r["kl"], r["gold"], c=f"C{i}", label=r["method"], zorder=3)
     ax.set(xlabel="KL(pi || pi_ref)", ylabel="E_pi[gold reward]",
@@ -503,8 +551,10 @@ def draw_beta_sweep(res, path):
         ax1.plot(res["betas"], res[name]["gold"], "o-", label=name)
         ax2.plot(res["betas"], res[name]["kl"], "o-", label=name)
     ax1.axhline(res["ref_gold"], color="grey", ls=":", label="pi_ref")
-    ax1.set(xscale="log", xlabel="beta", ylabel="E_pi[gold reward]", title="length-biased labels: gold reward")
-    ax2.set(xscale="log", yscale="log", xlabel="beta", ylabel="KL(pi || pi_ref)", title="distance from pi_ref")
+    ax1.set(xscale="log", xlabel="beta", ylabel="E_pi[gold reward]",
+            title="length-biased labels: gold reward")
+    ax2.set(xscale="log", yscale="log", xlabel="beta", ylabel="KL(pi || pi_ref)",
+            title="distance from pi_ref")
     for ax in (ax1, ax2):
         ax.legend(fontsize=8)
     save(fig, path)
@@ -515,11 +565,13 @@ def draw_beta_sweep(res, path):
 
 
 def print_rows(title, rows):
-    print(f"\n{title}\n{'method':<26} {'policy':<44} {'E[gold]':>7} {'KL(pi|ref)':>10} {'max b*h':>8} {'gap':>8}")
+    print(f"\n{title}\n{'method':<26} {'policy':<44} {'E[gold]':>7} {'KL(pi|ref)':>10} "
+          f"{'max b*h':>8} {'gap':>8}")
     for r in rows:
         gap = "-" if r["gap"] is None else f"{r['gap']:.1e}"
         pol = " ".join(f"{p:.3f}" for p in r["policy"])
-        print(f"{r['method']:<26} {pol:<44} {r['gold']:7.3f} {r['kl']:10.3f} {r['margin']:8.2f} {gap:>8}")
+        print(f"{r['method']:<26} {pol:<44} {r['gold']:7.3f} {r['kl']:10.3f} {r['margin']:8.2f} "
+              f"{gap:>8}")
 
 
 def print_sweep(res):
@@ -536,22 +588,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description="DPO's divergence and the distillation fix in a preference bandit.")
+    p = ArgumentParser(
+        description="DPO's divergence and the distillation fix in a preference bandit.")
     p.add_argument("--out", default="runs",
-                   help="folder for the figures: each run writes a new bandit-NNN folder inside (default: runs)")
-    p.add_argument("--json", action="store_true", help="print the numbers as JSON instead of tables")
+                   help="folder for the figures: each run writes a new bandit-NNN folder inside "
+                        "(default: runs)")
+    p.add_argument("--json", action="store_true",
+                   help="print the numbers as JSON instead of tables")
     return p.parse_args(argv)
 
 
 def main(argv=None):
-    """Run the four scenarios, draw their figures into a new bandit-NNN folder, print tables (or JSON).
-    Returns the exit status: 0; 2 with one `error:` line on stderr when --out cannot be used; 130 on ctrl-c."""
+    """Run the four scenarios, draw their figures into a new bandit-NNN folder, print tables (or
+    JSON). Returns the exit status: 0; 2 with one `error:` line on stderr when --out cannot be used;
+    130 on ctrl-c."""
     args = parse_args(argv)
     try:
         run_scenarios(args)
     except OSError as e:
-        print(f"error: cannot write to --out {args.out!r} ({e.strerror or e}); choose a folder you can write to",
-              file=sys.stderr)
+        print(f"error: cannot write to --out {args.out!r} ({e.strerror or e}); "
+              "choose a folder you can write to", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; files written before this point are kept", file=sys.stderr)
@@ -560,7 +616,8 @@ def main(argv=None):
 
 
 def new_run_dir(out):
-    """a fresh bandit-NNN folder inside out, so no run overwrites another; two runs started at once get two."""
+    """a fresh bandit-NNN folder inside out, so no run overwrites another; two runs started at once
+    get two."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise NotADirectoryError(0, f"{out} is a file, not a folder")
     os.makedirs(out, exist_ok=True)
@@ -575,7 +632,8 @@ def new_run_dir(out):
 
 
 def run_scenarios(args):
-    """the four scenarios, their figures in a new bandit-NNN folder inside args.out, and their tables."""
+    """the four scenarios, their figures in a new bandit-NNN folder inside args.out, and their
+    tables."""
     folder = new_run_dir(args.out)
     t0 = time.time()
     res = {"a": scenario_divergence(folder), "b": scenario_displacement(folder),
@@ -585,10 +643,12 @@ def run_scenarios(args):
         print(json.dumps(res, indent=1))
         print(f"figures in {folder}", file=sys.stderr)  # stdout stays pure JSON
         return
-    print_rows(f"(a) DPO diverges (3 arms, uniform pi_ref, beta={res['a']['beta']}, DPO {res['a']['steps']} steps)",
-               res["a"]["rows"])
-    print_rows("(b) likelihood displacement (log-linear, phi_w=(1,0) phi_l=(0,1) phi_u=(2,-1))", res["b"]["rows"])
-    print_rows(f"(c) length-biased labels (arms good-s ok-s ok-L bad-s bad-L, beta={res['c']['beta']})",
+    print_rows(f"(a) DPO diverges (3 arms, uniform pi_ref, beta={res['a']['beta']}, "
+               f"DPO {res['a']['steps']} steps)", res["a"]["rows"])
+    print_rows("(b) likelihood displacement (log-linear, phi_w=(1,0) phi_l=(0,1) phi_u=(2,-1))",
+               res["b"]["rows"])
+    print_rows(f"(c) length-biased labels (arms good-s ok-s ok-L bad-s bad-L, "
+               f"beta={res['c']['beta']})",
                res["c"]["rows"])
     print_sweep(res["d"])
     print(f"\ngap: max |pi - closed form| (e-DPO: its gamma -> 0 limit). {res['seconds']} s")

@@ -183,3 +183,10 @@ def test_every_link_in_the_docs_leads_to_a_file_and_every_fragment_to_an_anchor_
 def test_the_readme_links_every_docs_page():
     linked = {os.path.normpath(f) for f, _ in links("README.md")}
     assert [p for p in DOCS[1:] if p not in linked] == []
+
+
+def test_every_mutant_of_the_mutation_check_still_matches_the_code_exactly_once():
+    """tests/mutation_check.py plants one-line bugs by replacing a snippet; a snippet the code no longer holds (or
+    holds twice) would silently test nothing, so each must occur exactly once in its file."""
+    import mutation_check
+    assert mutation_check.stale(mutation_check.MUTANTS) == []

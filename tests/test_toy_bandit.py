@@ -391,3 +391,9 @@ def test_ctrl_c_is_one_line_and_no_traceback(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("interrupted"), err
     assert sorted(p.name for p in (tmp_path / "bandit-001").iterdir()) == ["a_divergence.png", "b_displacement.png"]
+
+
+def test_toy_bandit_py_keeps_to_the_style_guides_line_limit():
+    """no line of toy_bandit.py is over 100 characters (the style guide's limit, as for rddpo.py)."""
+    source = open(os.path.join(ROOT, "toy_bandit.py")).read()
+    assert [n for n, line in enumerate(source.splitlines(), 1) if len(line) > 100] == []
