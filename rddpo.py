@@ -524,15 +524,22 @@ class Tokens:
     side: str = "right"           # where the padding is
 
 
+class ChatTurn(str):
+    """a response that a chat template wrote, its closing tokens included (harness/data.py renders
+    conversational pairs so): encode adds no eos to it, as TRL adds none to conversational data."""
+
+
 def encode(tokenizer, prompt, response, max_length):
-    """(prompt ids, response ids + eos, truncated?); None when the prompt fills the context."""
+    """(prompt ids, response ids + eos, truncated?); None when the prompt fills the context. a
+    ChatTurn ends with its template's own closing instead of eos."""
     p = tokenizer(prompt, add_special_tokens=False).input_ids
     full = tokenizer(prompt + response, add_special_tokens=False).input_ids
     # a merge across the boundary (bpe) would shift tokens between prompt and response; then
     # tokenise the two apart so that the response mask stays exact
     apart = full[:len(p)] != p
     r = tokenizer(response, add_special_tokens=False).input_ids if apart else full[len(p):]
-    r = r + [tokenizer.eos_token_id]
+    if not isinstance(response, ChatTurn):
+        r = r + [tokenizer.eos_token_id]
     if len(p) >= max_length:
         return None
     return p, r[:max_length - len(p)], len(p) + len(r) > max_length

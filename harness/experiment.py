@@ -65,7 +65,11 @@ class Config(Knobs):
                                                     "and optimizer stay float32): faster on a gpu", "choices": cli.DTYPES})
     device: str = field(default="auto", metadata={"help": "auto takes cuda, then mps, then cpu", "choices": cli.DEVICES})
     out: str = field(default="runs", metadata={"help": "output folder: each run writes a new run-NNN folder inside"})
-    data: str = field(default="", metadata={"help": "your own pairs: JSON lines with prompt, chosen, rejected"})
+    data: str = field(default="", metadata={"help": "your own pairs in TRL's preference formats: prompt, chosen and "
+                      "rejected as text or as lists of messages (no prompt: the opening chosen and rejected share); a "
+                      "JSON-lines, .json, .parquet or .csv file, or a hub dataset's name (docs/your-data.md)"})
+    data_split: str = field(default="train", metadata={"help": "--data: the split of a hub dataset, e.g. test or "
+                            "train[:1000]"})
     sweep: bool = field(default=False, metadata={"help": "run every bias in --sweep-biases and draw the headline figure"})
     sweep_biases: str = field(default="0,0.25,0.5,0.75,1", metadata={"help": "bias values for --sweep"})
     grid: list = field(default_factory=list, metadata={"help": "knob=a,b,...: the comparison at each value (grid.py)"})
@@ -80,8 +84,9 @@ class Config(Knobs):
     # choice: unlabelled pairs feed distillation only (d-DPO, e-DPO): DPO, IPO and p-DPO need the labels
     unlabeled: int = field(default=0, metadata={"help": "pairs sampled from pi_ref, unlabelled, that d-DPO and e-DPO "
                                                 "distil on besides the labelled ones (the paper's rho)"})
-    chat_template: bool = field(default=False, metadata={"help": "--data: wrap each prompt in the model's chat template "
-                                                         "(for instruct models)"})
+    chat_template: bool = field(default=False, metadata={"help": "--data: wrap each plain-text prompt as the user's "
+                                                         "turn in the model's chat template (for instruct models; "
+                                                         "conversational rows are always rendered in it)"})
     save_policy: bool = field(default=False, metadata={"help": "write each trained policy as a model folder in its run"})
 
     def method_list(self):
@@ -195,12 +200,16 @@ def held_out(prompts, chosen, rejected, reference, tokenizer, max_length, device
 
 
 def user_task(pairs, reference, tokenizer, cfg, seed, device):
-    """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split."""
+    """your pairs -> (prompts, chosen, rejected) of the training split, and a HeldOut of the held-out split. the texts
+    are as data.read_pairs wrote them: a conversational pair's in the model's chat template, its responses ChatTurns
+    (the template's closing, no eos)."""
     train, held = data.split_pairs(pairs, seed)
     held = [row for row in held if fits(tokenizer, row[0], cfg.max_length)]
     seed_everything(seed + 7)
     drawn = sample(reference, tokenizer, [row[0] for row in held], cfg.max_new_tokens, cfg.max_length, device, "pi_ref")
     ev = held_out(*([row[i] for row in held] for i in range(3)), reference, tokenizer, cfg.max_length, device, drawn)
+    # tokenised now, so plain str: what prepared() saves, torch.load(weights_only=True) reads back
+    ev.chosen, ev.rejected = [str(t) for t in ev.chosen], [str(t) for t in ev.rejected]
     ev.ref_shown = sample_rows(ev.prompts[:N_SHOW], drawn, tokenizer.eos_token_id)
     return (*([row[i] for row in train] for i in range(3)), ev)
 

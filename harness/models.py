@@ -10,12 +10,11 @@ import json
 import os
 import re
 import shutil
-import socket
 
 import numpy as np
 import torch
 
-from harness.cli import UsageError, quiet_transformers
+from harness.cli import UsageError, hub_reachable, quiet_transformers
 from harness.data import split_pairs
 from rddpo import all_logps, batch_tensors, fits, lora_config, pad, progress, seed_everything, tokenize
 from harness.task import build_tokenizer, longest_task_tokens, reviews
@@ -30,15 +29,6 @@ def build_tiny_gpt2(tokenizer, n_layer, n_embd, n_head, n_positions):
     eos = tokenizer.eos_token_id
     return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=n_embd,
                                       n_layer=n_layer, n_head=n_head, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos))
-
-
-def hub_reachable(timeout=3.0):
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def load_pretrained(name, max_length):
@@ -240,10 +230,14 @@ def fine_tune(model, tokens, steps, lr, batch_size, seed, device, micro_batch=No
 
 def sft_cache(cfg, seed, lr):
     """the folder of --data's fine-tuned pi_ref for one seed: named by the model and a key of everything it depends
-    on (the model, the data file's bytes, --chat-template, the seed whose training split it saw and the settings).
-    a model folder converted again in place keeps its name: delete the cache then, as for the task's reference."""
-    with open(cfg.data, "rb") as f:
-        data = hashlib.sha256(f.read()).hexdigest()
+    on (the model, the data file's bytes or a hub dataset's name and split, --chat-template, the seed whose training
+    split it saw and the settings). a model folder converted again in place keeps its name: delete the cache then,
+    as for the task's reference."""
+    if os.path.isfile(cfg.data):
+        with open(cfg.data, "rb") as f:
+            data = hashlib.sha256(f.read()).hexdigest()
+    else:  # a hub dataset (data.read_pairs): its name and split
+        data = f"{cfg.data} {cfg.data_split}"
     key = dict(model=cfg.model, data=data, chat_template=cfg.chat_template, seed=seed, steps=cfg.sft_steps, lr=lr,
                batch_size=cfg.batch_size, max_length=cfg.max_length, dtype=cfg.dtype)  # bfloat16 autocast trains it too
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]

@@ -13,9 +13,10 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import rddpo  # noqa: E402
-from harness import experiment, models  # noqa: E402
+from harness import data, experiment, models  # noqa: E402
 import rddpo_trl  # noqa: E402
 from harness.task import TITLES, build_tokenizer, make_prompts, make_review  # noqa: E402
+from test_data import chat_rows, model_folder, word_chat_tokenizer, write_jsonl  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's root
 B, N, K, MAX_LENGTH = 4, 6, 3, 64  # pairs per step, pairs in the data, reward models, tokens
@@ -42,15 +43,32 @@ def texts():
 
 
 @pytest.fixture(scope="module")
+def chat():
+    """conversational pairs: a tokenizer with a ChatML-like chat template (test_data.word_chat_tokenizer, whose turns
+    end in <|im_end|>, not eos), a small gpt-2 with random weights on it, N pairs of the task's prompts and reviews as
+    messages (one and two turns), and their text as data.read_pairs renders them -> (tokenizer, pi_ref, rows, texts)"""
+    tok = word_chat_tokenizer()
+    torch.manual_seed(0)
+    reference = models.build_tiny_gpt2(tok, n_layer=2, n_embd=32, n_head=2, n_positions=MAX_LENGTH).eval()
+    rows = chat_rows(N, seed=2)
+    pairs = [data.rendered_pair(tok, data.read_row(r, f"row {i}"), f"row {i}") for i, r in enumerate(rows)]
+    return tok, reference, rows, tuple(list(x) for x in zip(*pairs))
+
+
+@pytest.fixture(scope="module")
 def scores():
     """(K, 2N) reward scores: the chosen rows, then the rejected rows, as rddpo.Pairs.rm_family keeps them."""
     return torch.randn(K, 2 * N, generator=torch.Generator().manual_seed(1))
 
 
-def scored_dataset(texts, scores):
-    prompts, chosen, rejected = texts
-    return [dict(prompt=p, chosen=c, rejected=r, rm_chosen=scores[:, i].tolist(), rm_rejected=scores[:, N + i].tolist())
-            for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected))]
+def text_rows(texts):
+    return [dict(prompt=p, chosen=c, rejected=r) for p, c, r in zip(*texts)]
+
+
+def scored_dataset(rows, scores):
+    """rows (dicts of prompt, chosen, rejected) with the scores (K, 2N) as the columns rm_chosen, rm_rejected."""
+    return [dict(row, rm_chosen=scores[:, i].tolist(), rm_rejected=scores[:, N + i].tolist())
+            for i, row in enumerate(rows)]
 
 
 def trl_args(tmp_path, method, **kw):
@@ -82,18 +100,24 @@ def moved_adapters(model, seed=5, scale=0.05):
     return model
 
 
-@pytest.mark.parametrize("method,pool_batch,lora", [("d-dpo", None, 0), ("e-dpo", None, 0), ("p-dpo", None, 0),
-                                                    ("e-dpo", B // 2, 0), ("p-dpo", 1, 0), ("e-dpo", None, 4),
-                                                    ("d-dpo", None, 4)])
-def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch, lora, tokenizer, reference, texts,
-                                                              scores, tmp_path):
+@pytest.mark.parametrize("method,pool_batch,lora,conversational", [
+    ("d-dpo", None, 0, False), ("e-dpo", None, 0, False), ("p-dpo", None, 0, False), ("e-dpo", B // 2, 0, False),
+    ("p-dpo", 1, 0, False), ("e-dpo", None, 4, False), ("d-dpo", None, 4, False), ("e-dpo", None, 0, True),
+    ("d-dpo", None, 4, True)])
+def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch, lora, conversational, tokenizer,
+                                                              reference, texts, chat, scores, tmp_path):
     """on one tiny gpt-2, one batch (the first B pairs), the same scores and the same M pool rows (--pool-batch M,
     or its default), the trainer's compute_loss and its gradients equal rddpo.train_policy's step (forward,
     sequence_logps, pool_batch, policy_loss) to 1e-5. the policy is moved off the reference, so a swapped reference,
     a flipped sign, a missing beta or gamma, a lost eos or prompt token, or other pool rows all change the numbers.
     with lora, both are LoRA policies (rddpo.new_policy; TRL's peft_config, no ref_model) with the same adapter
     weights, moved off zero: pi_ref is then the policy with its adapters off on both sides, and the gradients are
-    the adapters'."""
+    the adapters'. conversational: the trainer is given the pairs as messages, which TRL renders through the chat
+    template, and rddpo.py the text data.read_pairs renders (the pool drawn on those prompts): an eos after the
+    template's closing, or a prompt rendered otherwise, changes the numbers."""
+    data_rows = text_rows(texts)
+    if conversational:
+        tokenizer, reference, data_rows, texts = chat
     k, M = 1 if method == "d-dpo" else K, rddpo.pool_rows_per_step(B, pool_batch)
     policy = moved_adapters(rddpo.new_policy(copy.deepcopy(reference), lora, "cpu")) if lora else moved(reference)
     # rddpo.py's side, as experiment.prepare and rddpo.train_policy build it
@@ -118,7 +142,8 @@ def test_trainer_loss_and_gradients_equal_rddpo_training_step(method, pool_batch
                                             ref_model=None if lora else copy.deepcopy(reference),
                                             peft_config=rddpo.lora_config(lora) if lora else None,
                                             args=trl_args(tmp_path, method, pool_batch=pool_batch),
-                                            train_dataset=scored_dataset(texts, scores[:k]), processing_class=tokenizer,
+                                            train_dataset=scored_dataset(data_rows, scores[:k]),
+                                            processing_class=tokenizer,
                                             pool_dataset=None if method == "d-dpo" else pool)
     if lora:  # TRL's reference log-probs and the pool's were taken with the fresh adapters; now move them as ours
         torch.testing.assert_close(torch.tensor(trainer.train_dataset["ref_chosen_logps"][:B]),
@@ -204,12 +229,37 @@ def test_add_reward_scores_are_rddpo_scores_per_member_chosen_and_rejected(token
     assert abs(data[3]["rm_rejected"][2] - alone) < 1e-5 and len(data[0]["rm_chosen"]) == 3
 
 
+def test_conversational_and_implicit_rows_are_scored_in_the_chat_template_as_rddpo_scores_them(chat):
+    """add_reward_scores on conversational rows without a prompt column: as_dataset makes the prompt explicit (the
+    leading messages both share, as TRL's extract_prompt), and each member's score of pair i is its rddpo.score of the
+    pair as data.read_pairs renders it (the template's closing, no eos). a tokenizer without a chat template, or rows
+    sharing no opening: one-line errors."""
+    from trl.data_utils import extract_prompt
+    tok, reference, rows, texts = chat
+    implicit = [dict(chosen=r["prompt"] + r["chosen"], rejected=r["prompt"] + r["rejected"]) for r in rows]
+    explicit = rddpo_trl.as_dataset(implicit)
+    assert [dict(zip(("prompt", "chosen", "rejected"), (r[c] for c in ("prompt", "chosen", "rejected"))))
+            for r in explicit] == [extract_prompt(r) for r in implicit] == rows
+    torch.manual_seed(4)
+    rm = rddpo.RewardModel(reference)
+    torch.nn.init.normal_(rm.head.weight)
+    scored = rddpo_trl.add_reward_scores(implicit, [rm], tok, MAX_LENGTH, batch_size=4)
+    tokens = rddpo.tokenize_pairs(tok, *texts, MAX_LENGTH).tokens
+    chosen, rejected = rddpo.score(rm, tokens, "cpu").chunk(2)  # (N,) each
+    assert torch.allclose(torch.tensor(scored["rm_chosen"])[:, 0], chosen, atol=1e-6)
+    assert torch.allclose(torch.tensor(scored["rm_rejected"])[:, 0], rejected, atol=1e-6)
+    with pytest.raises(ValueError, match="no chat template"):
+        rddpo_trl.add_reward_scores(implicit, [rm], build_tokenizer(), MAX_LENGTH)
+    with pytest.raises(ValueError, match="row 1: chosen and rejected share no opening"):
+        rddpo_trl.as_dataset([dict(chosen="the plot", rejected="the cast"), dict(chosen="great", rejected="dull")])
+
+
 def test_bad_input_gets_one_line_errors(tokenizer, reference, texts, scores, tmp_path):
     """a dataset without score columns (d-DPO, e-DPO), d-DPO with K scores, e-DPO or p-DPO without a pool, an
     unknown method, or pairs without a rejected column: each a one-line ValueError that says what to do."""
     plain = [dict(prompt=p, chosen=c, rejected=r) for p, c, r in zip(*texts)]
     cases = [(dict(args=trl_args(tmp_path, "e-dpo"), train_dataset=plain), "add_reward_scores"),
-             (dict(args=trl_args(tmp_path, "d-dpo"), train_dataset=scored_dataset(texts, scores)), "one reward model"),
+             (dict(args=trl_args(tmp_path, "d-dpo"), train_dataset=scored_dataset(plain, scores)), "one reward model"),
              (dict(args=trl_args(tmp_path, "p-dpo"), train_dataset=plain), "sample_pool"),
              (dict(args=trl_args(tmp_path, "dpo"), train_dataset=plain), "unknown method"),
              (dict(args=trl_args(tmp_path, "p-dpo"), train_dataset=[{"prompt": "a", "chosen": "b"}]), "rejected")]
@@ -303,6 +353,22 @@ def test_the_demo_on_your_data_scores_and_pools_the_training_split_only(tokenize
     assert sorted(pairs["chosen"]) == sorted(c for _, c, _ in train) and len(held) == 2
     assert not {c for _, c, _ in held} & set(pairs["chosen"]) and len(pool) == 2 * 4
     assert {tokenizer.decode(ids) for ids in pool["prompt_ids"]} <= {p for p, _, _ in train}
+
+
+def test_the_demo_on_conversational_data_gives_trl_the_messages_and_pools_on_the_rendered_prompts(chat, tmp_path):
+    """--data of conversational pairs on a --model with a chat template: the trainer's pairs are the training split's
+    messages (TRL's own form, which it renders as data.read_pairs does), scored on the rendered text, and every pool
+    row's prompt ids are the tokens of a rendered training prompt."""
+    tok, reference, rows, _ = chat
+    folder = model_folder(tmp_path / "model", tok)
+    a = rddpo_trl.Args(model=folder, method="e-dpo", data=write_jsonl(tmp_path / "chat.jsonl", chat_rows(20, seed=3)),
+                       steps=2, batch_size=4, rm_steps=1, ensemble=2, out=str(tmp_path))
+    pairs, pool = rddpo_trl.prepare(a, reference, tok, 1, "cpu")
+    train, _ = data.split_pairs(data.read_pairs(a.data, model=folder), 0)
+    assert [{c: r[c] for c in ("prompt", "chosen", "rejected")} for r in pairs] == [p.messages for p in train]
+    assert len(pairs[0]["rm_chosen"]) == 2
+    rendered = {tuple(tok(p, add_special_tokens=False).input_ids) for p, _, _ in train}
+    assert len(pool) == 2 * 4 and all(tuple(ids) in rendered for ids in pool["prompt_ids"])
 
 
 @pytest.mark.slow

@@ -24,7 +24,8 @@ LoRA: DistilledDPOTrainer(model, ..., peft_config=rddpo.lora_config(16)) trains 
 with them off, for the pairs (TRL's reference log-probs) and the forward-KL pool (adapters_off) alike.
 
 TRL internals used (trl 1.16.0; they may move in other versions):
-  DPOTrainer._prepare_dataset          tokenises the pairs and appends eos (not overridden)
+  DPOTrainer._prepare_dataset          tokenises the pairs, appending eos to plain text and rendering conversational
+                                       pairs in the chat template (not overridden; harness.data renders them alike)
   DataCollatorForPreference            subclassed to carry the score columns (ScoredPreferenceCollator)
   DPOTrainer._precompute_ref_logps     precompute_ref_log_probs=True: ref_chosen_logps / ref_rejected_logps columns
   DPOTrainer.compute_ref_log_probs     overridden to drop the score columns from the model inputs
@@ -38,6 +39,7 @@ TRL internals used (trl 1.16.0; they may move in other versions):
 import argparse
 import copy
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,27 +51,49 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 import rddpo
 from harness import cli, experiment, models, task
-from harness.data import split_pairs, user_pairs
+from harness.data import FIELDS, implicit_prompt, render_conversation, split_pairs, template_kwargs, user_pairs
 
 METHODS = ("d-dpo", "e-dpo", "p-dpo")
 SCORES = ("rm_chosen", "rm_rejected")  # the score columns: K floats per pair each
+TEMPLATE = ("tools", "chat_template_kwargs")  # columns that TRL passes to the chat template (data.template_kwargs)
 
 # -----------------------------------------------------------------------------
 # 1. scoring once, as dataset columns
 
 
 def as_dataset(pairs):
-    """a datasets.Dataset or a list of dicts with prompt, chosen and rejected -> Dataset, or a one-line error."""
+    """a datasets.Dataset or a list of dicts in one of TRL's preference forms (prompt, chosen and rejected as text,
+    or as lists of {"role", "content"} messages; without a prompt column, the shared opening of chosen and rejected
+    is the prompt) -> Dataset with the prompt explicit (harness.data.implicit_prompt: TRL's own rule), or a one-line
+    error."""
     data = pairs if isinstance(pairs, Dataset) else Dataset.from_list(list(pairs))
-    missing = [c for c in ("prompt", "chosen", "rejected") if c not in data.column_names]
+    missing = [c for c in FIELDS[1:] if c not in data.column_names]
     if data.num_rows == 0:
         raise ValueError("the preference data is empty")
     if missing:
-        raise ValueError(f"the preference data has no {', '.join(missing)} column; TRL's format is prompt, chosen, "
-                         f"rejected (plain text)")
-    if not isinstance(data[0]["prompt"], str):
-        raise ValueError("the preference data is conversational; score and train on plain-text prompts here")
-    return data
+        raise ValueError(f"the preference data has no {', '.join(missing)} column; TRL's format is prompt (or none: "
+                         f"implicit), chosen, rejected, as text or as lists of messages")
+    return data if "prompt" in data.column_names else data.map(explicit_prompt, with_indices=True)
+
+
+def explicit_prompt(row, i):
+    """a row without a prompt, with chosen and rejected's shared opening as its prompt (implicit_prompt)."""
+    prompt, chosen, rejected = implicit_prompt(row["chosen"], row["rejected"])
+    if not prompt:
+        raise ValueError(f"row {i}: chosen and rejected share no opening, so the implicit prompt is empty")
+    return dict(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def as_text(data, tokenizer):
+    """the pairs of a Dataset (as_dataset's) as text -> (prompts, chosen, rejected) lists: conversational rows
+    rendered through the tokenizer's chat template as TRL's DPOTrainer renders them (their responses ChatTurns,
+    which rddpo.encode ends with the template's closing, not eos), plain text as it is."""
+    if not isinstance(data[0]["chosen"], list):
+        return tuple(list(data[c]) for c in FIELDS)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the preference data is conversational, but the tokenizer has no chat template to render it")
+    texts = [render_conversation(tokenizer, *(row[c] for c in FIELDS), **template_kwargs(row)) for row in data]
+    return tuple(list(x) for x in zip(*texts))
 
 
 @torch.no_grad()
@@ -99,14 +123,14 @@ def add_reward_scores(pairs, reward_models, tokenizer=None, max_length=1024, dev
     data = as_dataset(pairs)
     if not reward_models:
         raise ValueError("no reward models given; pass a list of one (d-DPO) or several (e-DPO)")
-    prompts = list(data["prompt"]) * 2  # the chosen rows, then the rejected rows, as rddpo.tokenize_pairs
-    responses = list(data["chosen"]) + list(data["rejected"])
     scores = []
     for rm in reward_models:
         rm, tok = rm if isinstance(rm, tuple) else (rm, tokenizer)
         if tok is None:
             raise ValueError("a reward model needs a tokenizer: pass tokenizer= or (model, tokenizer) pairs")
-        scores.append(score_texts(rm, tok, prompts, responses, max_length, device, batch_size))  # (2N,)
+        prompts, chosen, rejected = as_text(data, tok)  # conversational rows in this tokenizer's chat template
+        # the chosen rows, then the rejected rows, as rddpo.tokenize_pairs
+        scores.append(score_texts(rm, tok, prompts * 2, chosen + rejected, max_length, device, batch_size))  # (2N,)
     chosen, rejected = torch.stack(scores).chunk(2, dim=1)  # (K, N) each
     data = data.remove_columns([c for c in SCORES if c in data.column_names])
     return data.add_column(SCORES[0], chosen.T.tolist()).add_column(SCORES[1], rejected.T.tolist())
@@ -147,14 +171,17 @@ def pool_tokens(pool, tokenizer, max_length):
 @dataclass
 class DistilledDPOConfig(DPOConfig):
     """DPOConfig plus the method and the weight of the forward-KL term. rddpo.py's log-prob convention (a SUM over
-    the response's tokens, prompt excluded, its closing eos counted) is TRL 1.16's own with these options at their
-    defaults, so the trainer refuses others: ld_alpha=None (no length-desensitised sum), use_weighting=False,
-    padding_free=False, truncation_mode="keep_start" (rddpo cuts the response's end at max_length), and the data in
-    plain text (TRL's _prepare_dataset then appends eos to chosen and rejected); compute_loss sums TRL's per-token
-    log-probs itself (response_logps). loss_type is not read. where TRL's tokens can still differ from rddpo.encode's:
-    a tokenizer that adds bos (TRL tokenises with special tokens, rddpo without) and a bpe merge across the
-    prompt-response boundary (TRL moves the boundary back, rddpo tokenises the response apart); neither happens with
-    gpt-2's tokenizer or the task's word-level one."""
+    the response's tokens, prompt excluded, its closing eos or end of turn counted) is TRL 1.16's own with these
+    options at their defaults, so the trainer refuses others: ld_alpha=None (no length-desensitised sum),
+    use_weighting=False, padding_free=False and truncation_mode="keep_start" (rddpo cuts the response's end at
+    max_length). plain-text data: TRL's _prepare_dataset appends eos to chosen and rejected, as rddpo.encode does;
+    conversational data: TRL renders it through the chat template and appends nothing, and
+    harness.data.render_conversation writes the same text, its responses ChatTurns, to which rddpo.encode adds no eos
+    either. compute_loss sums TRL's per-token log-probs itself (response_logps). loss_type is not read. where TRL's
+    tokens can still differ from rddpo.encode's: plain text on a tokenizer that adds bos (TRL tokenises it with
+    special tokens, rddpo without; a chat template writes its bos itself) and a bpe merge across the prompt-response
+    boundary (TRL moves the boundary back, rddpo tokenises the response apart); neither happens with gpt-2's
+    tokenizer, the task's word-level one, or a chat template whose reply opens after a special token or a newline."""
     method: str = field(default="e-dpo", metadata={"help": "d-dpo, e-dpo or p-dpo"})
     gamma: float = field(default=0.1, metadata={"help": "weight of the forward-KL term in e-DPO and p-DPO"})
     pool_batch: int = field(default=None, metadata={"help": "M, pool rows per step and process (rddpo.py's "
@@ -481,12 +508,17 @@ class Args:
                                             "16 for a --model, 0 for the tiny model"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the reward models and TRL"})
     log_every: int = field(default=5, metadata={"help": "steps between logged lines"})
-    data: str = field(default="", metadata={"help": "your own pairs (JSON lines, as rddpo.py --data): the reward models "
-                                            "and the policy train on this seed's training split (data.split_pairs)"})
+    data: str = field(default="", metadata={"help": "your own pairs, as rddpo.py --data takes them (a JSON-lines, "
+                                            ".json, .parquet or .csv file or a hub dataset, in TRL's preference "
+                                            "formats, conversational rows in --model's chat template): the reward "
+                                            "models and the policy train on this seed's training split "
+                                            "(data.split_pairs)"})
+    data_split: str = field(default="train", metadata={"help": "--data: the split of a hub dataset"})
     sft_steps: int = field(default=0, metadata={"help": "pi_ref's fine-tuning steps, as rddpo.py --sft-steps (the same "
                                                 "cache): on the task's reviews, or with --data on a --model the training "
                                                 "split's chosen responses; 0: rddpo.py's default"})
-    chat_template: bool = field(default=False, metadata={"help": "--data: each prompt in the model's chat template"})
+    chat_template: bool = field(default=False, metadata={"help": "--data: each plain-text prompt as the user's turn in "
+                                                         "the model's chat template"})
     max_length: int = field(default=64, metadata={"help": "tokens per prompt+response"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest sampled pool response"})
     out: str = field(default="runs", metadata={"help": "folder of the cached reference; TRL writes in OUT/trl-METHOD"})
@@ -506,25 +538,30 @@ def rddpo_config(a):
     return models.model_defaults(experiment.Config(
         model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs, n_eval=8,
         ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma, pool_batch=a.pool_batch or None,
-        out=a.out, data=a.data, sft_steps=a.sft_steps or None, chat_template=a.chat_template, max_length=a.max_length,
-        max_new_tokens=a.max_new_tokens, lora=None if a.lora < 0 else a.lora))
+        out=a.out, data=a.data, data_split=a.data_split, sft_steps=a.sft_steps or None, chat_template=a.chat_template,
+        max_length=a.max_length, max_new_tokens=a.max_new_tokens, lora=None if a.lora < 0 else a.lora))
 
 
-def prepare(a, reference, tokenizer, world, device):
-    """the built-in task's pairs (or --data's training split), scored once by the reward models rddpo.reward_scores
-    would train (the plain one for d-DPO, the family for e-DPO), and the forward-KL pool for this run's steps ->
-    (pairs, pool or None) Datasets."""
-    cfg = rddpo_config(a)
+def prepare(a, reference, tokenizer, world, device, user=None):
+    """the built-in task's pairs (or --data's training split: of `user`, data.user_pairs' if None), scored once by
+    the reward models rddpo.reward_scores would train (the plain one for d-DPO, the family for e-DPO), and the
+    forward-KL pool for this run's steps -> (pairs, pool or None) Datasets."""
+    cfg, rows = rddpo_config(a), None
     if a.data:  # the held-out tenth stays out, as in rddpo.py; prompts that fill the context are left out
-        rows = [r for r in split_pairs(user_pairs(cfg), a.seed)[0] if rddpo.fits(tokenizer, r[0], cfg.max_length)]
+        train = split_pairs(user or user_pairs(cfg), a.seed)[0]
+        rows = [r for r in train if rddpo.fits(tokenizer, r[0], cfg.max_length)]
         prompts, chosen, rejected = (list(x) for x in zip(*rows))
     else:
         prompts, chosen, rejected, _ = experiment.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
     pairs = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
-    data = Dataset.from_dict({k: [v[i] for i in pairs.keep] for k, v in
-                              dict(prompt=prompts, chosen=chosen, rejected=rejected).items()})
+    if rows and rows[0].messages:  # conversational: TRL's own form, which TRL renders as data.read_pairs did
+        data = Dataset.from_list([dict(rows[i].messages, **{k: v for k, v in rows[i].extra.items() if k in TEMPLATE})
+                                  for i in pairs.keep])
+    else:
+        data = Dataset.from_dict({k: [v[i] for i in pairs.keep] for k, v in
+                                  dict(prompt=prompts, chosen=chosen, rejected=rejected).items()})
     if a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
-        longer = np.array([len(task.words(c)) > len(task.words(r)) for c, r in zip(data["chosen"], data["rejected"])])
+        longer = np.array([len(task.words(chosen[i])) > len(task.words(rejected[i])) for i in pairs.keep])
         no_diagnostics = lambda rm, scores: {}  # noqa: E731  (experiment.diagnose's numbers are not printed here)
         plain, family, _ = rddpo.reward_scores(reference, pairs, no_diagnostics, cfg, a.seed, device, longer)  # (2N,), (K, 2N)
         scores_w, scores_l = (plain[None] if a.method == "d-dpo" else family).chunk(2, dim=1)  # (K, N) each
@@ -541,14 +578,16 @@ def prepared(a, state):
     from datasets import load_from_disk
     path, cfg = os.path.join(a.out, f"trl-data-{a.method}"), rddpo_config(a)
     with state.main_process_first():
+        user = user_pairs(cfg)  # --data's pairs, read and checked before any work; None without
         reference, tokenizer = models.load_reference(cfg, state.device)
         if a.data:  # pi_ref fine-tuned on this seed's training chosen responses (--sft-steps), as rddpo.py makes it
-            reference, _ = models.data_reference(reference, tokenizer, cfg, user_pairs(cfg), a.seed, state.device)
+            reference, _ = models.data_reference(reference, tokenizer, cfg, user, a.seed, state.device)
         if state.num_processes == 1:
-            return (reference, tokenizer, *prepare(a, reference, tokenizer, 1, state.device))
+            return (reference, tokenizer, *prepare(a, reference, tokenizer, 1, state.device, user))
         if state.is_main_process:
             shutil.rmtree(path, ignore_errors=True)
-            for name, d in zip(("pairs", "pool"), prepare(a, reference, tokenizer, state.num_processes, state.device)):
+            for name, d in zip(("pairs", "pool"), prepare(a, reference, tokenizer, state.num_processes, state.device,
+                                                          user)):
                 d is not None and d.save_to_disk(os.path.join(path, name))
         data, pool = (load_from_disk(os.path.join(path, n)) if os.path.isdir(os.path.join(path, n)) else None
                       for n in ("pairs", "pool"))
@@ -595,8 +634,9 @@ def main(argv=None):
     state = PartialState(cpu=use_cpu)  # before TRL's: on cpu, several processes then train over gloo
     try:
         reference, tokenizer, data, pool = prepared(a, state)
-    except cli.UsageError as e:  # a bad --data file: one line, as rddpo.py says it
-        raise SystemExit(f"error: {e}") from None
+    except cli.UsageError as e:  # bad --data: one line and exit status 2, as rddpo.py says it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     trainer = train(a, reference, tokenizer, data, pool, use_cpu)
     if state.is_main_process:
         last = [row for row in trainer.state.log_history if "loss" in row][-1]
