@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import rddpo
-from harness import cli, data, grid, models, records, report
+from harness import cli, data, grid, models, records, report, scorers
 from harness.models import learning_rate, load_reference, sample
 from rddpo import (METHODS, Knobs, Pairs, Tokens, TrainingDiverged, all_logps, batch_tensors, duration, fits, forward,
                    logratio_margin, pool_rows_per_step, reward_scores, score, seed_everything, token_rows,
@@ -44,9 +44,17 @@ class Config(Knobs):
     # and these, whose defaults depend on the model too (models.model_defaults)
     lora: int = field(default=None, metadata={"type": int, "help": "rank of the policy's LoRA adapters; 0 trains every "
                       "weight; default: 0 for the tiny model, 16 for a --model"})
-    reward_models: str = field(default="auto", metadata={"choices": ("auto", "copies", "heads", "adapters"), "help":
-                               "each reward model a trained copy of pi_ref, a head on its frozen features, or rank-16 "
-                               "LoRA adapters on it with a head; auto: copies for the tiny model, heads for a --model"})
+    reward_models: str = field(default="auto", metadata={"help": "the reward models: trained here, each a copy of "
+                               "pi_ref (copies), a head on its frozen features (heads) or rank-16 LoRA adapters on it "
+                               "with a head (adapters), auto: copies for the tiny model, heads for a --model; or yours: "
+                               "NAME,NAME,... sequence classifiers (folders or hub names), each scoring every pair "
+                               "through its own tokenizer and chat template, the first d-DPO's target; or data: the "
+                               "data's score_chosen and score_rejected columns (harness/scorers.py)"})
+    # choice: the reward models you bring are distilled in their own units (scale 1): Bradley-Terry rewards, as
+    # most reward models are trained, are log-odds of preference, the units the distillation target assumes
+    reward_scale: str = field(default="1", metadata={"help": "the units of the reward models you bring: a number "
+                              "multiplies their scores; std divides each one's by the standard deviation of its gaps "
+                              "r_w - r_l on the training pairs (docs/METHOD.md#reward-scale)"})
     micro_batch: int = field(default=None, metadata={"type": int, "help": "most sequences in one forward pass (the "
                              "step's gradient is the same); default: all at once for the tiny model, 8 for a --model"})
     model: str = field(default="tiny", metadata={"help": "'tiny' builds and pretrains a small GPT-2 offline; "
@@ -240,9 +248,14 @@ def note_cut(truncated, skipped, max_length):
         print(f"note: {truncated} pairs truncated to --max-length {max_length}, {skipped} skipped (prompt alone too long)")
 
 
+def gold_of(ev):
+    """the gold reward of a response on the built-in task (its gold reader), or None on your own data."""
+    return (lambda y: gold_reward(y, ev.gold)) if ev.gold else None
+
+
 def diagnose(ev, beta, device):
     """what results.json keeps of each reward model: report.reward_model_stats on the held-out pairs of `ev`."""
-    gold = (lambda y: gold_reward(y, ev.gold)) if ev.gold else None
+    gold = gold_of(ev)
     return lambda rm, train_scores: report.reward_model_stats(score(rm, ev.pairs.tokens, device), train_scores,
                                                               ev.chosen, ev.rejected, gold, beta)
 
@@ -261,7 +274,15 @@ def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
     pairs.ref_logps = all_logps(reference, pairs.tokens, np.arange(2 * len(pairs.keep)), device)  # (2N,), computed once
     longer_won = np.array([len(words(chosen[i])) > len(words(rejected[i])) for i in pairs.keep[:pairs.labelled]])  # (N,)
     diagnostics = []
-    if distil:  # reward models only for the methods that distil them, trained on the labelled pairs only
+    if distil and scorers.brought(cfg.reward_models):  # the family you brought scores every kept pair
+        texts = [[x[i] for i in pairs.keep] for x in (prompts + extra[0], chosen + extra[1], rejected + extra[2])]
+        question = data.users_question(cfg.model) if cfg.chat_template else str
+        pairs.rm_family, diagnostics = scorers.family(cfg, user_pairs, texts, (ev.prompts, ev.chosen, ev.rejected),
+                                                      device, gold_of(ev), question)
+        pairs.rm_family = torch.as_tensor(pairs.rm_family, dtype=torch.float32)  # (K, 2N)
+        pairs.rm_plain = pairs.rm_family[0]  # (2N,): d-DPO distils the first
+        scorers.say(diagnostics, cfg.beta, len(pairs.keep))
+    elif distil:  # reward models only for the methods that distil them, trained on the labelled pairs only
         pairs.rm_plain, pairs.rm_family, diagnostics = reward_scores(reference, pairs, diagnose(ev, cfg.beta, device), cfg,
                                                                       seed, device, longer_won)
     if {"e-dpo", "p-dpo"} & set(cfg.method_list()):  # sampled on the prompts that leave room for a response
@@ -405,13 +426,29 @@ def train_and_evaluate(reference, tokenizer, pairs, ev, method, cfg, bias, seed,
     policy, member_min_share = train_policy(reference, pairs, method, cfg, seed, device, checkpoint=checkpoint,
                                             log=lambda step, m: log(dict(tag, step=step, **m)))
     for part in (policy, tokenizer) if save_dir else ():  # a folder that from_pretrained loads (with LoRA, peft's)
-        part.save_pretrained(os.path.join(save_dir, f"policy-{method}{'' if bias is None else f'-bias{bias}'}-seed{seed}"))
+        part.save_pretrained(policy_folder(save_dir, method, bias, seed))
     rddpo.free_policy(policy)  # a LoRA policy's adapters out of the reference again
     reference.to(device)
     record = dict(bias=bias, seed=seed, method=method, train_seconds=time.time() - t0, checkpoints=checkpoints,
                   **{k: v for k, v in checkpoints[-1].items() if k != "step"},
                   **({"member_min_share": member_min_share} if member_min_share else {}))
     return record, [dict(bias=bias, seed=seed, policy=method, **row) for row in shown]
+
+
+def policy_folder(run_dir, method, bias, seed):
+    """where --save-policy writes a trained policy and its tokenizer: RUN/policy-METHOD[-biasB]-seedS."""
+    return os.path.join(run_dir, f"policy-{method}{'' if bias is None else f'-bias{bias}'}-seed{seed}")
+
+
+def how_to_load(folder, lora):
+    """one line: the saved policies' folder and the one call that loads one. a LoRA policy is peft's adapter folder,
+    whose adapter_config.json names pi_ref (models.named: its absolute folder, or its hub name), which peft loads
+    first; a whole model is a transformers folder."""
+    call = "peft.AutoPeftModelForCausalLM" if lora else "transformers.AutoModelForCausalLM"
+    kind = "LoRA adapters on pi_ref, which peft loads from the base their adapter_config.json names" if lora \
+        else "whole models"
+    return (f"policies saved with their tokenizers in {os.path.dirname(folder)}/policy-* ({kind}); load one with "
+            f"{call}.from_pretrained({folder!r})")
 
 
 def run(cfg, given=None, argv=None, resume=None):
@@ -421,6 +458,7 @@ def run(cfg, given=None, argv=None, resume=None):
         return grid.run_grid(cfg, given, argv, run, METHODS)
     started = time.time()
     cli.check_config(cfg, METHODS, given)
+    scorers.check(cfg.reward_models, cfg.reward_scale, cfg.data, cfg.unlabeled)
     cfg = replace(models.model_defaults(cfg), methods=",".join(cfg.method_list()), sft_steps=models.sft_steps(cfg))
     device = cli.pick_device(cfg.device)
     amp = cli.precision(device, cfg.dtype)
@@ -437,6 +475,8 @@ def run(cfg, given=None, argv=None, resume=None):
     with record, amp:
         run_all(record, reference, tokenizer, cfg, biases, device, user_pairs)
     record.finish(METHODS, data.users_question(cfg.model) if cfg.chat_template else str)
+    if cfg.save_policy:
+        print(how_to_load(policy_folder(record.dir, cfg.method_list()[0], biases[0], cfg.seeds[0]), cfg.lora))
     return record.results, record.dir
 
 

@@ -192,7 +192,7 @@ def differences(before, after, where="", rel=3e-4):
 
 
 FLAGS_SINCE_THE_FIXTURE = {"pool_batch": None, "lora": 0, "reward_models": "copies", "micro_batch": None,
-                           "data_split": "train"}
+                           "data_split": "train", "reward_scale": "1"}
 # at step 1 the policy is the reference, so every implicit reward is 0 up to float32 rounding, and the share of
 # pairs with r_w > r_l counts which way the rounding fell: 0.0 at 2 threads, 0.0625 (one pair) at 1 thread
 ROUNDING_AT_STEP_1 = {"rewards/accuracies"}

@@ -50,8 +50,9 @@ from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 import rddpo
-from harness import cli, experiment, models, task
-from harness.data import FIELDS, implicit_prompt, render_conversation, split_pairs, template_kwargs, user_pairs
+from harness import cli, experiment, models, scorers, task
+from harness.data import (FIELDS, implicit_prompt, render_conversation, split_pairs, template_kwargs, user_pairs,
+                          users_question)
 
 METHODS = ("d-dpo", "e-dpo", "p-dpo")
 SCORES = ("rm_chosen", "rm_rejected")  # the score columns: K floats per pair each
@@ -495,6 +496,11 @@ class Args:
     batch_size: int = field(default=16, metadata={"help": "pairs per step and process (and pool rows)"})
     n_pairs: int = field(default=64, metadata={"help": "pairs sampled from pi_ref and labelled (experiment.builtin_task)"})
     ensemble: int = field(default=4, metadata={"help": "K, reward models in the e-DPO family"})
+    reward_models: str = field(default="auto", metadata={"help": "as rddpo.py's --reward-models: the reward models "
+                               "trained here (auto, copies, heads, adapters), or yours: NAME,NAME,... sequence "
+                               "classifiers (the family; the first d-DPO's), or data (the score columns)"})
+    reward_scale: str = field(default="1", metadata={"help": "as rddpo.py's --reward-scale: a number multiplies the "
+                              "scores of the reward models you bring; std standardises each one's gaps"})
     rm_steps: int = field(default=15, metadata={"help": "training steps per reward model"})
     bias: float = field(default=0.5, metadata={"help": "probability that the annotator prefers the longer response"})
     beta: float = field(default=0.1, metadata={"help": "KL strength"})
@@ -539,7 +545,8 @@ def rddpo_config(a):
         model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs, n_eval=8,
         ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma, pool_batch=a.pool_batch or None,
         out=a.out, data=a.data, data_split=a.data_split, sft_steps=a.sft_steps or None, chat_template=a.chat_template,
-        max_length=a.max_length, max_new_tokens=a.max_new_tokens, lora=None if a.lora < 0 else a.lora))
+        max_length=a.max_length, max_new_tokens=a.max_new_tokens, lora=None if a.lora < 0 else a.lora,
+        reward_models=a.reward_models, reward_scale=a.reward_scale))
 
 
 def prepare(a, reference, tokenizer, world, device, user=None):
@@ -548,11 +555,14 @@ def prepare(a, reference, tokenizer, world, device, user=None):
     forward-KL pool for this run's steps -> (pairs, pool or None) Datasets."""
     cfg, rows = rddpo_config(a), None
     if a.data:  # the held-out tenth stays out, as in rddpo.py; prompts that fill the context are left out
-        train = split_pairs(user or user_pairs(cfg), a.seed)[0]
-        rows = [r for r in train if rddpo.fits(tokenizer, r[0], cfg.max_length)]
+        user = user or user_pairs(cfg)
+        train, held = ([r for r in part if rddpo.fits(tokenizer, r[0], cfg.max_length)]
+                       for part in split_pairs(user, a.seed))
+        rows, held = train, [list(x) for x in zip(*held)]  # held: prompts, chosen, rejected
         prompts, chosen, rejected = (list(x) for x in zip(*rows))
     else:
-        prompts, chosen, rejected, _ = experiment.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
+        prompts, chosen, rejected, ev = experiment.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
+        held = (ev.prompts, ev.chosen, ev.rejected)
     pairs = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
     if rows and rows[0].messages:  # conversational: TRL's own form, which TRL renders as data.read_pairs did
         data = Dataset.from_list([dict(rows[i].messages, **{k: v for k, v in rows[i].extra.items() if k in TEMPLATE})
@@ -560,10 +570,18 @@ def prepare(a, reference, tokenizer, world, device, user=None):
     else:
         data = Dataset.from_dict({k: [v[i] for i in pairs.keep] for k, v in
                                   dict(prompt=prompts, chosen=chosen, rejected=rejected).items()})
-    if a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
+    if a.method != "p-dpo" and scorers.brought(cfg.reward_models):  # yours, read as rddpo.py reads them
+        texts = [[x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)]
+        question = users_question(cfg.model) if cfg.chat_template else str
+        family, diagnostics = scorers.family(cfg, user if a.data else None, texts, held, device, question=question)
+        scorers.say(diagnostics, cfg.beta, len(pairs.keep))
+        family = torch.as_tensor(family, dtype=torch.float32)  # (K, 2N)
+        plain = family[0]  # (2N,)
+    elif a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
         longer = np.array([len(task.words(chosen[i])) > len(task.words(rejected[i])) for i in pairs.keep])
         no_diagnostics = lambda rm, scores: {}  # noqa: E731  (experiment.diagnose's numbers are not printed here)
         plain, family, _ = rddpo.reward_scores(reference, pairs, no_diagnostics, cfg, a.seed, device, longer)  # (2N,), (K, 2N)
+    if a.method != "p-dpo":
         scores_w, scores_l = (plain[None] if a.method == "d-dpo" else family).chunk(2, dim=1)  # (K, N) each
         data = data.add_column(SCORES[0], scores_w.T.tolist()).add_column(SCORES[1], scores_l.T.tolist())
     n = a.steps * rddpo.pool_rows_per_step(a.batch_size, cfg.pool_batch) * world
@@ -633,6 +651,7 @@ def main(argv=None):
     use_cpu = not torch.cuda.is_available()
     state = PartialState(cpu=use_cpu)  # before TRL's: on cpu, several processes then train over gloo
     try:
+        scorers.check(a.reward_models, a.reward_scale, a.data)
         reference, tokenizer, data, pool = prepared(a, state)
     except cli.UsageError as e:  # bad --data: one line and exit status 2, as rddpo.py says it
         print(f"error: {e}", file=sys.stderr)
