@@ -277,8 +277,8 @@ def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
     if distil and scorers.brought(cfg.reward_models):  # the family you brought scores every kept pair
         texts = [[x[i] for i in pairs.keep] for x in (prompts + extra[0], chosen + extra[1], rejected + extra[2])]
         question = data.users_question(cfg.model) if cfg.chat_template else str
-        pairs.rm_family, diagnostics = scorers.family(cfg, user_pairs, texts, (ev.prompts, ev.chosen, ev.rejected),
-                                                      device, gold_of(ev), question)
+        pairs.rm_family, _, diagnostics = scorers.family(cfg, user_pairs, texts, (ev.prompts, ev.chosen, ev.rejected),
+                                                         device, gold_of(ev), question)
         pairs.rm_family = torch.as_tensor(pairs.rm_family, dtype=torch.float32)  # (K, 2N)
         pairs.rm_plain = pairs.rm_family[0]  # (2N,): d-DPO distils the first
         scorers.say(diagnostics, cfg.beta, len(pairs.keep))
@@ -441,14 +441,13 @@ def policy_folder(run_dir, method, bias, seed):
 
 
 def how_to_load(folder, lora):
-    """one line: the saved policies' folder and the one call that loads one. a LoRA policy is peft's adapter folder,
-    whose adapter_config.json names pi_ref (models.named: its absolute folder, or its hub name), which peft loads
-    first; a whole model is a transformers folder."""
-    call = "peft.AutoPeftModelForCausalLM" if lora else "transformers.AutoModelForCausalLM"
-    kind = "LoRA adapters on pi_ref, which peft loads from the base their adapter_config.json names" if lora \
-        else "whole models"
-    return (f"policies saved with their tokenizers in {os.path.dirname(folder)}/policy-* ({kind}); load one with "
-            f"{call}.from_pretrained({folder!r})")
+    """the one call that loads a saved policy from its folder (both tools print it): for LoRA, peft's, which first
+    loads pi_ref from the base_model_name_or_path in the folder's adapter_config.json (models.named: the reference's
+    absolute folder, or its hub name), then the adapters; for a whole model, transformers'."""
+    if lora:
+        return (f"peft.AutoPeftModelForCausalLM.from_pretrained({folder!r}) (LoRA adapters on pi_ref, which peft "
+                "loads first from the base_model_name_or_path in their adapter_config.json)")
+    return f"transformers.AutoModelForCausalLM.from_pretrained({folder!r})"
 
 
 def run(cfg, given=None, argv=None, resume=None):
@@ -476,7 +475,8 @@ def run(cfg, given=None, argv=None, resume=None):
         run_all(record, reference, tokenizer, cfg, biases, device, user_pairs)
     record.finish(METHODS, data.users_question(cfg.model) if cfg.chat_template else str)
     if cfg.save_policy:
-        print(how_to_load(policy_folder(record.dir, cfg.method_list()[0], biases[0], cfg.seeds[0]), cfg.lora))
+        first = how_to_load(policy_folder(record.dir, cfg.method_list()[0], biases[0], cfg.seeds[0]), cfg.lora)
+        print(f"policies saved with their tokenizers in {record.dir}/policy-*; load one with {first}")
     return record.results, record.dir
 
 

@@ -56,7 +56,16 @@ def load_pretrained(name, max_length):
     context = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
     if context and max_length > context:
         raise UsageError(f"--max-length {max_length} exceeds the model's context of {context} tokens; lower it")
-    return model, tokenizer
+    return named(model, os.path.abspath(name) if os.path.isdir(name) else name), tokenizer
+
+
+def named(model, origin):
+    """the model, its name_or_path set to `origin`: the hub name or absolute folder that from_pretrained reads it
+    from again. LoRA adapters put on it (rddpo.new_policy, TRL's peft_config) save that name as their
+    adapter_config.json's base_model_name_or_path, so that peft.AutoPeftModelForCausalLM.from_pretrained(their
+    folder) rebuilds the policy on this very model, from any working directory."""
+    model.name_or_path = model.config.name_or_path = origin
+    return model
 
 
 def slug(name):
@@ -67,7 +76,7 @@ def slug(name):
 def cached_model(path, build):
     """(model, tokenizer) from the folder `path`, or from build() saved there. the folder is written whole
     under a temporary name, then renamed, so a half-written cache is never read; when two runs build it
-    at once, the second keeps the first one's copy."""
+    at once, the second keeps the first one's copy. either way the model is named by the folder (named)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     quiet_transformers()
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -77,12 +86,13 @@ def cached_model(path, build):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             os.replace(tmp, path)
-            return model, tokenizer
+            return named(model, os.path.abspath(path)), tokenizer
         except OSError:  # another run renamed its copy into place first
             pass
         finally:  # renamed, or left behind by an error or ctrl-c: no temporary folder stays
             shutil.rmtree(tmp, ignore_errors=True)
-    return AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    return named(model, os.path.abspath(path)), AutoTokenizer.from_pretrained(path)
 
 
 # -----------------------------------------------------------------------------

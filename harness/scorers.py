@@ -157,9 +157,10 @@ def column_scores(prompts, responses, by_text):
 
 
 def family(cfg, pairs, train, held, device, gold=None, question=str):
-    """the family's scores of the training rows and what results.json keeps of each member -> ((K, 2N) scores, the
-    chosen rows first, as rddpo.Pairs.rm_family; diagnostics). train, held: (prompts, chosen, rejected) texts of
-    the training pairs and of the held-out pairs; pairs: --data's Pairs (None on the built-in task)."""
+    """the family's scores of the training and the held-out rows and what results.json keeps of each member ->
+    ((K, 2N) scores, the chosen rows first, as rddpo.Pairs.rm_family; (K, 2M) of the held-out pairs; diagnostics).
+    train, held: (prompts, chosen, rejected) texts of the training pairs and of the held-out pairs; pairs: --data's
+    Pairs (None on the built-in task)."""
     by_text, names = index_pairs(pairs), [s.strip() for s in cfg.reward_models.split(",")]
     texts = [(list(ps) * 2, list(cs) + list(rs)) for ps, cs, rs in (train, held)]  # chosen rows, then rejected
     if names == ["data"]:
@@ -180,7 +181,7 @@ def family(cfg, pairs, train, held, device, gold=None, question=str):
                         **reward_model_stats(_t(held_scores[k]), _t(train_scores[k]), held[1], held[2], gold, cfg.beta))
                    for k, name in enumerate(names)]
     plain = dict(diagnostics[0], model="plain")  # d-DPO's target: the first member
-    return train_scores, [plain] + diagnostics
+    return train_scores, held_scores, [plain] + diagnostics
 
 
 def _t(x):

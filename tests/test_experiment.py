@@ -1162,3 +1162,43 @@ def test_the_pool_and_the_unlabelled_pairs_are_sampled_only_on_prompts_that_leav
     pairs, _, info, _ = experiment.prepare(tiny, tokenizer, cfg, None, 0, "cpu", rows)
     assert pairs.skipped >= 1 and info["unlabeled"] == 4 and pairs.pool.input_ids.shape[0] == 6
     assert (pairs.pool.response_mask.sum(-1) >= 1).all()
+
+
+@pytest.mark.parametrize("lora", [0, 4])
+def test_a_saved_policy_reloads_with_from_pretrained_to_the_policy_that_ended_training(tmp_path, monkeypatch, capsys,
+                                                                                      lora):
+    """--save-policy on the tiny model, every weight trained or LoRA adapters (--lora 4), the reference fine-tuned and
+    cached in a relative --out by this very run: the policy folder reloads, from another working directory, with
+    transformers' AutoModelForCausalLM.from_pretrained (a whole model) or peft's AutoPeftModelForCausalLM (adapters,
+    on the pi_ref that their adapter_config.json names: the cached reference's absolute folder), and gives the
+    log-probs of the training pairs that the policy train_policy returned gave, to 1e-5, away from pi_ref's; the
+    run's last line names the folder and that call."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+    ended, real = {}, experiment.train_policy
+    def train_policy(reference, pairs, *args, **kw):  # what the run saves next: the policy that ended training
+        policy, shares = real(reference, pairs, *args, **kw)
+        rows = np.arange(2 * len(pairs.keep))
+        ended.update(tokens=pairs.tokens, rows=rows, ref=pairs.ref_logps, logps=rddpo.all_logps(policy, pairs.tokens,
+                                                                                                 rows, "cpu"))
+        return policy, shares
+    monkeypatch.setattr(experiment, "train_policy", train_policy)
+    monkeypatch.chdir(tmp_path)
+    cfg = experiment.Config(out="runs", methods="dpo", n_pairs=8, n_eval=2, steps=3, batch_size=4, eval_points=1,
+                            sft_steps=3, max_new_tokens=8, lora=lora, lr=1e-2, save_policy=True, device="cpu")
+    _, run_dir = experiment.run(cfg)
+    folder = os.path.join(os.path.abspath(run_dir), "policy-dpo-bias0.5-seed0")
+    call = "peft.AutoPeftModelForCausalLM" if lora else "transformers.AutoModelForCausalLM"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(
+        f"policies saved with their tokenizers in {run_dir}/policy-*; load one with {call}.from_pretrained("
+        f"{os.path.join(run_dir, 'policy-dpo-bias0.5-seed0')!r})")
+    base, = (tmp_path / "runs").glob("reference-*")
+    os.makedirs(tmp_path / "elsewhere")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    if lora:
+        with open(os.path.join(folder, "adapter_config.json")) as fh:
+            assert json.load(fh)["base_model_name_or_path"] == str(base)  # absolute, so found from anywhere
+    loaded = (AutoPeftModelForCausalLM if lora else AutoModelForCausalLM).from_pretrained(folder)
+    torch.testing.assert_close(rddpo.all_logps(loaded, ended["tokens"], ended["rows"], "cpu"), ended["logps"],
+                               atol=1e-5, rtol=0)
+    assert (ended["logps"] - ended["ref"]).abs().max() > 1e-2

@@ -148,10 +148,12 @@ def test_both_tools_run_with_brought_reward_models_and_say_the_margin_each_asks(
                               "--reward-models", f"{b['a']},{b['b']}", "--out", out])
     from harness import models
     reference, tokenizer = models.load_reference(rddpo_trl.rddpo_config(a), "cpu")
-    trl_pairs, _ = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
+    trl_pairs, _, held = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
     family = prepared(b, ("reward_models", f"{b['a']},{b['b']}"))[0].rm_family  # (K, 2N), checked above
     trl_family = np.concatenate([np.array(trl_pairs["rm_chosen"]).T, np.array(trl_pairs["rm_rejected"]).T], axis=1)
     np.testing.assert_allclose(trl_family, family.numpy(), atol=1e-6)
+    held_family = np.concatenate([np.array(held["rm_chosen"]).T, np.array(held["rm_rejected"]).T], axis=1)
+    assert held_family.shape == (2, 2 * held.num_rows) and np.isfinite(held_family).all()  # TRL's eval rows, scored
 
 
 def test_bad_reward_models_or_scales_are_one_error_line_and_exit_2(brought, capsys):

@@ -328,14 +328,17 @@ def test_two_cpu_processes_under_accelerate_launch_train_with_finite_losses(tmp_
 def test_the_demo_prepares_scored_pairs_and_a_pool_of_steps_times_m(method, tokenizer, reference):
     """rddpo_trl.prepare on the tiny model: the task's pairs, scored by rddpo.reward_scores's plain model (d-DPO,
     one score per pair) or its family (e-DPO, K scores), and for e-DPO and p-DPO a pool of steps x M responses
-    (--pool-batch 2); d-DPO has no pool."""
-    a = rddpo_trl.Args(method=method, steps=3, n_pairs=8, batch_size=4, rm_steps=1, ensemble=2, pool_batch=2)
-    data, pool = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
-    assert len(data) == 8
+    (--pool-batch 2); d-DPO has no pool. the eval rows are experiment.builtin_task's held-out pairs (pi_ref's two
+    answers to each of --n-eval held-out prompts, labelled as the training pairs are), scored alike."""
+    a = rddpo_trl.Args(method=method, steps=3, n_pairs=8, n_eval=4, batch_size=4, rm_steps=1, ensemble=2, pool_batch=2)
+    data, pool, held = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
+    ev = experiment.builtin_task(reference, tokenizer, rddpo_trl.rddpo_config(a), a.bias, a.seed, "cpu")[3]
+    assert len(data) == 8 and [held[c] for c in rddpo_trl.FIELDS] == [ev.prompts, ev.chosen, ev.rejected]
+    assert len(held) == 4 and not set(held["prompt"]) & set(data["prompt"])
     if method == "p-dpo":
-        assert rddpo_trl.SCORES[0] not in data.column_names
+        assert rddpo_trl.SCORES[0] not in data.column_names + held.column_names
     else:
-        assert [len(data[0][c]) for c in rddpo_trl.SCORES] == [1 if method == "d-dpo" else 2] * 2
+        assert [len(d[0][c]) for d in (data, held) for c in rddpo_trl.SCORES] == [1 if method == "d-dpo" else 2] * 4
     assert (pool is None) == (method == "d-dpo") and (pool is None or len(pool) == 3 * 2)
 
 
@@ -348,9 +351,10 @@ def test_the_demo_on_your_data_scores_and_pools_the_training_split_only(tokenize
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     a = rddpo_trl.Args(method="e-dpo", data=str(tmp_path / "pairs.jsonl"), steps=2, batch_size=4, rm_steps=1,
                        ensemble=2, out=str(tmp_path))
-    pairs, pool = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
+    pairs, pool, evaluation = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
     train, held = data.split_pairs(data.read_pairs(a.data), 0)
     assert sorted(pairs["chosen"]) == sorted(c for _, c, _ in train) and len(held) == 2
+    assert evaluation["chosen"] == [c for _, c, _ in held] and len(evaluation[0]["rm_chosen"]) == 2  # TRL's eval rows
     assert not {c for _, c, _ in held} & set(pairs["chosen"]) and len(pool) == 2 * 4
     assert {tokenizer.decode(ids) for ids in pool["prompt_ids"]} <= {p for p, _, _ in train}
 
@@ -363,9 +367,10 @@ def test_the_demo_on_conversational_data_gives_trl_the_messages_and_pools_on_the
     folder = model_folder(tmp_path / "model", tok)
     a = rddpo_trl.Args(model=folder, method="e-dpo", data=write_jsonl(tmp_path / "chat.jsonl", chat_rows(20, seed=3)),
                        steps=2, batch_size=4, rm_steps=1, ensemble=2, out=str(tmp_path))
-    pairs, pool = rddpo_trl.prepare(a, reference, tok, 1, "cpu")
-    train, _ = data.split_pairs(data.read_pairs(a.data, model=folder), 0)
+    pairs, pool, evaluation = rddpo_trl.prepare(a, reference, tok, 1, "cpu")
+    train, held = data.split_pairs(data.read_pairs(a.data, model=folder), 0)
     assert [{c: r[c] for c in ("prompt", "chosen", "rejected")} for r in pairs] == [p.messages for p in train]
+    assert [{c: r[c] for c in ("prompt", "chosen", "rejected")} for r in evaluation] == [p.messages for p in held]
     assert len(pairs[0]["rm_chosen"]) == 2
     rendered = {tuple(tok(p, add_special_tokens=False).input_ids) for p, _, _ in train}
     assert len(pool) == 2 * 4 and all(tuple(ids) in rendered for ids in pool["prompt_ids"])
@@ -401,3 +406,149 @@ def test_main_trains_lora_adapters_on_a_model_folder(tokenizer, reference, tmp_p
     assert last.startswith("e-dpo through TRL") and "nan" not in last
     assert rddpo_trl.main(common + ["--lora", "0", "--method", "p-dpo"]) == 0
     assert "policy: a copy of pi_ref, every weight" in capsys.readouterr().out
+
+
+# -----------------------------------------------------------------------------
+# evaluation on the held-out pairs, the saved policy, --report-to and --dtype
+
+
+def test_the_held_out_pairs_are_scored_by_the_very_reward_models_of_the_training_pairs(tokenizer, reference, tmp_path):
+    """--data whose every pair is written three times: a held-out pair whose twin is in the training split gets, from
+    each member of the e-DPO family in turn, the score its twin got, to float rounding (the same texts, the same
+    models); reward models trained again, or members in another order, would give other scores."""
+    rng = np.random.default_rng(1)
+    rows = [dict(prompt=p, chosen=make_review(rng), rejected=make_review(rng)) for p in make_prompts(rng, 10, TITLES)]
+    a = rddpo_trl.Args(method="e-dpo", data=write_jsonl(tmp_path / "thrice.jsonl", rows * 3), steps=2, batch_size=4,
+                       rm_steps=3, ensemble=3, out=str(tmp_path))
+    pairs, _, held = rddpo_trl.prepare(a, reference, tokenizer, 1, "cpu")
+    twins = [(pairs["chosen"].index(row["chosen"]), row) for row in held if row["chosen"] in pairs["chosen"]]
+    assert len(twins) >= 2 and len(held) == 3
+    for i, row in twins:
+        for name in rddpo_trl.SCORES:
+            np.testing.assert_allclose(row[name], pairs[i][name], atol=1e-5, rtol=0)
+            assert np.ptp(row[name]) > 1e-3  # the members differ, so their order shows
+
+
+def test_evaluate_gives_the_methods_loss_on_the_held_out_pairs_and_takes_no_pool_rows(tokenizer, reference, texts,
+                                                                                       scores, tmp_path):
+    """TRL's evaluate on eval_dataset (all N pairs in one batch of --batch-size N, with their scores): eval_loss is
+    rddpo.policy_loss of e-DPO on those pairs, the policy moved off pi_ref, with the M pool rows that training's
+    next step would take (train_policy's step-1 rows: evaluation advances no pool row), and TRL's DPO metrics come
+    with the eval_ prefix."""
+    pairs = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH)
+    pairs.ref_logps = rddpo.all_logps(reference, pairs.tokens, np.arange(2 * N), "cpu")  # (2N,)
+    pairs.rm_family = scores  # (K, 2N)
+    cfg = experiment.Config(steps=2, batch_size=N, max_new_tokens=20, max_length=MAX_LENGTH)
+    pairs.pool, pairs.pool_ref_logps = experiment.kl_pool(reference, tokenizer, texts[0], cfg, 0, "cpu")  # (2N, T)
+    policy = moved(reference)
+    rows, pool_rows = np.arange(2 * N), np.random.default_rng([0, 99]).permutation(2 * N)[:N]  # (2N,), (M,)
+    with torch.no_grad():
+        expected = rddpo.policy_loss("e-dpo", rddpo.all_logps(policy, pairs.tokens, rows, "cpu"), rows, pairs, 0.2,
+                                     0.3, rddpo.all_logps(policy, pairs.pool, pool_rows, "cpu"), pool_rows)
+    scored = scored_dataset(text_rows(texts), scores)
+    trainer = rddpo_trl.DistilledDPOTrainer(
+        policy, ref_model=copy.deepcopy(reference), train_dataset=scored, eval_dataset=rddpo_trl.as_dataset(scored),
+        args=trl_args(tmp_path, "e-dpo", per_device_eval_batch_size=N, prediction_loss_only=True),
+        processing_class=tokenizer, pool_dataset=rddpo_trl.sample_pool(reference, tokenizer, texts[0], 2 * N, 20,
+                                                                       MAX_LENGTH, 0, "cpu"))
+    metrics = trainer.evaluate()
+    assert abs(metrics["eval_loss"] - expected.item()) < 1e-5 and abs(expected.item()) > 1e-3
+    assert trainer.pool_calls == 0
+    assert {"eval_rewards/margins", "eval_kl/forward", "eval_distill/member"} <= set(metrics)
+    with pytest.raises(ValueError, match="eval_dataset needs its reward scores"):
+        rddpo_trl.DistilledDPOTrainer(policy, ref_model=reference, train_dataset=scored, pool_dataset=[],
+                                      eval_dataset=rddpo_trl.as_dataset(text_rows(texts)),
+                                      args=trl_args(tmp_path, "e-dpo"), processing_class=tokenizer)
+
+
+def tiny_model_folder(tmp_path, tokenizer, reference):
+    folder = str(tmp_path / "model")
+    reference.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("lora", [16, 0])
+def test_save_writes_the_policy_that_reloads_to_the_trainers_own_and_it_is_evaluated_every_eval_every_steps(
+        lora, tokenizer, reference, texts, tmp_path, capsys, monkeypatch):
+    """--save on a --model folder, trained as LoRA adapters (its default, rank 16) or every weight (--lora 0), with a
+    relative --out: OUT/trl-p-dpo/policy reloads with from_pretrained, run from another folder (transformers' for a
+    whole model; peft's AutoPeftModelForCausalLM for adapters, on the pi_ref their adapter_config.json names, which is
+    the cached fine-tuned reference's absolute folder), to the model the trainer ended with: the same log-probs to
+    1e-5, away from pi_ref's. --eval-every 1 over 2 steps: a held-out line at steps 1 and 2 and none more; the last
+    line says where the policy is and the one call that loads it."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+    folder, kept, real = tiny_model_folder(tmp_path, tokenizer, reference), [], rddpo_trl.train
+    monkeypatch.setattr(rddpo_trl, "train", lambda *args: kept.append(real(*args)) or kept[-1])
+    monkeypatch.chdir(tmp_path)
+    assert rddpo_trl.main(["--model", folder, "--method", "p-dpo", "--lora", str(lora), "--steps", "2", "--n-pairs",
+                           "8", "--n-eval", "4", "--batch-size", "4", "--log-every", "1", "--eval-every", "1", "--lr",
+                           "1e-2", "--sft-steps", "3", "--out", "runs", "--save"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("  eval_loss ")[0] for line in lines if line.startswith("held-out")] == \
+        [f"held-out (4 pairs), step    {s}" for s in (1, 2)]
+    call = "peft.AutoPeftModelForCausalLM" if lora else "transformers.AutoModelForCausalLM"
+    assert lines[-1].startswith("policy saved with its tokenizer in runs/trl-p-dpo/policy; load it with " + call)
+    base, = [str(p) for p in (tmp_path / "runs").glob("reference-*")]
+    tokens, rows = rddpo.tokenize_pairs(tokenizer, *texts, MAX_LENGTH).tokens, np.arange(2 * N)
+    trained = rddpo.all_logps(kept[0].model.eval(), tokens, rows, "cpu")  # (2N,)
+    monkeypatch.chdir(folder)
+    saved = str(tmp_path / "runs" / "trl-p-dpo" / "policy")
+    if lora:
+        with open(os.path.join(saved, "adapter_config.json")) as fh:
+            assert json.load(fh)["base_model_name_or_path"] == base and os.path.isabs(base)
+    loaded = (AutoPeftModelForCausalLM if lora else AutoModelForCausalLM).from_pretrained(saved)
+    torch.testing.assert_close(rddpo.all_logps(loaded, tokens, rows, "cpu"), trained, atol=1e-5, rtol=0)
+    pi_ref = rddpo.all_logps(AutoModelForCausalLM.from_pretrained(base), tokens, rows, "cpu")
+    assert (trained - pi_ref).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--report-to", "tensorbored"], "--report-to 'tensorbored': give none, all, or a comma list of transformers'"),
+    (["--report-to", "none,clearml"], "--report-to clearml: transformers finds no clearml installed here"),
+    (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["--eval-every", "-1"], "--eval-every must be >= 0"),
+    (["--dtype", "bfloat16"], "--dtype bfloat16: this device has no bfloat16 support")])
+def test_a_bad_report_to_dtype_or_eval_every_is_one_error_line_before_any_work(args, says, tmp_path, capsys,
+                                                                               monkeypatch):
+    """an integration transformers does not know, or one whose package is missing here, --dtype float16, a
+    negative --eval-every, or bfloat16 on a device without it (accelerate's is_bf16_available made to say so, as on
+    a gpu before Ampere): one error line, exit status 2, nothing written."""
+    from accelerate import utils
+    from transformers.integrations import get_available_reporting_integrations
+    if "clearml" in get_available_reporting_integrations():
+        pytest.skip("clearml is installed here")
+    monkeypatch.setattr(utils, "is_bf16_available", lambda *a: False)
+    try:
+        status = rddpo_trl.main(args + ["--out", str(tmp_path / "out")])
+    except SystemExit as e:  # argparse's own errors
+        status = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and err[0].startswith("error:") and says in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_dtype_bfloat16_runs_trls_forward_passes_in_bfloat16_and_keeps_the_weights_float32(tokenizer, reference,
+                                                                                           tmp_path, monkeypatch):
+    """--dtype bfloat16 (TRL's bf16, as rddpo.py's --dtype): the model's linear layers compute in bfloat16 at every
+    training and evaluation step, the trained weights stay float32, the loss is finite; --report-to passes to TRL's
+    report_to (none: no integration)."""
+    seen, real = set(), rddpo_trl.DistilledDPOTrainer.compute_loss
+    def compute_loss(self, model, inputs, *args, **kw):  # the first attention projection's output dtype
+        layer = self.accelerator.unwrap_model(model).transformer.h[0].attn.c_attn
+        hook = layer.register_forward_hook(lambda module, i, out: seen.add(out.dtype))
+        try:
+            return real(self, model, inputs, *args, **kw)
+        finally:
+            hook.remove()
+    monkeypatch.setattr(rddpo_trl.DistilledDPOTrainer, "compute_loss", compute_loss)
+    kept, train = [], rddpo_trl.train
+    monkeypatch.setattr(rddpo_trl, "train", lambda *args: kept.append(train(*args)) or kept[-1])
+    assert rddpo_trl.main(["--model", tiny_model_folder(tmp_path, tokenizer, reference), "--method", "p-dpo", "--lora",
+                           "0", "--steps", "2", "--n-pairs", "8", "--n-eval", "4", "--batch-size", "4", "--sft-steps",
+                           "3", "--log-every", "1", "--dtype", "bfloat16", "--out", str(tmp_path / "runs")]) == 0
+    trainer = kept[0]
+    assert seen == {torch.bfloat16} and trainer.args.bf16 and trainer.args.report_to == []
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert np.isfinite([r["loss"] for r in trainer.state.log_history if "loss" in r]).all()

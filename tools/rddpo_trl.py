@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
+from transformers.trainer_callback import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 
@@ -236,8 +237,8 @@ def method_loss(method, logps, scores, beta, gamma, pool=()):
     return rddpo.pessimistic_dpo_loss(*logps, beta, gamma, *pool)
 
 
-def check_config(args, data, pool_dataset):
-    """one-line errors for a method, options or data this trainer cannot train as rddpo.py does."""
+def check_config(args, data, pool_dataset, eval_data=None):
+    """one-line errors for a method, options or data this trainer cannot train (or evaluate) as rddpo.py does."""
     if args.method not in METHODS:
         raise ValueError(f"unknown method {args.method!r}; choose {', '.join(METHODS)} (DPO and IPO: TRL's loss_type)")
     bad = [name for name, on in (("ld_alpha", args.ld_alpha is not None), ("use_weighting", args.use_weighting),
@@ -257,6 +258,9 @@ def check_config(args, data, pool_dataset):
         if args.method == "d-dpo" and len(first) != 1:
             raise ValueError(f"d-dpo distils one reward model, but each pair has {len(first)} scores; score it with "
                              f"one model, or train e-dpo on the family")
+        if isinstance(eval_data, Dataset) and any(c not in eval_data.column_names for c in SCORES):
+            raise ValueError(f"{args.method}'s loss on eval_dataset needs its reward scores too: add the columns "
+                             f"rm_chosen/rm_rejected from the same reward models (add_reward_scores)")
     if args.method in ("e-dpo", "p-dpo") and pool_dataset is None:
         raise ValueError(f"{args.method} needs pool_dataset, responses drawn from the reference for the forward-KL "
                          f"term: make one with rddpo_trl.sample_pool(reference, tokenizer, prompts, n=steps*M)")
@@ -288,7 +292,7 @@ class DistilledDPOTrainer(DPOTrainer):
                  pool_dataset=None, **kwargs):
         args = args or DistilledDPOConfig(output_dir="trl-distilled-dpo")
         data = as_dataset(train_dataset if train_dataset is not None else [])
-        check_config(args, data, pool_dataset)
+        check_config(args, data, pool_dataset, kwargs.get("eval_dataset"))
         if args.world_size > 1 and not data.cache_files:  # TRL's _precompute_ref_logps writes beside them
             raise ValueError("with several processes give train_dataset from disk (save_to_disk, then load_from_disk): "
                              "TRL caches the reference log-probs beside its files, where every process reads them")
@@ -495,6 +499,9 @@ class Args:
     steps: int = field(default=15, metadata={"help": "training steps"})
     batch_size: int = field(default=16, metadata={"help": "pairs per step and process (and pool rows)"})
     n_pairs: int = field(default=64, metadata={"help": "pairs sampled from pi_ref and labelled (experiment.builtin_task)"})
+    n_eval: int = field(default=32, metadata={"help": "held-out prompts of the built-in task, each with a pair of "
+                                              "pi_ref's responses labelled as the training pairs are: TRL's "
+                                              "eval_dataset (experiment.builtin_task's held-out pairs)"})
     ensemble: int = field(default=4, metadata={"help": "K, reward models in the e-DPO family"})
     reward_models: str = field(default="auto", metadata={"help": "as rddpo.py's --reward-models: the reward models "
                                "trained here (auto, copies, heads, adapters), or yours: NAME,NAME,... sequence "
@@ -514,6 +521,9 @@ class Args:
                                             "16 for a --model, 0 for the tiny model"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the reward models and TRL"})
     log_every: int = field(default=5, metadata={"help": "steps between logged lines"})
+    eval_every: int = field(default=0, metadata={"help": "steps between evaluations on the held-out pairs (the "
+                                                 "built-in task's, or --data's held-out tenth), printed with TRL's "
+                                                 "eval_ metrics; 0: once, at the end"})
     data: str = field(default="", metadata={"help": "your own pairs, as rddpo.py --data takes them (a JSON-lines, "
                                             ".json, .parquet or .csv file or a hub dataset, in TRL's preference "
                                             "formats, conversational rows in --model's chat template): the reward "
@@ -528,12 +538,22 @@ class Args:
     max_length: int = field(default=64, metadata={"help": "tokens per prompt+response"})
     max_new_tokens: int = field(default=40, metadata={"help": "longest sampled pool response"})
     out: str = field(default="runs", metadata={"help": "folder of the cached reference; TRL writes in OUT/trl-METHOD"})
+    save: bool = field(default=False, metadata={"help": "after training, save the policy (with LoRA, its adapters) "
+                                                "and its tokenizer in OUT/trl-METHOD/policy, a folder "
+                                                "from_pretrained loads"})
+    report_to: str = field(default="none", metadata={"help": "TRL's report_to: where the logged metrics also go, "
+                                                     "such as tensorboard or wandb (a comma list; their package "
+                                                     "installed), or none"})
+    dtype: str = field(default="float32", metadata={"choices": cli.DTYPES, "help": "as rddpo.py's --dtype: bfloat16 "
+                                                    "runs the forward passes under autocast (TRL's bf16; weights and "
+                                                    "optimizer stay float32)"})
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in Args.__dataclass_fields__.values():
         kind = dict(action="store_true") if isinstance(f.default, bool) else dict(type=type(f.default))
+        kind.update({"choices": f.metadata["choices"]} if "choices" in f.metadata else {})
         p.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=f.metadata["help"], **kind)
     return Args(**vars(p.parse_args(argv)))
 
@@ -542,89 +562,128 @@ def rddpo_config(a):
     """experiment.Config for the same budget, with rddpo.py's defaults for the model (models.model_defaults: LoRA,
     reward heads and micro-batches for a --model); the tiny model's defaults key the cached reference."""
     return models.model_defaults(experiment.Config(
-        model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs, n_eval=8,
+        model=a.model, methods=a.method, steps=a.steps, batch_size=a.batch_size, n_pairs=a.n_pairs, n_eval=a.n_eval,
         ensemble=a.ensemble, rm_steps=a.rm_steps, beta=a.beta, gamma=a.gamma, pool_batch=a.pool_batch or None,
         out=a.out, data=a.data, data_split=a.data_split, sft_steps=a.sft_steps or None, chat_template=a.chat_template,
         max_length=a.max_length, max_new_tokens=a.max_new_tokens, lora=None if a.lora < 0 else a.lora,
-        reward_models=a.reward_models, reward_scale=a.reward_scale))
+        reward_models=a.reward_models, reward_scale=a.reward_scale, dtype=a.dtype))
+
+
+def trl_dataset(texts, rows, keep):
+    """the pairs `keep` (indices) as the trainer takes them: conversational rows (data.Pair with messages) as their
+    messages, TRL's own form, which TRL renders as data.read_pairs did, with the columns its chat template reads;
+    otherwise texts = (prompts, chosen, rejected) as columns."""
+    if rows and rows[0].messages:
+        return Dataset.from_list([dict(rows[i].messages, **{k: v for k, v in rows[i].extra.items() if k in TEMPLATE})
+                                  for i in keep])
+    return Dataset.from_dict({name: [column[i] for i in keep] for name, column in zip(FIELDS, texts)})
+
+
+def with_scores(data, scores):
+    """the pairs with K reward models' scores (K, 2N: the chosen rows, then the rejected rows, as rddpo.Pairs keeps
+    them) as the columns rm_chosen and rm_rejected, K floats each."""
+    scores_w, scores_l = scores.chunk(2, dim=1)  # (K, N) each
+    return data.add_column(SCORES[0], scores_w.T.tolist()).add_column(SCORES[1], scores_l.T.tolist())
 
 
 def prepare(a, reference, tokenizer, world, device, user=None):
     """the built-in task's pairs (or --data's training split: of `user`, data.user_pairs' if None), scored once by
     the reward models rddpo.reward_scores would train (the plain one for d-DPO, the family for e-DPO), and the
-    forward-KL pool for this run's steps -> (pairs, pool or None) Datasets."""
+    forward-KL pool for this run's steps; the held-out pairs (the built-in task's, experiment.builtin_task, or --data's
+    held-out split whose prompts fit), scored by the same reward models, are TRL's eval_dataset -> (pairs, pool or
+    None, held-out pairs or None) Datasets."""
     cfg, rows = rddpo_config(a), None
     if a.data:  # the held-out tenth stays out, as in rddpo.py; prompts that fill the context are left out
         user = user or user_pairs(cfg)
         train, held = ([r for r in part if rddpo.fits(tokenizer, r[0], cfg.max_length)]
                        for part in split_pairs(user, a.seed))
-        rows, held = train, [list(x) for x in zip(*held)]  # held: prompts, chosen, rejected
+        rows, held_rows, held = train, held, [list(x) for x in zip(*held)]  # held: prompts, chosen, rejected
         prompts, chosen, rejected = (list(x) for x in zip(*rows))
     else:
         prompts, chosen, rejected, ev = experiment.builtin_task(reference, tokenizer, cfg, a.bias, a.seed, device)
-        held = (ev.prompts, ev.chosen, ev.rejected)
+        held, held_rows = (ev.prompts, ev.chosen, ev.rejected), None
     pairs = rddpo.tokenize_pairs(tokenizer, prompts, chosen, rejected, cfg.max_length)
-    if rows and rows[0].messages:  # conversational: TRL's own form, which TRL renders as data.read_pairs did
-        data = Dataset.from_list([dict(rows[i].messages, **{k: v for k, v in rows[i].extra.items() if k in TEMPLATE})
-                                  for i in pairs.keep])
-    else:
-        data = Dataset.from_dict({k: [v[i] for i in pairs.keep] for k, v in
-                                  dict(prompt=prompts, chosen=chosen, rejected=rejected).items()})
+    data = trl_dataset((prompts, chosen, rejected), rows, pairs.keep)
+    held_pairs = rddpo.tokenize_pairs(tokenizer, *held, cfg.max_length) if any(held) else None  # TRL's eval_dataset
+    evaluation = trl_dataset(held, held_rows, held_pairs.keep) if held_pairs is not None else None
+    held_plain = held_family = None  # the held-out pairs' scores by the same reward models, for the eval rows
     if a.method != "p-dpo" and scorers.brought(cfg.reward_models):  # yours, read as rddpo.py reads them
         texts = [[x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)]
         question = users_question(cfg.model) if cfg.chat_template else str
-        family, diagnostics = scorers.family(cfg, user if a.data else None, texts, held, device, question=question)
+        family, on_held, diagnostics = scorers.family(cfg, user if a.data else None, texts, held, device,
+                                                      question=question)  # (K, 2N), (K, 2M')
         scorers.say(diagnostics, cfg.beta, len(pairs.keep))
         family = torch.as_tensor(family, dtype=torch.float32)  # (K, 2N)
         plain = family[0]  # (2N,)
+        if held_pairs is not None:  # the held-out pairs TRL evaluates on: those tokenize_pairs kept
+            m, keep = len(held[0]), np.array(held_pairs.keep)
+            held_family = torch.as_tensor(on_held[:, np.concatenate([keep, keep + m])], dtype=torch.float32)
+            held_plain = held_family[0]  # (2M,)
     elif a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
         longer = np.array([len(task.words(chosen[i])) > len(task.words(rejected[i])) for i in pairs.keep])
-        no_diagnostics = lambda rm, scores: {}  # noqa: E731  (experiment.diagnose's numbers are not printed here)
-        plain, family, _ = rddpo.reward_scores(reference, pairs, no_diagnostics, cfg, a.seed, device, longer)  # (2N,), (K, 2N)
+        def on_held(rm, train_scores):  # each model, while in memory, also scores the held-out pairs (not printed)
+            return {} if held_pairs is None else dict(held=rddpo.score(rm, held_pairs.tokens, device))  # (2M,)
+        plain, family, seen = rddpo.reward_scores(reference, pairs, on_held, cfg, a.seed, device, longer)  # (2N,), (K,2N)
+        if held_pairs is not None:  # the plain model's, then the family's: (2M,), (K, 2M)
+            held_plain, held_family = seen[0]["held"], torch.stack([d["held"] for d in seen[1:]])
     if a.method != "p-dpo":
-        scores_w, scores_l = (plain[None] if a.method == "d-dpo" else family).chunk(2, dim=1)  # (K, N) each
-        data = data.add_column(SCORES[0], scores_w.T.tolist()).add_column(SCORES[1], scores_l.T.tolist())
+        data = with_scores(data, plain[None] if a.method == "d-dpo" else family)  # (K, 2N)
+        evaluation = with_scores(evaluation, held_plain[None] if a.method == "d-dpo" else held_family) \
+            if held_family is not None else None  # (K, 2M)
     n = a.steps * rddpo.pool_rows_per_step(a.batch_size, cfg.pool_batch) * world
     pool = sample_pool(reference, tokenizer, prompts, n, cfg.max_new_tokens,
                        cfg.max_length, a.seed, device) if a.method != "d-dpo" else None
-    return data, pool
+    return data, pool, evaluation
 
 
 def prepared(a, state):
-    """the reference and the data, made by the main process; the others read them from --out when it is done."""
+    """the reference and the data (prepare's), made by the main process; the others read them from --out when it is
+    done. as in rddpo.py, pi_ref's fine-tuning on the task's reviews runs in float32, the rest under --dtype."""
     import shutil
     from datasets import load_from_disk
-    path, cfg = os.path.join(a.out, f"trl-data-{a.method}"), rddpo_config(a)
+    path, cfg, names = os.path.join(a.out, f"trl-data-{a.method}"), rddpo_config(a), ("pairs", "pool", "held")
     with state.main_process_first():
         user = user_pairs(cfg)  # --data's pairs, read and checked before any work; None without
         reference, tokenizer = models.load_reference(cfg, state.device)
-        if a.data:  # pi_ref fine-tuned on this seed's training chosen responses (--sft-steps), as rddpo.py makes it
-            reference, _ = models.data_reference(reference, tokenizer, cfg, user, a.seed, state.device)
-        if state.num_processes == 1:
-            return (reference, tokenizer, *prepare(a, reference, tokenizer, 1, state.device, user))
-        if state.is_main_process:
-            shutil.rmtree(path, ignore_errors=True)
-            for name, d in zip(("pairs", "pool"), prepare(a, reference, tokenizer, state.num_processes, state.device,
-                                                          user)):
-                d is not None and d.save_to_disk(os.path.join(path, name))
-        data, pool = (load_from_disk(os.path.join(path, n)) if os.path.isdir(os.path.join(path, n)) else None
-                      for n in ("pairs", "pool"))
-    return reference, tokenizer, data, pool
+        with cli.precision(state.device, a.dtype):
+            if a.data:  # pi_ref fine-tuned on this seed's training chosen responses (--sft-steps), as rddpo.py does
+                reference, _ = models.data_reference(reference, tokenizer, cfg, user, a.seed, state.device)
+            if state.num_processes == 1:
+                return (reference, tokenizer, *prepare(a, reference, tokenizer, 1, state.device, user))
+            if state.is_main_process:
+                shutil.rmtree(path, ignore_errors=True)
+                for name, d in zip(names, prepare(a, reference, tokenizer, state.num_processes, state.device, user)):
+                    d is not None and d.save_to_disk(os.path.join(path, name))
+        data, pool, held = (load_from_disk(os.path.join(path, n)) if os.path.isdir(os.path.join(path, n)) else None
+                            for n in names)
+    return reference, tokenizer, data, pool, held
 
 
-def train(a, reference, tokenizer, data, pool, use_cpu):
+class PrintLine(TrainerCallback):
+    """a line per logging step with TRL's metrics (this method's among them), and a line per evaluation on the
+    held-out pairs with the same metrics, eval_ before each name as TRL logs them."""
+    KEYS = ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "distill/residual", "distill/member",
+            "kl/forward")
+
+    def __init__(self, n_held=0):
+        self.n_held = n_held
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        for prefix, head in (("", "step"), ("eval_", f"held-out ({self.n_held} pairs), step")):
+            if state.is_world_process_zero and prefix + "loss" in logs:
+                print(f"{head} {state.global_step:4d}  " + "  ".join(f"{prefix}{k} {logs[prefix + k]:.4f}"
+                                                                    for k in self.KEYS if prefix + k in logs))
+
+
+def train(a, reference, tokenizer, data, pool, use_cpu, held=None):
     """the policy trained with a.method through TRL: a copy of the reference, or with LoRA (rddpo_config(a).lora) the
     reference itself with adapters (TRL's peft_config, rddpo.lora_config), pi_ref being it with them off. choice: as
     rddpo.train_policy, AdamW at a constant rate with weight decay 0.01 and no gradient clipping (transformers'
-    Trainer leaves biases and norms undecayed)."""
+    Trainer leaves biases and norms undecayed). with held-out pairs (prepare's, TRL's eval_dataset), it is evaluated
+    on them every --eval-every steps and at the end, once."""
     cfg = rddpo_config(a)
-    from transformers.trainer_callback import PrinterCallback, TrainerCallback
-    class PrintLine(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            keys = ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "distill/residual",
-                    "distill/member", "kl/forward")
-            if state.is_world_process_zero and "loss" in (logs or {}):
-                print(f"step {state.global_step:4d}  " + "  ".join(f"{k} {logs[k]:.4f}" for k in keys if k in logs))
+    from transformers.trainer_callback import PrinterCallback
     lr = a.lr or models.learning_rate(cfg, reference)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"policy: {f'LoRA adapters of rank {cfg.lora} on pi_ref' if cfg.lora else 'a copy of pi_ref, every weight'}"
@@ -633,13 +692,19 @@ def train(a, reference, tokenizer, data, pool, use_cpu):
                               pool_batch=a.pool_batch or None, beta=a.beta, learning_rate=lr,
                               max_steps=a.steps, per_device_train_batch_size=a.batch_size,
                               max_length=a.max_length, lr_scheduler_type="constant", weight_decay=0.01,
-                              max_grad_norm=0.0, logging_steps=a.log_every, save_strategy="no", report_to="none",
-                              seed=a.seed, use_cpu=use_cpu, disable_tqdm=True)
+                              max_grad_norm=0.0, logging_steps=a.log_every, save_strategy="no",
+                              report_to=reporters(a), bf16=a.dtype == "bfloat16",
+                              eval_strategy="steps" if held is not None and a.eval_every else "no",
+                              eval_steps=a.eval_every or None, per_device_eval_batch_size=a.batch_size,
+                              prediction_loss_only=True, seed=a.seed, use_cpu=use_cpu, disable_tqdm=True)
     policy = reference if cfg.lora else copy.deepcopy(reference)  # TRL's disable_dropout takes out its dropout
-    trainer = DistilledDPOTrainer(policy, args=args, train_dataset=data, pool_dataset=pool, processing_class=tokenizer,
-                                  callbacks=[PrintLine()], peft_config=rddpo.lora_config(cfg.lora) if cfg.lora else None)
+    trainer = DistilledDPOTrainer(policy, args=args, train_dataset=data, eval_dataset=held, pool_dataset=pool,
+                                  processing_class=tokenizer, callbacks=[PrintLine(len(held) if held else 0)],
+                                  peft_config=rddpo.lora_config(cfg.lora) if cfg.lora else None)
     trainer.remove_callback(PrinterCallback)
     trainer.train()
+    if held is not None and (not a.eval_every or a.steps % a.eval_every):  # unless the last step was evaluated
+        trainer.evaluate()
     return trainer
 
 
@@ -652,16 +717,58 @@ def main(argv=None):
     state = PartialState(cpu=use_cpu)  # before TRL's: on cpu, several processes then train over gloo
     try:
         scorers.check(a.reward_models, a.reward_scale, a.data)
-        reference, tokenizer, data, pool = prepared(a, state)
+        check_args(a)
+        reference, tokenizer, data, pool, held = prepared(a, state)
     except cli.UsageError as e:  # bad --data: one line and exit status 2, as rddpo.py says it
         print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer = train(a, reference, tokenizer, data, pool, use_cpu)
+    if held is None and state.is_main_process:
+        print("note: no held-out evaluation (no held-out prompt fits --max-length)")
+    trainer = train(a, reference, tokenizer, data, pool, use_cpu, held)
+    folder = save(trainer, a) if a.save else None
     if state.is_main_process:
-        last = [row for row in trainer.state.log_history if "loss" in row][-1]
+        logged = trainer.state.log_history  # no "loss" row when --steps is below --log-every: then the run's mean
+        last = ([row for row in logged if "loss" in row] or [row for row in logged if "train_loss" in row])[-1]
         print(f"{a.method} through TRL, {state.num_processes} process(es): " + ", ".join(
             f"{k} {v:.4f}" for k, v in last.items() if isinstance(v, float)))
+        if folder:
+            print(f"policy saved with its tokenizer in {folder}; load it with "
+                  f"{experiment.how_to_load(folder, rddpo_config(a).lora)}")
     return 0
+
+
+def check_args(a):
+    """one error line, before any work, for what TRL would refuse later: a --report-to that transformers does not
+    know or cannot use here (its package missing), --dtype bfloat16 on a device without it; and --eval-every < 0."""
+    from accelerate.utils import is_bf16_available
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+    for name in reporters(a) if reporters(a) != "all" else ():
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise cli.UsageError(f"--report-to {name!r}: give none, all, or a comma list of transformers' "
+                                 f"integrations ({', '.join(INTEGRATION_TO_CALLBACK)})")
+        if name not in get_available_reporting_integrations():
+            raise cli.UsageError(f"--report-to {name}: transformers finds no {name} installed here; install its "
+                                 "package, or leave --report-to out")
+    if a.dtype == "bfloat16" and not is_bf16_available():
+        raise cli.UsageError("--dtype bfloat16: this device has no bfloat16 support (accelerate's is_bf16_available); "
+                             "use --dtype float32")
+    if a.eval_every < 0 or a.n_eval < 1:
+        raise cli.UsageError("--eval-every must be >= 0 and --n-eval >= 1")
+
+
+def reporters(a):
+    """--report-to as TRL's report_to: the integrations named (none names none), or "all" (every one installed)."""
+    names = [name.strip() for name in a.report_to.split(",") if name.strip() not in ("", "none")]
+    return "all" if names == ["all"] else names
+
+
+def save(trainer, a):
+    """the trained policy and its tokenizer in OUT/trl-METHOD/policy (trainer.save_model) -> the folder. with LoRA,
+    peft's adapter folder, whose adapter_config.json names pi_ref as its base_model_name_or_path (models.named:
+    the cached reference's absolute folder, or the hub name), so that from_pretrained rebuilds the policy."""
+    folder = os.path.join(a.out, f"trl-{a.method}", "policy")
+    trainer.save_model(folder)
+    return folder
 
 
 if __name__ == "__main__":
