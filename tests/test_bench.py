@@ -199,15 +199,15 @@ def test_trl_timing_writes_the_three_steps_and_their_ratios(tmp_path):
 def gpu_script(out, **env):
     """bash tools/gpu.sh OUT on the cpu, its parts shrunk through the environment -> the finished process."""
     import subprocess
-    env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", RDDPO_DEVICE="cpu", OMP_NUM_THREADS="1",
-               RDDPO_BENCH="--quick --device cpu --steps 4 --warmup 0 --pairs 8", **env)
+    env = dict(dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg", RDDPO_DEVICE="cpu", OMP_NUM_THREADS="1",
+                    RDDPO_BENCH="--quick --device cpu --steps 4 --warmup 0 --pairs 8"), **env)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run(["bash", os.path.join(root, "tools", "gpu.sh"), str(out)], env=env, cwd=root,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert [line.split(" at ")[0] for line in proc.stdout.splitlines() if line.startswith("gpu.sh:")][1:] == [
         "gpu.sh: reference ready", "gpu.sh: headline done", "gpu.sh: all done"]
-    assert os.path.exists(out / "bench-001" / "bench.json")
+    assert os.path.exists(out / "bench-001" / "bench.json") == (env["RDDPO_BENCH"] != "skip")
     return proc
 
 
@@ -243,7 +243,8 @@ def test_gpu_script_runs_each_part_on_the_cpu_at_a_tiny_budget(tmp_path):
 def test_gpu_script_runs_the_pretrained_protocol_on_a_model_folder(tmp_path):
     """tools/gpu.sh with RDDPO_MODEL a model folder (a small gpt-2 saved here, standing in for SmolLM2) at a tiny
     budget: the pretrained protocol's biases (0.5 and 0), methods (DPO, e-DPO, p-DPO) and reward-head rate, LoRA
-    (a --model's default), one reference for both biases, and the first line names the model."""
+    (a --model's default), one reference for both biases, and the first line names the model. bench.py, which the
+    other test runs, is skipped (RDDPO_BENCH=skip)."""
     from harness import models
     from harness.task import build_tokenizer
     tokenizer, folder = build_tokenizer(), tmp_path / "model"
@@ -251,7 +252,7 @@ def test_gpu_script_runs_the_pretrained_protocol_on_a_model_folder(tmp_path):
     models.build_tiny_gpt2(tokenizer, n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     out = tmp_path / "gpu"
-    proc = gpu_script(out, RDDPO_MODEL=str(folder), RDDPO_SEEDS="1",
+    proc = gpu_script(out, RDDPO_MODEL=str(folder), RDDPO_SEEDS="1", RDDPO_BENCH="skip",
                       RDDPO_BUDGET="--quick --sft-steps 2 --steps 2 --rm-steps 2 --n-pairs 8 --batch-size 4 "
                                    "--n-eval 4 --eval-points 1 --max-new-tokens 8")
     assert proc.stdout.startswith(f"gpu.sh: runs the pretrained protocol on {folder} (RDDPO_MODEL names it)")
