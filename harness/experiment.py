@@ -278,8 +278,7 @@ def prepare(reference, tokenizer, cfg, bias, seed, device, user_pairs):
         texts = [[x[i] for i in pairs.keep] for x in (prompts + extra[0], chosen + extra[1], rejected + extra[2])]
         question = data.users_question(cfg.model) if cfg.chat_template else str
         pairs.rm_family, _, diagnostics = scorers.family(cfg, user_pairs, texts, (ev.prompts, ev.chosen, ev.rejected),
-                                                         device, gold_of(ev), question)
-        pairs.rm_family = torch.as_tensor(pairs.rm_family, dtype=torch.float32)  # (K, 2N)
+                                                         device, gold_of(ev), question)  # (K, 2N)
         pairs.rm_plain = pairs.rm_family[0]  # (2N,): d-DPO distils the first
         scorers.say(diagnostics, cfg.beta, len(pairs.keep))
     elif distil:  # reward models only for the methods that distil them, trained on the labelled pairs only

@@ -158,7 +158,8 @@ def column_scores(prompts, responses, by_text):
 
 def family(cfg, pairs, train, held, device, gold=None, question=str):
     """the family's scores of the training and the held-out rows and what results.json keeps of each member ->
-    ((K, 2N) scores, the chosen rows first, as rddpo.Pairs.rm_family; (K, 2M) of the held-out pairs; diagnostics).
+    ((K, 2N) float32 scores, the chosen rows first, as rddpo.Pairs.rm_family; (K, 2M) of the held-out pairs;
+    diagnostics).
     train, held: (prompts, chosen, rejected) texts of the training pairs and of the held-out pairs; pairs: --data's
     Pairs (None on the built-in task)."""
     by_text, names = index_pairs(pairs), [s.strip() for s in cfg.reward_models.split(",")]
@@ -176,9 +177,9 @@ def family(cfg, pairs, train, held, device, gold=None, question=str):
             del model
         scores = [np.stack(s) for s in scores]
     factors = scale_factors(scores[0], scale_of(cfg.reward_scale))  # (K,)
-    train_scores, held_scores = (s * factors[:, None] for s in scores)
+    train_scores, held_scores = (_t(s * factors[:, None]) for s in scores)  # float32 tensors, as Pairs keeps them
     diagnostics = [dict(model=f"member {k + 1}", source=name, scale=float(factors[k]),
-                        **reward_model_stats(_t(held_scores[k]), _t(train_scores[k]), held[1], held[2], gold, cfg.beta))
+                        **reward_model_stats(held_scores[k], train_scores[k], held[1], held[2], gold, cfg.beta))
                    for k, name in enumerate(names)]
     plain = dict(diagnostics[0], model="plain")  # d-DPO's target: the first member
     return train_scores, held_scores, [plain] + diagnostics

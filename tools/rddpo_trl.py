@@ -613,11 +613,10 @@ def prepare(a, reference, tokenizer, world, device, user=None):
         family, on_held, diagnostics = scorers.family(cfg, user if a.data else None, texts, held, device,
                                                       question=question)  # (K, 2N), (K, 2M')
         scorers.say(diagnostics, cfg.beta, len(pairs.keep))
-        family = torch.as_tensor(family, dtype=torch.float32)  # (K, 2N)
         plain = family[0]  # (2N,)
         if held_pairs is not None:  # the held-out pairs TRL evaluates on: those tokenize_pairs kept
             m, keep = len(held[0]), np.array(held_pairs.keep)
-            held_family = torch.as_tensor(on_held[:, np.concatenate([keep, keep + m])], dtype=torch.float32)
+            held_family = on_held[:, np.concatenate([keep, keep + m])]
             held_plain = held_family[0]  # (2M,)
     elif a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
         longer = np.array([len(task.words(chosen[i])) > len(task.words(rejected[i])) for i in pairs.keep])
