@@ -271,6 +271,16 @@ def users_question(model):
     return question
 
 
+def shown_question(cfg, pairs=None):
+    """for printing a run's samples: a function from a prompt as the model read it to what its user asked: a
+    conversational pair's turns after any system turn, joined by " | " (a one-turn prompt: the question alone), a
+    --chat-template prompt unwrapped (users_question), any other text as it is."""
+    unwrap = users_question(cfg.model) if cfg.chat_template else str
+    asked = {p[0]: " | ".join(str(m["content"]) for m in p.messages["prompt"] if m["role"] != "system")
+             for p in pairs or () if getattr(p, "messages", None)}
+    return lambda text: asked[text] if text in asked else unwrap(text)
+
+
 # -----------------------------------------------------------------------------
 # 4. the split, and the prompts that fit
 

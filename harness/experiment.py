@@ -472,7 +472,7 @@ def run(cfg, given=None, argv=None, resume=None):
         records.RunRecord(cfg.out, config, device, (biases[0], cfg.seeds[0]), info, started)
     with record, amp:
         run_all(record, reference, tokenizer, cfg, biases, device, user_pairs)
-    record.finish(METHODS, data.users_question(cfg.model) if cfg.chat_template else str)
+    record.finish(METHODS, data.shown_question(cfg, user_pairs))
     if cfg.save_policy:
         first = how_to_load(policy_folder(record.dir, cfg.method_list()[0], biases[0], cfg.seeds[0]), cfg.lora)
         print(f"policies saved with their tokenizers in {record.dir}/policy-*; load one with {first}")

@@ -15,7 +15,7 @@ import torch
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import rddpo  # noqa: E402
 import rddpo_trl  # noqa: E402
-from harness import data, experiment, models, task  # noqa: E402
+from harness import data, experiment, models, report, task  # noqa: E402
 
 # a ChatML-like template; `brief` (a chat_template_kwargs key) adds a system turn
 CHATML = ("{% if brief %}<|im_start|>system\nbe brief<|im_end|>\n{% endif %}"
@@ -339,7 +339,10 @@ def test_both_tools_train_on_a_conversational_file_and_an_implicit_prompt_parque
         assert all(np.isfinite(v) for v in results["runs"][0].values() if isinstance(v, float))
         shown = [json.loads(line)["prompt"] for line in open(os.path.join(out, "run-001", "samples.jsonl"))]
         assert all(p.startswith("<|im_start|>user") for p in shown) == (n == 0) and shown
-        capsys.readouterr()
+        printed = capsys.readouterr().out.split("samples, ")[1].splitlines()[1:]  # each prompt, then its responses
+        questions = [line.strip() for line in printed if line.startswith("  ") and not line.startswith("    ")]
+        asked = [report.shorten(" | ".join(m["content"] for m in row["prompt"])) for row in chat_rows(12)]
+        assert questions and all((q in asked) == (n == 0) and "im_start" not in q for q in questions)
         assert rddpo_trl.main(["--data", path, "--method", "e-dpo", "--log-every", "1", "--out", out, *budget]) == 0
         last = capsys.readouterr().out.strip().splitlines()[-1]
         assert last.startswith("e-dpo through TRL") and "nan" not in last and "inf" not in last
