@@ -287,7 +287,7 @@ def print_summary(results, samples=(), question=str):
 
 
 # -----------------------------------------------------------------------------
-# 5. two runs compared: python -m harness.report compare RUN_A RUN_B
+# 5. a run shown again, two runs compared: python -m harness.report show RUN | compare RUN_A RUN_B
 
 
 def read_results(path):
@@ -298,6 +298,29 @@ def read_results(path):
             return json.load(f)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read {path}: {e}; give a run folder or its results.json") from None
+
+
+def show_run(path):
+    """a run's printed summary again, from its folder: its tables and samples as the run printed them when it ended.
+    a run that has not finished (running, interrupted, failed) shows the method runs it finished, under a line that
+    says so: its means and intervals rest on fewer seeds than it asked for."""
+    results = read_results(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    status, done = results.get("run", {}).get("status", "unknown"), results.get("runs", [])
+    if not done:
+        raise UsageError(f"{path} has no finished method run yet; go on with python rddpo.py --resume {folder}")
+    if status != "finished":
+        cells = sorted({(r["bias"], r["seed"]) for r in done}, key=str)
+        print(f"partial: the run is {status}; {len(done)} method runs over {len(cells)} (bias, seed) cells so far, "
+              f"so every mean and interval below rests on fewer seeds than the run asked for")
+    samples, shown = os.path.join(folder, "samples.jsonl"), []
+    if os.path.exists(samples):
+        for n, line in enumerate(open(samples, encoding="utf-8"), 1):
+            try:
+                shown.append(json.loads(line))
+            except ValueError:
+                raise UsageError(f"{samples} line {n} is not JSON; move the file aside to show the rest") from None
+    print_summary(results, shown)
 
 
 def compare_runs(a, b, keys=("win_rate", "gold_reward", "length", "kl", "logps_chosen_change")):
@@ -318,17 +341,23 @@ def print_comparison(rows, names):
 
 
 def main(argv=None):
-    p = ArgumentParser(description="compare two runs of rddpo.py that share seeds (the same pairs and reward "
-                                   "models per seed): python -m harness.report compare RUN_A RUN_B")
-    p.add_argument("command", choices=["compare"])
-    p.add_argument("runs", nargs=2, help="two run folders (or their results.json): A, then B")
+    p = ArgumentParser(description="show a run's summary again (python -m harness.report show RUN), or compare two "
+                                   "runs of rddpo.py that share seeds, the same pairs and reward models per seed "
+                                   "(python -m harness.report compare RUN_A RUN_B)")
+    p.add_argument("command", choices=["show", "compare"])
+    p.add_argument("runs", nargs="+", help="run folders (or their results.json): one to show; A, then B to compare")
     args = p.parse_args(argv)
-    def compare():
+    def command():
+        wanted = 1 if args.command == "show" else 2
+        if len(args.runs) != wanted:
+            raise UsageError(f"{args.command} takes {wanted} run folder{'s' * (wanted > 1)}, not {len(args.runs)}")
+        if args.command == "show":
+            return show_run(args.runs[0])
         rows = compare_runs(*(read_results(path) for path in args.runs))
         if not rows:
             raise UsageError("the two runs share no (bias, method, seed); compare runs made with the same seeds")
         print_comparison(rows, args.runs)
-    return cli(compare)
+    return cli(command)
 
 
 if __name__ == "__main__":

@@ -451,6 +451,31 @@ def test_results_of_an_older_run_still_print_and_plot(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "reward_models.png")
 
 
+def test_show_prints_a_runs_summary_again_and_says_when_it_is_partial(tmp_path, capsys):
+    """python -m harness.report show RUN: what print_summary printed when the run ended, from the folder alone; a
+    run that is not finished gets a first line saying how many method runs and cells it rests on; bad input is one
+    error line with exit status 2."""
+    results, samples = fake_results(biases=(0.5,), seeds=(1, 2))
+    results["run"] = dict(status="finished")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    report.print_summary(results, samples)
+    printed = capsys.readouterr().out
+    assert report.main(["show", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == printed and "my review of film 0" in printed
+    results["run"]["status"] = "interrupted"
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert report.main(["show", str(tmp_path / "results.json")]) == 0
+    first, rest = capsys.readouterr().out.split("\n", 1)
+    assert first.startswith(f"partial: the run is interrupted; {len(results['runs'])} method runs over 2 (bias, seed)")
+    assert rest == printed
+    (tmp_path / "samples.jsonl").write_text('{"bias": 0.5, "se')  # a write cut off by a kill
+    for argv in (["show", str(tmp_path)], ["show", str(tmp_path / "gone")], ["show", str(tmp_path), str(tmp_path)]):
+        assert report.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
 def test_compare_runs_gives_b_minus_a_seed_by_seed_on_the_seeds_both_ran(tmp_path, capsys):
     """run a: e-dpo win rates 0.5, 0.6, 0.7 at seeds 0, 1, 2; run b: 0.6, 0.8 at seeds 0, 1 (and a method a lacks).
     b - a = (0.1, 0.2) over the shared seeds 0, 1: mean 0.15, interval 0.15 +- 12.706 * sd / sqrt(2)."""
