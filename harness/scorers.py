@@ -9,6 +9,7 @@ The distillation target is the raw reward gap r_w - r_l, so a reward model's uni
 distilling asks for a log-ratio margin |h| = |r_w - r_l| / beta. Every member's gap and that margin are printed and
 kept in results.json, and --reward-scale sets the units (docs/METHOD.md#reward-scale).
 """
+import difflib
 import os
 
 import numpy as np
@@ -45,7 +46,20 @@ def check(spec, scale, data, unlabeled=0):
     elif "data" in names and unlabeled:
         raise UsageError("--unlabeled pairs are drawn from pi_ref and carry no score columns; with --reward-models "
                          "data leave --unlabeled out, or name reward models that can score them")
+    for name in names if brought(spec) and names != ["data"] else ():  # now, not after the reference's fine-tuning
+        if not os.path.isdir(os.path.expanduser(name)):
+            mode = difflib.get_close_matches(name, MODES, n=1)
+            if mode:
+                raise UsageError(f"--reward-models {name!r} is no folder; did you mean {mode[0]}? (the ways to "
+                                 f"train them here: {', '.join(MODES)}; or NAME,... of sequence classifiers)")
+            if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+                raise UsageError(unreachable(name))
     scale_of(scale)
+
+
+def unreachable(name):
+    return (f"--reward-models {name!r} is no local folder, and the Hugging Face hub cannot be reached; give a folder "
+            "that from_pretrained reads")
 
 
 def scale_of(scale):
@@ -67,25 +81,32 @@ def scale_of(scale):
 
 def conversations(prompts, responses, by_text, question=str):
     """each (prompt, response) as a list of messages: the pair's own where it came as a conversation (its Pair in
-    by_text, keyed by its texts), else the prompt as the user's turn (question unwraps a --chat-template prompt)
-    and the response as the assistant's."""
+    by_text, keyed by its texts); a response drawn from pi_ref (--unlabeled) after the turns of its conversation's
+    prompt; else the prompt as the user's turn (question unwraps a --chat-template prompt) and the response as the
+    assistant's."""
     out = []
     for p, y in zip(prompts, responses):
-        pair = by_text.get(p, {}).get(y, (None,))[0]
+        seen = by_text.get(p, {})
+        pair = seen[y][0][0] if y in seen else None
+        asked = next((pr.messages["prompt"] for found in seen.values() for pr, _ in found
+                      if getattr(pr, "messages", None)), None)
         if pair is not None and getattr(pair, "messages", None):
             m = pair.messages
             out.append(m["prompt"] + (m["chosen"] if y == pair[1] else m["rejected"]))
+        elif asked is not None:  # a response drawn from pi_ref (--unlabeled) to a conversation's prompt
+            out.append(asked + [{"role": "assistant", "content": str(y)}])
         else:
             out.append([{"role": "user", "content": question(p)}, {"role": "assistant", "content": str(y)}])
     return out
 
 
 def index_pairs(pairs):
-    """{prompt: {response: (Pair, its row number)}} of --data's pairs, to find a pair's messages and columns from its
-    texts."""
+    """{prompt: {response: [(Pair, its row number), ...]}} of --data's pairs, to find a pair's messages and columns
+    from its texts (a response may come in several pairs of one prompt)."""
     out = {}
     for i, pair in enumerate(pairs or ()):
-        out.setdefault(pair[0], {}).update({pair[1]: (pair, i), pair[2]: (pair, i)})
+        for y in pair[1:]:
+            out.setdefault(pair[0], {}).setdefault(y, []).append((pair, i))
     return out
 
 
@@ -95,8 +116,7 @@ def load_scorer(name):
     quiet_transformers()
     local = os.path.isdir(os.path.expanduser(name))
     if not local and (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable()):
-        raise UsageError(f"--reward-models {name!r} is no local folder, and the Hugging Face hub cannot be reached; "
-                         "give a folder that from_pretrained reads")
+        raise UsageError(unreachable(name))
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(name))
         kinds = config.architectures or []
@@ -108,7 +128,8 @@ def load_scorer(name):
     except (OSError, ValueError) as e:
         raise UsageError(f"--reward-models: cannot load {name!r}: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token is None:  # one batch holds texts of several lengths
-        tokenizer.pad_token = tokenizer.eos_token
+        own = model.config.pad_token_id  # the classifier reads its score at the last token that is not this id
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(own) if own is not None else tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -121,13 +142,22 @@ def scorer_texts(tokenizer, prompts, responses, chats):
 
 
 def model_scores(model, tokenizer, texts, device, batch_size=16):
-    """the first logit of each text, in batches -> (n,) numpy."""
+    """the first logit of each text, in batches -> (n,) numpy. a text longer than the model reads is cut from the
+    left, so that the response it is scored on stays whole (and a note says how many were cut); a text its chat
+    template began with the bos token gets no second one."""
     import torch
-    out, model = [], model.to(device)
+    out, model, limit = [], model.to(device), min(tokenizer.model_max_length, 4096)
+    bos = tokenizer.bos_token
+    special = not (bos and texts and all(t.startswith(bos) for t in texts))
+    cut = sum(len(ids) > limit for ids in tokenizer(texts, add_special_tokens=special).input_ids)
+    if cut:
+        print(f"note: {cut} of {len(texts)} texts are longer than the {limit} tokens "
+              f"{getattr(model.config, '_name_or_path', 'the reward model')} reads; their start is cut off")
+    tokenizer.truncation_side = "left"
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, return_tensors="pt",
-                            max_length=min(tokenizer.model_max_length, 4096)).to(device)
+                            max_length=limit, add_special_tokens=special).to(device)
             out.append(model(**enc).logits[:, 0].float().cpu().numpy())  # (b,)
     return np.concatenate(out)
 
@@ -137,16 +167,20 @@ def column_scores(prompts, responses, by_text):
     naming the row where a column is missing, not a number, or of another K."""
     out, k = [], None
     for p, y in zip(prompts, responses):
-        pair, row = by_text[p][y]
-        value = pair.extra.get(COLUMNS[0] if y == pair[1] else COLUMNS[1])
+        given = [(pair.extra.get(COLUMNS[0] if y == pair[1] else COLUMNS[1]), row + 1) for pair, row in by_text[p][y]]
+        (value, row), *others = given
+        for other, where in others:
+            if other != value:
+                raise UsageError(f"--data pairs {row} and {where} (counting from 1) share a prompt and a response but "
+                                 f"score it {value!r} and {other!r}; give one response one score")
         values = value if isinstance(value, list) else [value]
         if value is None or not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                                   for v in values):
-            raise UsageError(f"--data row {row}: {COLUMNS[0]} and {COLUMNS[1]} must be numbers (or lists of one "
-                             f"number per reward model) for --reward-models data; found {value!r}")
+            raise UsageError(f"--data pair {row} (counting from 1): {COLUMNS[0]} and {COLUMNS[1]} must be numbers "
+                             f"(or lists of one number per reward model) for --reward-models data; found {value!r}")
         if k is not None and len(values) != k:
-            raise UsageError(f"--data row {row}: {len(values)} scores, but earlier rows have {k}; give every row "
-                             "the same number of reward models")
+            raise UsageError(f"--data pair {row} (counting from 1): {len(values)} scores, but earlier pairs have {k}; "
+                             "give every pair the same number of reward models")
         k = len(values)
         out.append(values)
     return np.array(out, dtype=float).T

@@ -287,6 +287,11 @@ def test_rddpo_trl_says_the_same_error_lines_with_exit_2(tmp_path, capsys):
     """tools/rddpo_trl.py --data: the same lines (data.read_pairs is shared), exit status 2, no traceback."""
     cases = bad_inputs(tmp_path)[::3]
     capsys.readouterr()  # what building the model folders printed (save_pretrained's progress bars)
+    long = dict(GOOD, prompt=GOOD["prompt"] * 14)  # 70 tokens: no room in 64
+    cases += [(["--data", write_jsonl(tmp_path / "long.jsonl", [long] * 12), "--max-length", "64"],
+               "larger than the 0 training pairs whose prompt fits in --max-length 64"),
+              (["--data", write_jsonl(tmp_path / "held.jsonl", [long] + [GOOD] * 11), "--max-length", "64",
+                "--batch-size", "2", "--seed", "0"], "no held-out prompt fits in --max-length 64")]
     for args, says in cases:
         assert rddpo_trl.main([*args, "--out", str(tmp_path / "out")]) == 2, says
         one_error_line(capsys, says)

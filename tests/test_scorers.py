@@ -11,7 +11,7 @@ import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # never wait on the network
 import rddpo_trl  # noqa: E402
-from harness import experiment, scorers, task  # noqa: E402
+from harness import data, experiment, scorers, task  # noqa: E402
 from test_data import chat_rows, model_folder, one_error_line, word_chat_tokenizer, write_jsonl  # noqa: E402
 
 # the second reward model's own template, unlike the policy's ChatML: a reward model reads pairs its own way
@@ -156,6 +156,44 @@ def test_both_tools_run_with_brought_reward_models_and_say_the_margin_each_asks(
     assert held_family.shape == (2, 2 * held.num_rows) and np.isfinite(held_family).all()  # TRL's eval rows, scored
 
 
+def test_a_reward_model_reads_what_it_should_the_response_whole_one_bos_and_its_own_pad(brought, tmp_path, capsys):
+    """model_scores: a text longer than the classifier reads loses its start, not its response (and a note says
+    so); a text whose template began with bos gets no second one; load_scorer keeps a pad id the config has. a
+    response drawn from pi_ref (--unlabeled) to a conversation's prompt is read after that conversation's turns."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    b = brought
+    model, tok = scorers.load_scorer(b["a"])
+    tok.model_max_length = 6
+    long_text = "the plot was dull . the acting was great ."  # 10 words, so 10 tokens
+    score = scorers.model_scores(model, tok, [long_text, "the plot was great ."], "cpu")
+    assert "1 of 2 texts are longer than the 6 tokens" in capsys.readouterr().out
+    np.testing.assert_allclose(score, own_scores(b["a"], [". the acting was great .", "the plot was great ."]),
+                               atol=1e-5)  # the last 6 tokens: "." then the response
+    tok = AutoTokenizer.from_pretrained(b["a"])  # a tokenizer that puts bos first
+    tok.bos_token = "says"
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="says $A", special_tokens=[
+        ("says", tok.convert_tokens_to_ids("says"))])
+    assert tok("the plot").input_ids[0] == tok.bos_token_id
+    np.testing.assert_allclose(scorers.model_scores(model, tok, ["says the plot was great ."], "cpu"),
+                               own_scores(b["a"], ["says the plot was great ."]), atol=1e-5)  # one bos, not two
+    plain = AutoModelForSequenceClassification.from_pretrained(b["a"])
+    plain.config.pad_token_id = 5
+    plain.save_pretrained(tmp_path / "padded")
+    tok = AutoTokenizer.from_pretrained(b["a"])
+    tok.pad_token = None
+    tok.save_pretrained(tmp_path / "padded")
+    model, tok = scorers.load_scorer(str(tmp_path / "padded"))
+    assert tok.pad_token_id == model.config.pad_token_id == 5
+    pair = data.Pair("<p>", " a", " b", messages=dict(prompt=[{"role": "user", "content": "q"}],
+                                                      chosen=[{"role": "assistant", "content": "a"}],
+                                                      rejected=[{"role": "assistant", "content": "b"}]))
+    drawn = scorers.conversations(["<p>", "<p>", "other"], [" b", " c", " d"], scorers.index_pairs([pair]))
+    assert drawn == [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
+                     [{"role": "user", "content": "q"}, {"role": "assistant", "content": " c"}],
+                     [{"role": "user", "content": "other"}, {"role": "assistant", "content": " d"}]]
+
+
 def test_bad_reward_models_or_scales_are_one_error_line_and_exit_2(brought, capsys):
     """a causal LM is not a reward model; a folder that is not there (the hub unreachable); data without --data,
     data beside a name, data with --unlabeled, a score that is not a number; a scale that is not positive or std,
@@ -165,6 +203,11 @@ def test_bad_reward_models_or_scales_are_one_error_line_and_exit_2(brought, caps
     for row in bad_rows:
         row.update(score_chosen=1.0, score_rejected="high")
     bad = write_jsonl(b["tmp"] / "bad.jsonl", bad_rows)
+    twice = chat_rows(12)  # two pairs with one prompt and one chosen response, scored two ways
+    for i, row in enumerate(twice):
+        row.update(score_chosen=float(i), score_rejected=0.0)
+    twice[1] = dict(twice[0], rejected=twice[1]["rejected"], score_chosen=5.0)
+    twice = write_jsonl(b["tmp"] / "twice.jsonl", twice)
     common = ["--model", b["policy"], "--methods", "d-dpo", "--out", str(b["tmp"] / "bad"), *BUDGET]
     for flags, says in (
             (["--data", b["data"], "--reward-models", b["policy"]], "is not a sequence classifier"),
@@ -172,7 +215,9 @@ def test_bad_reward_models_or_scales_are_one_error_line_and_exit_2(brought, caps
             (["--reward-models", "data"], "give --data"),
             (["--data", b["data"], "--reward-models", f"data,{b['a']}"], "uses the data's score columns alone"),
             (["--data", b["data"], "--reward-models", "data", "--unlabeled", "4"], "carry no score columns"),
-            (["--data", bad, "--reward-models", "data"], "row "),
+            (["--data", bad, "--reward-models", "data"], "pair "),
+            (["--data", twice, "--reward-models", "data"], "give one response one score"),
+            (["--data", b["data"], "--reward-models", "head"], "did you mean heads?"),
             (["--data", b["data"], "--reward-models", "data", "--reward-scale", "-1"], "give a positive number"),
             (["--data", b["data"], "--reward-scale", "2"], "leave it out")):
         assert experiment.main(common + flags) == 2, flags

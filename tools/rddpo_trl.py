@@ -52,8 +52,8 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 import rddpo
 from harness import cli, experiment, models, scorers, task
-from harness.data import (FIELDS, implicit_prompt, render_conversation, split_pairs, template_kwargs, user_pairs,
-                          users_question)
+from harness.data import (FIELDS, check_data, implicit_prompt, render_conversation, split_pairs, template_kwargs,
+                          user_pairs, users_question)
 
 METHODS = ("d-dpo", "e-dpo", "p-dpo")
 SCORES = ("rm_chosen", "rm_rejected")  # the score columns: K floats per pair each
@@ -643,7 +643,9 @@ def prepared(a, state):
     path, cfg, names = os.path.join(a.out, f"trl-data-{a.method}"), rddpo_config(a), ("pairs", "pool", "held")
     with state.main_process_first():
         user = user_pairs(cfg)  # --data's pairs, read and checked before any work; None without
-        reference, tokenizer = models.load_reference(cfg, state.device)
+        splits = [split_pairs(user, a.seed)] if user else []  # a batch and a held-out pair that fit, known words
+        reference, tokenizer = models.load_reference(cfg, state.device, check=lambda tok: check_data(user, splits, tok,
+                                                                                                     cfg))
         with cli.precision(state.device, a.dtype):
             if a.data:  # pi_ref fine-tuned on this seed's training chosen responses (--sft-steps), as rddpo.py does
                 reference, _ = models.data_reference(reference, tokenizer, cfg, user, a.seed, state.device)
