@@ -502,6 +502,12 @@ def test_save_writes_the_policy_that_reloads_to_the_trainers_own_and_it_is_evalu
     torch.testing.assert_close(rddpo.all_logps(loaded, tokens, rows, "cpu"), trained, atol=1e-5, rtol=0)
     pi_ref = rddpo.all_logps(AutoModelForCausalLM.from_pretrained(base), tokens, rows, "cpu")
     assert (trained - pi_ref).abs().max() > 1e-2
+    monkeypatch.chdir(tmp_path)  # the same command again: refused before any work, the kept policy untouched
+    before = {f.name: f.read_bytes() for f in (tmp_path / "runs" / "trl-p-dpo" / "policy").iterdir() if f.is_file()}
+    assert rddpo_trl.main(["--model", folder, "--method", "p-dpo", "--out", "runs", "--save"]) == 2
+    assert "runs/trl-p-dpo/policy holds the policy of an earlier run" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in (tmp_path / "runs" / "trl-p-dpo" / "policy").iterdir()
+            if f.is_file()} == before
 
 
 @pytest.mark.parametrize("args, says", [

@@ -740,7 +740,8 @@ def main(argv=None):
 
 def check_args(a):
     """one error line, before any work, for what TRL would refuse later: a --report-to that transformers does not
-    know or cannot use here (its package missing), --dtype bfloat16 on a device without it; and --eval-every < 0."""
+    know or cannot use here (its package missing), --dtype bfloat16 on a device without it, --eval-every < 0, and
+    --save where an earlier run's policy would be overwritten."""
     from accelerate.utils import is_bf16_available
     from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
     for name in reporters(a) if reporters(a) != "all" else ():
@@ -755,6 +756,9 @@ def check_args(a):
                              "use --dtype float32")
     if a.eval_every < 0 or a.n_eval < 1:
         raise cli.UsageError("--eval-every must be >= 0 and --n-eval >= 1")
+    kept = os.path.join(a.out, f"trl-{a.method}", "policy")
+    if a.save and os.path.exists(kept):
+        raise cli.UsageError(f"--save: {kept} holds the policy of an earlier run; give another --out, or move it aside")
 
 
 def reporters(a):
