@@ -65,6 +65,8 @@ def source_rows(source, split):
     """[(where, row)]: where names the row in error lines ("FILE, line 3" or "NAME, row 2", rows counted from 0 as
     dataset[i] counts them)."""
     ext = os.path.splitext(source)[1].lower()
+    if os.path.isdir(source):  # a folder of data files, by any path: load_dataset reads it as it reads a hub dataset
+        return dataset_rows(source, split)
     if os.path.isfile(source) or not is_hub_name(source):
         if not os.path.isfile(source):
             raise UsageError(f"--data file {source!r} not found")

@@ -301,9 +301,10 @@ def read_results(path):
 
 
 def show_run(path):
-    """a run's printed summary again, from its folder: its tables and samples as the run printed them when it ended.
-    a run that has not finished (running, interrupted, failed) shows the method runs it finished, under a line that
-    says so: its means and intervals rest on fewer seeds than it asked for."""
+    """a run's printed summary again, from its folder: the tables the run printed when it ended, and its samples
+    with each prompt as samples.jsonl keeps it (a chat run's in its template's text: this module reads no
+    tokenizer). a run that has not finished (running, interrupted, failed) shows the method runs it finished, under
+    a line that says so: its means and intervals rest on fewer seeds than it asked for."""
     results = read_results(path)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     status, done = results.get("run", {}).get("status", "unknown"), results.get("runs", [])

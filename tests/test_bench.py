@@ -318,3 +318,4 @@ def test_pretrained_runs_each_part_in_its_own_process_and_folder_and_reads_its_p
 def test_pretrained_parts_are_checked_before_any_folder_is_made(tmp_path, capsys):
     assert bench.main(["--pretrained", "m", "--parts", "quick,huge", "--out", str(tmp_path / "b")]) == 2
     assert "unknown --parts huge" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert bench.pretrained_parts(bench.parse_args(["--parts", "cell, quick,cell"])) == ["cell", "quick"]

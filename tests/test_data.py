@@ -196,6 +196,10 @@ def test_json_lines_json_parquet_and_csv_files_give_the_same_pairs_with_their_ot
         assert pairs == expected, path
         assert [p.extra["score_chosen"] for p in pairs] == [float(i) for i in range(len(rows))], path
         assert pairs[3].extra == {"score_chosen": 3.0, "score_rejected": -3.0}, path
+    folder = tmp_path / "a folder"  # a folder of data files, by its absolute path too
+    folder.mkdir()
+    write_parquet(folder / "train.parquet", rows)
+    assert data.read_pairs(str(folder)) == expected == data.read_pairs(str(folder) + "/")
     again = pickle.loads(pickle.dumps(pairs[3]))
     assert again == pairs[3] and again.extra == pairs[3].extra == copy.deepcopy(pairs[3]).extra
     prompt, chosen, rejected = pairs[3]
@@ -275,7 +279,9 @@ def test_each_bad_input_is_one_error_line_naming_the_row_and_the_field_and_exit_
     shared opening, a missing column, a null prompt, conversational data on a model without a chat template (the tiny
     one, a folder), a template that raises, --chat-template on conversational rows, an unreachable hub dataset,
     --data-split on a file, a missing file: each is one `error:` line before any work, exit status 2."""
-    for args, says in bad_inputs(tmp_path):
+    cases = bad_inputs(tmp_path)
+    capsys.readouterr()  # what building the model folders printed (save_pretrained's progress bars)
+    for args, says in cases:
         assert experiment.main([*args, "--out", str(tmp_path / "out")]) == 2, says
         one_error_line(capsys, says)
     assert experiment.main(["--data-split", "test", "--out", str(tmp_path / "out")]) == 2

@@ -370,7 +370,7 @@ def targets(res):
 
 def pretrained_parts(args):
     """the --parts to run, checked before any work -> list of names."""
-    parts = [p for p in args.parts.split(",") if p]
+    parts = list(dict.fromkeys(p.strip() for p in args.parts.split(",") if p.strip()))  # a name twice runs once
     bad = [p for p in parts if p not in PRETRAINED]
     if bad or not parts:
         raise cli.UsageError(f"unknown --parts {','.join(bad) or '(none)'}; choose from {','.join(PRETRAINED)}")
