@@ -528,14 +528,15 @@ POOLED = ("e-dpo", "p-dpo")  # the methods with the forward-KL term: their steps
 
 def expected_seconds(cfg, runs):
     """{method: the seconds one run of it is expected to take} from the method runs measured so far (their
-    train_seconds: training and its evaluations): its own mean where it has run; else the mean of the methods of
+    train_seconds: training and its evaluations): its own latest run's where it has run (choice: the latest, not
+    the mean, as a resumed run may go on on another device or a quieter machine); else the mean of the methods of
     its kind that have (e-DPO and p-DPO, or the others); else the other kind's, e-DPO and p-DPO at (2B + M) / 2B
     times the others (1.5 at the default --pool-batch B): each of their steps runs the policy on the M pool
     responses beside the batch's 2B pair rows, and those passes are the bulk of a method's time."""
     ratio = (2 * cfg.batch_size + pool_rows_per_step(cfg.batch_size, cfg.pool_batch)) / (2 * cfg.batch_size)
     times = {}
-    for r in runs:
-        times.setdefault(r["method"], []).append(r.get("train_seconds") or 0.0)
+    for r in runs:  # in the order they ran: the last one stays
+        times[r["method"]] = [r.get("train_seconds") or 0.0]
     mean = lambda values: sum(values) / len(values) if values else 0.0  # noqa: E731
     kind = {pooled: [mean(v) for m, v in times.items() if (m in POOLED) == pooled] for pooled in (False, True)}
     def expect(method):

@@ -686,7 +686,7 @@ def test_the_runs_clock_counts_what_is_left_at_the_measured_times_and_over_an_ho
 def test_the_runs_clock_takes_each_methods_measured_time_and_else_its_kinds_or_the_pool_ratio():
     """measured dpo 100 s, e-dpo 300 s: ipo and d-dpo at dpo's, p-dpo at e-dpo's (the measured kind). only dpo
     measured, at --pool-batch 8 beside a batch of 16: e-dpo at (32 + 8) / 32 = 1.25 x; only e-dpo measured: dpo at
-    1 / 1.5 of it (the default pool batch)."""
+    1 / 1.5 of it (the default pool batch). dpo measured twice (900 s, then 100 s): its latest, 100 s."""
     cfg = experiment.Config(methods="dpo,ipo,d-dpo,e-dpo,p-dpo")
     both = experiment.expected_seconds(cfg, [dict(method="dpo", train_seconds=100.0),
                                              dict(method="e-dpo", train_seconds=300.0)])
@@ -694,6 +694,10 @@ def test_the_runs_clock_takes_each_methods_measured_time_and_else_its_kinds_or_t
     one = experiment.expected_seconds(dataclasses.replace(cfg, pool_batch=8), [dict(method="dpo", train_seconds=100.0)])
     assert one["e-dpo"] == one["p-dpo"] == 125.0 and one["ipo"] == 100.0
     assert experiment.expected_seconds(cfg, [dict(method="e-dpo", train_seconds=150.0)])["dpo"] == 100.0
+    resumed = experiment.expected_seconds(cfg, [dict(method="dpo", train_seconds=900.0), dict(method="e-dpo",
+                                                                                              train_seconds=2400.0),
+                                                dict(method="dpo", train_seconds=100.0)])  # a quieter machine now
+    assert resumed["dpo"] == resumed["ipo"] == 100.0 and resumed["e-dpo"] == 2400.0
     assert [experiment.duration(s) for s in (44.6, 89, 90, 3569, 3600, 11400)] == [
         "45 s", "89 s", "2 min", "59 min", "1 h 0 min", "3 h 10 min"]
 
