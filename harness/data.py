@@ -206,11 +206,18 @@ def chat_tokenizer(model, needs="--chat-template", fix="leave the flag out"):
 
 def render_conversation(tokenizer, prompt, chosen, rejected, **template):
     """a conversational pair as the text TRL's DPOTrainer tokenises -> (prompt, chosen, rejected) strings. the prompt:
-    its messages rendered ready for the reply (add_generation_prompt); each response: the rest of the whole
-    conversation's text after it, the template's own closing included (a ChatTurn: no eos is added, as TRL adds
-    none). where the template writes the prompt alone otherwise than before a reply, the prompt is the text the
-    three share, as TRL keeps the tokens they share. template: tools and chat_template_kwargs, as TRL passes them."""
-    alone = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **template)
+    its messages rendered ready for the reply (add_generation_prompt), or, where it ends with the assistant's own
+    turn (a reply begun for it), that turn left open (continue_final_message), as TRL renders them; each response:
+    the rest of the whole conversation's text after it, the template's own closing included (a ChatTurn: no eos is
+    added, as TRL adds none). where the template writes the prompt alone otherwise than before a reply, the prompt
+    is the text the three share, as TRL keeps the tokens they share. template: tools and chat_template_kwargs, as
+    TRL passes them."""
+    last = prompt[-1]["role"] if prompt else None
+    if last not in ("user", "tool", "assistant"):
+        raise UsageError(f"the prompt's last message is from {last!r}; it must be the user's, a tool's or the "
+                         "assistant's (a reply begun), as TRL reads it")
+    ready = dict(continue_final_message=True) if last == "assistant" else dict(add_generation_prompt=True)
+    alone = tokenizer.apply_chat_template(prompt, tokenize=False, **ready, **template)
     whole = [tokenizer.apply_chat_template(prompt + response, tokenize=False, **template)
              for response in (chosen, rejected)]
     shared = os.path.commonprefix([alone, *whole])
@@ -229,6 +236,8 @@ def rendered_pair(tokenizer, fields, where):
     prompt, chosen, rejected, extra = fields
     try:
         text = render_conversation(tokenizer, prompt, chosen, rejected, **template_kwargs(extra))
+    except UsageError as e:
+        raise UsageError(f"{where}: {e}") from None
     except Exception as e:  # the template's own checks (alternating roles...) raise what it likes
         raise UsageError(f"{where}: the chat template refuses the row: {(str(e).splitlines() or [''])[0]}") from None
     return Pair(*text, extra, messages=dict(prompt=prompt, chosen=chosen, rejected=rejected))

@@ -168,6 +168,27 @@ def test_conversational_pairs_become_the_tokens_trls_dpo_trainer_trains_on(build
             assert tok.eos_token_id not in theirs[key] and tok.decode(theirs[key]).rstrip("\n").endswith("<|im_end|>")
 
 
+def test_a_prompt_that_ends_with_a_reply_begun_is_left_open_as_trl_renders_it(tmp_path, capsys):
+    """a conversational prompt whose last message is the assistant's (a reply begun for it): the prompt text ends
+    inside that turn (continue_final_message), the responses are the rest, all as trl.data_utils'
+    apply_chat_template; a prompt that ends with a system message is one error line naming the row."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import apply_chat_template
+    folder = model_folder(tmp_path / "model", word_chat_tokenizer())
+    tok, _ = AutoTokenizer.from_pretrained(folder), capsys.readouterr()  # save_pretrained's progress bars
+    begun = [{"role": "user", "content": "thoughts on dark water"}, {"role": "assistant", "content": "the plot"}]
+    row = dict(prompt=begun, chosen=[{"role": "assistant", "content": "was great ."}],
+               rejected=[{"role": "assistant", "content": "was dull ."}])
+    pair = data.read_pairs(write_jsonl(tmp_path / "begun.jsonl", [row, row]), model=folder)[0]  # 2: the least
+    texts = apply_chat_template(row, tok)
+    assert tuple(pair) == (texts["prompt"], texts["chosen"], texts["rejected"])
+    assert pair[0].endswith("<|im_start|>assistant\nthe plot")  # the begun reply open, no new turn after it
+    last = dict(row, prompt=begun + [{"role": "system", "content": "be brief"}])
+    assert experiment.main(["--data", write_jsonl(tmp_path / "last.jsonl", [last, last]), "--model", folder,
+                            "--out", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, "last.jsonl, line 1: the prompt's last message is from 'system'")
+
+
 # -----------------------------------------------------------------------------
 # where the rows come from
 
