@@ -606,33 +606,44 @@ def prepare(a, reference, tokenizer, world, device, user=None):
     data = trl_dataset((prompts, chosen, rejected), rows, pairs.keep)
     held_pairs = rddpo.tokenize_pairs(tokenizer, *held, cfg.max_length) if any(held) else None  # TRL's eval_dataset
     evaluation = trl_dataset(held, held_rows, held_pairs.keep) if held_pairs is not None else None
-    held_plain = held_family = None  # the held-out pairs' scores by the same reward models, for the eval rows
-    if a.method != "p-dpo" and scorers.brought(cfg.reward_models):  # yours, read as rddpo.py reads them
-        texts = [[x[i] for i in pairs.keep] for x in (prompts, chosen, rejected)]
-        question = users_question(cfg.model) if cfg.chat_template else str
-        family, on_held, diagnostics = scorers.family(cfg, user if a.data else None, texts, held, device,
-                                                      question=question)  # (K, 2N), (K, 2M')
-        scorers.say(diagnostics, cfg.beta, len(pairs.keep))
-        plain = family[0]  # (2N,)
-        if held_pairs is not None:  # the held-out pairs TRL evaluates on: those tokenize_pairs kept
-            m, keep = len(held[0]), np.array(held_pairs.keep)
-            held_family = on_held[:, np.concatenate([keep, keep + m])]
-            held_plain = held_family[0]  # (2M,)
-    elif a.method != "p-dpo":  # rddpo.py's own reward models: the plain one for d-DPO, the family for e-DPO
-        longer = np.array([len(task.words(chosen[i])) > len(task.words(rejected[i])) for i in pairs.keep])
-        def on_held(rm, train_scores):  # each model, while in memory, also scores the held-out pairs (not printed)
-            return {} if held_pairs is None else dict(held=rddpo.score(rm, held_pairs.tokens, device))  # (2M,)
-        plain, family, seen = rddpo.reward_scores(reference, pairs, on_held, cfg, a.seed, device, longer)  # (2N,), (K,2N)
-        if held_pairs is not None:  # the plain model's, then the family's: (2M,), (K, 2M)
-            held_plain, held_family = seen[0]["held"], torch.stack([d["held"] for d in seen[1:]])
-    if a.method != "p-dpo":
-        data = with_scores(data, plain[None] if a.method == "d-dpo" else family)  # (K, 2N)
-        evaluation = with_scores(evaluation, held_plain[None] if a.method == "d-dpo" else held_family) \
-            if held_family is not None else None  # (K, 2M)
+    if a.method != "p-dpo":  # the scores each row carries, and each held-out row by the same reward models
+        on_train, on_held = reward_columns(a, cfg, reference, (prompts, chosen, rejected), pairs, held, held_pairs,
+                                           user, device)
+        data = with_scores(data, on_train)  # (K, 2N)
+        evaluation = with_scores(evaluation, on_held) if on_held is not None else None  # (K, 2M)
     n = a.steps * rddpo.pool_rows_per_step(a.batch_size, cfg.pool_batch) * world
     pool = sample_pool(reference, tokenizer, prompts, n, cfg.max_new_tokens,
                        cfg.max_length, a.seed, device) if a.method != "d-dpo" else None
     return data, pool, evaluation
+
+
+def reward_columns(a, cfg, reference, texts, pairs, held, held_pairs, user, device):
+    """the scores TRL's rows carry for d-DPO (one model: the first you bring, or the plain one trained here) or
+    e-DPO (the family): your reward models (--reward-models NAME,... or data), read as rddpo.py reads them, or those
+    rddpo.reward_scores trains -> ((K, 2N) on the kept training pairs, (K, 2M) on the kept held-out pairs, or None
+    where there are none); the chosen rows first in each."""
+    held_first = held_family = None
+    if scorers.brought(cfg.reward_models):
+        kept = [[x[i] for i in pairs.keep] for x in texts]
+        question = users_question(cfg.model) if cfg.chat_template else str
+        family, on_held, diagnostics = scorers.family(cfg, user if a.data else None, kept, held, device,
+                                                      question=question)  # (K, 2N), (K, 2M')
+        scorers.say(diagnostics, cfg.beta, len(pairs.keep))
+        first = family[:1]  # (1, 2N)
+        if held_pairs is not None:  # the held-out pairs TRL evaluates on: those tokenize_pairs kept
+            m, keep = len(held[0]), np.array(held_pairs.keep)
+            held_family = on_held[:, np.concatenate([keep, keep + m])]
+            held_first = held_family[:1]  # (1, 2M)
+    else:  # rddpo.py's own: the plain one for d-DPO, the family for e-DPO
+        chosen, rejected = texts[1:]
+        longer = np.array([len(task.words(chosen[i])) > len(task.words(rejected[i])) for i in pairs.keep])
+        def on_held(rm, train_scores):  # each model, while in memory, also scores the held-out pairs (not printed)
+            return {} if held_pairs is None else dict(held=rddpo.score(rm, held_pairs.tokens, device))  # (2M,)
+        plain, family, seen = rddpo.reward_scores(reference, pairs, on_held, cfg, a.seed, device, longer)  # (2N,), (K,2N)
+        first = plain[None]
+        if held_pairs is not None:  # the plain model's, then the family's: (1, 2M), (K, 2M)
+            held_first, held_family = seen[0]["held"][None], torch.stack([d["held"] for d in seen[1:]])
+    return (first, held_first) if a.method == "d-dpo" else (family, held_family)
 
 
 def prepared(a, state):
