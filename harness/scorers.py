@@ -10,6 +10,7 @@ distilling asks for a log-ratio margin |h| = |r_w - r_l| / beta. Every member's 
 kept in results.json, and --reward-scale sets the units (docs/METHOD.md#reward-scale).
 """
 import difflib
+import json
 import os
 
 import numpy as np
@@ -47,7 +48,17 @@ def check(spec, scale, data, unlabeled=0):
         raise UsageError("--unlabeled pairs are drawn from pi_ref and carry no score columns; with --reward-models "
                          "data leave --unlabeled out, or name reward models that can score them")
     for name in names if brought(spec) and names != ["data"] else ():  # now, not after the reference's fine-tuning
-        if not os.path.isdir(os.path.expanduser(name)):
+        folder = os.path.expanduser(name)
+        config = os.path.join(folder, "config.json")
+        if os.path.isfile(config):
+            try:
+                with open(config, encoding="utf-8") as f:
+                    kinds = json.load(f).get("architectures") or []
+            except (OSError, ValueError, AttributeError):
+                kinds = None  # from_pretrained will say what is wrong with it
+            if kinds is not None and not classifier(kinds):
+                raise UsageError(not_a_classifier(name, kinds))
+        if not os.path.isdir(folder):
             mode = difflib.get_close_matches(name, MODES, n=1)
             if mode:
                 raise UsageError(f"--reward-models {name!r} is no folder; did you mean {mode[0]}? (the ways to "
@@ -55,6 +66,15 @@ def check(spec, scale, data, unlabeled=0):
             if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
                 raise UsageError(unreachable(name))
     scale_of(scale)
+
+
+def classifier(architectures):
+    return any(k.endswith("ForSequenceClassification") for k in architectures)
+
+
+def not_a_classifier(name, architectures):
+    return (f"--reward-models {name!r} is not a sequence classifier (its architectures: "
+            f"{', '.join(architectures) or 'none'}); a reward model scores a text with its first logit")
 
 
 def unreachable(name):
@@ -120,9 +140,8 @@ def load_scorer(name):
     try:
         config = AutoConfig.from_pretrained(os.path.expanduser(name))
         kinds = config.architectures or []
-        if not any(k.endswith("ForSequenceClassification") for k in kinds):
-            raise UsageError(f"--reward-models {name!r} is not a sequence classifier (its architectures: "
-                             f"{', '.join(kinds) or 'none'}); a reward model scores a text with its first logit")
+        if not classifier(kinds):
+            raise UsageError(not_a_classifier(name, kinds))
         model = AutoModelForSequenceClassification.from_pretrained(os.path.expanduser(name)).eval()
         tokenizer = AutoTokenizer.from_pretrained(os.path.expanduser(name))
     except (OSError, ValueError) as e:

@@ -220,5 +220,8 @@ def test_bad_reward_models_or_scales_are_one_error_line_and_exit_2(brought, caps
             (["--data", b["data"], "--reward-models", "head"], "did you mean heads?"),
             (["--data", b["data"], "--reward-models", "data", "--reward-scale", "-1"], "give a positive number"),
             (["--data", b["data"], "--reward-scale", "2"], "leave it out")):
+        runs = sorted((b["tmp"] / "bad").glob("run-*"))
         assert experiment.main(common + flags) == 2, flags
         one_error_line(capsys, says)
+        if says in ("is not a sequence classifier", "did you mean heads?"):  # refused before any work: no run folder
+            assert sorted((b["tmp"] / "bad").glob("run-*")) == runs, says
