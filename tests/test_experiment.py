@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -946,7 +947,7 @@ def test_a_model_folder_is_fine_tuned_on_the_task_once_and_then_read_from_the_ca
                                                                                     monkeypatch):
     """--model FOLDER --sft-steps 3: the reference is the folder's model after 3 steps on the task's reviews (its
     weights moved), saved as reference-<folder>-B16-T64-S3 in --out (16 reviews a step); a second load reads that folder (fine-tuning is
-    not called again) and gives the same weights. --sft-steps 0 keeps the folder's model as it is, caching nothing."""
+    not called again), having let the folder's own model go first, and gives the same weights. --sft-steps 0 keeps the folder's model as it is, caching nothing."""
     folder = tmp_path / "my-model"
     tiny.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -957,7 +958,11 @@ def test_a_model_folder_is_fine_tuned_on_the_task_once_and_then_read_from_the_ca
     cached = tmp_path / "out" / f"reference-{models.slug(str(folder))}-B16-T64-S3"
     assert (cached / "config.json").is_file()
     monkeypatch.setattr(models, "pretrain", lambda *a, **k: pytest.fail("fine-tuned twice"))
+    base, freed, load, cache = [], [], models.load_pretrained, models.cached_model
+    monkeypatch.setattr(models, "load_pretrained", lambda *a: (lambda m: base.append(weakref.ref(m[0])) or m)(load(*a)))
+    monkeypatch.setattr(models, "cached_model", lambda *a: freed.append(base[0]() is None) or cache(*a))
     again, _ = models.load_reference(cfg, "cpu")
+    assert freed == [True]  # the folder's model was let go before the cached copy loaded, not held beside it
     torch.testing.assert_close(again.state_dict()[key], tuned.state_dict()[key])
     plain, _ = models.load_reference(dataclasses.replace(cfg, sft_steps=0, out=str(tmp_path / "out0")), "cpu")
     assert torch.equal(plain.state_dict()[key], tiny.state_dict()[key]) and not (tmp_path / "out0").exists()
