@@ -602,9 +602,9 @@ def all_logps(model, tokens, rows, device, batch_size=64):
                       for i in range(0, len(rows), batch_size)])
 
 
-def rows_per_pass(model, tokens, most, floats=2**25):
+def rows_per_pass(model, tokens, most, floats=2**24):
     """at most `most` rows, and few enough that their (T, V) float32 logits hold `floats` numbers
-    (128 MB): a 49k-word vocabulary takes 10 rows of 64 tokens at a time, a small one all `most`."""
+    (64 MB): a 49k-word vocabulary takes 5 rows of 64 tokens at a time, a small one all `most`."""
     return max(1, min(most, floats // (tokens.input_ids.shape[1] * model.config.vocab_size)))
 
 

@@ -351,7 +351,8 @@ def sequence_kl(policy, reference, tokens, device, batch_size=16):
     whole vocabulary, and its log-ratio log pi(y) - log pi_ref(y): (N,), (N,). each term is >= 0, and over samples
     of pi the mean is an unbiased estimate of the KL between whole responses (the chain rule)."""
     kl, logratio = [], []
-    batch_size = rddpo.rows_per_pass(policy, tokens, batch_size, floats=2**25 // 4)  # four (b, T, V) tensors
+    # about eight (b, T, V) tensors are alive at once (the logits, lp, lq, p, lp - lq, the product, the where)
+    batch_size = rddpo.rows_per_pass(policy, tokens, batch_size, floats=2**24 // 8)
     for i in range(0, len(tokens.input_ids), batch_size):
         ids, mask, resp = batch_tensors(tokens, np.arange(i, min(i + batch_size, len(tokens.input_ids))), device)
         lp = forward(policy, ids, mask)[:, :-1].float().log_softmax(-1)  # (b, T-1, V): position t-1 predicts t

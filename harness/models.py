@@ -292,7 +292,8 @@ def sample_batch(model, prompt_ids, eos, n_new, device):
         done, new, cache = torch.zeros(len(ids), dtype=torch.bool, device=device), [], None  # (B,)
         for _ in range(n_new):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # (B, t): real tokens only
-            step = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            step = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                         logits_to_keep=1)  # (B, 1, V): not the whole prompt's (B, Tp, V) logits
             nxt = torch.multinomial(step.logits[:, -1].float().softmax(-1), 1).squeeze(-1).masked_fill(done, eos)  # (B,)
             ids, cache, new = nxt[:, None], step.cache, new + [nxt]  # the cache holds what came before
             mask = torch.cat([mask, (~done).long()[:, None]], 1)  # (B, t+1)
