@@ -4,7 +4,8 @@
 #     bash docs/study/rm-heads-vs-adapters/go.sh heads adapters
 # heads ran on 2026-12-06 (heads.log, heads-results.json: stopped by SIGTERM after its reward models and first
 # policy, which is all the comparison reads; --out runs/rm-compare, as here, so that the adapters run reuses the
-# cached reference); adapters is still to run.
+# cached reference); adapters is still to run: about 45-50 min alone on the 2-core machine (its two reward models
+# train LoRA adapters through the whole transformer, about 8 s a step of 16 pairs, 150 steps each; an estimate, not a measurement).
 set -euo pipefail
 export HF_HUB_OFFLINE=1
 mkdir -p runs/rm-compare
