@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import sys
+import warnings
 
 
 # -----------------------------------------------------------------------------
@@ -92,6 +93,8 @@ def quiet_transformers():
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # peft asks every model for a property transformers 5 renamed; the warning is theirs, nothing a user can change
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 # -----------------------------------------------------------------------------

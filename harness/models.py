@@ -290,10 +290,17 @@ def sample_batch(model, prompt_ids, eos, n_new, device):
     with torch.no_grad():
         ids, mask = (x.to(device) for x in pad(prompt_ids, eos, side="left"))  # (B, Tp)
         done, new, cache = torch.zeros(len(ids), dtype=torch.bool, device=device), [], None  # (B,)
+        keep = {"logits_to_keep": 1}  # (B, 1, V) logits: not the whole prompt's (B, Tp, V)
         for _ in range(n_new):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # (B, t): real tokens only
-            step = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                         logits_to_keep=1)  # (B, 1, V): not the whole prompt's (B, Tp, V) logits
+            inputs = dict(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            try:
+                step = model(**inputs, **keep)
+            except TypeError as error:  # a model whose forward lacks the argument (some remote code): every position's
+                if not keep or "logits_to_keep" not in str(error):
+                    raise
+                keep = {}
+                step = model(**inputs)
             nxt = torch.multinomial(step.logits[:, -1].float().softmax(-1), 1).squeeze(-1).masked_fill(done, eos)  # (B,)
             ids, cache, new = nxt[:, None], step.cache, new + [nxt]  # the cache holds what came before
             mask = torch.cat([mask, (~done).long()[:, None]], 1)  # (B, t+1)

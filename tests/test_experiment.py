@@ -813,6 +813,27 @@ def test_sampling_with_a_key_value_cache_draws_what_the_plain_loop_draws(tiny, t
     assert any(tokenizer.eos_token_id not in r for r in drawn.response_ids)  # a random model rarely stops: cut-offs
 
 
+class WithoutLogitsToKeep(torch.nn.Module):
+    """a causal LM whose forward names its arguments and has no logits_to_keep, as some remote-code models do."""
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, cache, use_cache):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                          use_cache=use_cache)
+
+
+def test_sampling_a_model_without_logits_to_keep_draws_what_the_model_with_it_draws(tiny, tokenizer):
+    """the sampler asks for the last position's logits only; a model that refuses the argument is sampled with every
+    position's logits instead, and the same seed draws the same ids."""
+    torch.manual_seed(5)
+    drawn = models.sample(tiny, tokenizer, PROMPTS, max_new_tokens=8, max_length=64, device="cpu")
+    torch.manual_seed(5)
+    assert models.sample(WithoutLogitsToKeep(tiny), tokenizer, PROMPTS, max_new_tokens=8, max_length=64,
+                         device="cpu").response_ids == drawn.response_ids
+
+
 def ids_logp(model, prompt_ids, response_ids):
     """log p(response | prompt) of exact token ids, one token at a time, unpadded."""
     ids = list(prompt_ids) + list(response_ids)
