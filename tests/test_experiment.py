@@ -742,7 +742,7 @@ def test_two_runs_started_at_once_into_the_same_out_both_succeed(tmp_path):
     args = [sys.executable, os.path.join(ROOT, "rddpo.py"), "--quick", "--sft-steps", "20", "--methods", "dpo",
             "--steps", "2", "--rm-steps", "2", "--n-pairs", "16", "--n-eval", "4",
             "--batch-size", "4", "--out", str(tmp_path)]
-    # one thread each: two processes of two threads on a 2-core machine wait on each other (measured: 30 s against 10)
+    # one thread each: two processes of two threads on a 2-core machine wait on each other (measured: 37 s against 10)
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for _ in range(2)]
