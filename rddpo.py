@@ -196,10 +196,13 @@ def last_token_index(attention_mask):
 
 
 def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, device, desc,
-                       features=None, shared=False):
+                       features=None, shared=False, micro_batch=None):
     """bradley-terry training on the given pairs (indices may repeat: a resample). with features
     (2N, H) of every row, from the reference's frozen transformer, only a head trains, on them;
-    shared, the reference's own transformer carries adapters (lora_adapters), which train too."""
+    shared, the reference's own transformer carries adapters (lora_adapters), which train too.
+    with micro_batch, at most that many rows (one pair's two at least) go through the model at
+    once: the loss is a mean over pairs, so each part's loss times its share of the batch
+    accumulates the whole batch's gradient."""
     seed_everything(seed)
     rm = RewardModel(reference, frozen=features is not None or shared).to(device)
     trained = rm.head if features is not None else without_dropout(rm)
@@ -207,14 +210,16 @@ def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, 
     n, rng = len(pairs.keep), np.random.default_rng(seed)
     for _ in progress(range(steps), desc):
         idx = pair_idx[rng.integers(len(pair_idx), size=batch_size)]  # (B,)
-        rows = np.concatenate([idx, idx + n])  # (2B,)
-        if features is None:
-            r = rm(*batch_tensors(pairs.tokens, rows, device)[:2])  # (2B,)
-        else:
-            r = rm.reward(features[rows].to(device))  # (2B,)
-        loss = reward_model_loss(*r.chunk(2))
+        # pairs at once: all of them without micro_batch, and on features (no model pass)
+        per = max(1, micro_batch // 2) if micro_batch and features is None else batch_size
         opt.zero_grad()
-        loss.backward()
+        for part in np.array_split(idx, -(-batch_size // per)):
+            rows = np.concatenate([part, part + n])  # (2b,)
+            if features is None:
+                r = rm(*batch_tensors(pairs.tokens, rows, device)[:2])  # (2b,)
+            else:
+                r = rm.reward(features[rows].to(device))  # (2b,)
+            (reward_model_loss(*r.chunk(2)) * (len(part) / batch_size)).backward()
         opt.step()
     return rm.eval()
 
@@ -278,7 +283,7 @@ def reward_scores(reference, pairs, diagnose, cfg, seed, device, longer_won):
     heads, shared = cfg.reward_models == "heads", cfg.reward_models == "adapters"
     features = last_features(reference, pairs.tokens, device) if heads else None  # (2N, H)
     fit = dict(steps=cfg.rm_steps, lr=cfg.rm_lr, batch_size=cfg.batch_size, device=device,
-               features=features, shared=shared)
+               features=features, shared=shared, micro_batch=cfg.micro_batch)
     shares = family_shares(cfg.ensemble)
     idx = [np.arange(pairs.labelled)] + [
         resample_by_length_share(longer_won, share, np.random.default_rng([seed, k]))

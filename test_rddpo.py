@@ -725,6 +725,33 @@ def test_micro_batches_give_one_big_batchs_gradient(tiny, tokenizer, method):
     assert (g - h).abs().max() <= 1e-4 * g.abs().max()
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["copy", "adapters"])
+def test_reward_model_micro_batches_give_one_big_batchs_gradient(tiny, tokenizer, shared, monkeypatch):
+    """one reward-model step with micro_batch 2 (one pair's two rows through the model at a time, each part's loss
+    times its share of the batch) has the gradient of the whole batch of 4 pairs (8 rows) at once, up to float
+    rounding, for a trained copy and for adapters on the reference (a part's loss left unweighted would make it 4
+    times too large)."""
+    rng = np.random.default_rng(1)
+    pos, neg = task.POSITIVE[:5], task.NEGATIVE[:5]
+    chosen = [f" the plot was {pos[rng.integers(5)]} ." for _ in range(8)]
+    rejected = [f" the acting was {neg[rng.integers(5)]} and slow ." for _ in range(8)]
+    pairs = rddpo.tokenize_pairs(tokenizer, (PROMPTS * 8)[:8], chosen, rejected, 64)
+    seen, real = [], rddpo.batch_tensors
+    monkeypatch.setattr(rddpo, "batch_tensors", lambda tokens, rows, device: seen.append(len(rows)) or real(
+        tokens, rows, device))
+    grads = []
+    for mb in (None, 2):
+        seen.clear()
+        reference = copy.deepcopy(tiny)
+        with rddpo.lora_adapters(reference, 4 if shared else 0, 0):
+            rm = rddpo.train_reward_model(reference, pairs, np.arange(8), steps=1, lr=1e-3, batch_size=4, seed=0,
+                                          device="cpu", desc="rm", shared=shared, micro_batch=mb)
+            grads.append(torch.cat([q.grad.flatten() for q in rm.parameters() if q.grad is not None]))
+        assert seen == ([8] if mb is None else [2, 2, 2, 2])  # rows through the model at once
+    g, h = grads
+    assert g.abs().max() > 0 and (g - h).abs().max() <= 1e-4 * g.abs().max()
+
+
 def test_reward_heads_on_frozen_features_learn_to_rank_and_leave_the_reference_untouched(tiny, tokenizer):
     """reward_models "heads": the features of every row are computed once (the reference's hidden state at the last real
     token, the same as RewardModel(frozen=True).features); only a head trains, so the reference's weights stay as
