@@ -752,6 +752,16 @@ def test_reward_model_micro_batches_give_one_big_batchs_gradient(tiny, tokenizer
     assert g.abs().max() > 0 and (g - h).abs().max() <= 1e-4 * g.abs().max()
 
 
+def test_reward_scores_train_every_reward_model_at_the_runs_micro_batch(tiny, tokenizer, monkeypatch):
+    """reward_scores hands cfg.micro_batch to the plain model and to each of the K members it trains."""
+    pairs, seen, real = easy_pairs(tokenizer), [], rddpo.train_reward_model
+    pairs.labelled = 8
+    monkeypatch.setattr(rddpo, "train_reward_model", lambda *a, **k: seen.append(k["micro_batch"]) or real(*a, **k))
+    cfg = experiment.Config(rm_steps=1, batch_size=4, ensemble=2, reward_models="copies", micro_batch=2)
+    rddpo.reward_scores(tiny, pairs, lambda rm, scores: {}, cfg, 0, "cpu", np.zeros(8, dtype=bool))
+    assert seen == [2, 2, 2]
+
+
 def test_reward_heads_on_frozen_features_learn_to_rank_and_leave_the_reference_untouched(tiny, tokenizer):
     """reward_models "heads": the features of every row are computed once (the reference's hidden state at the last real
     token, the same as RewardModel(frozen=True).features); only a head trains, so the reference's weights stay as

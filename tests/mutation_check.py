@@ -138,6 +138,8 @@ MUTANTS = [
            "train_reward_model: rejected rows index the chosen ones"),
     Mutant(R, " * (len(part) / batch_size)).backward()", ").backward()",
            "train_reward_model: a micro-batch's loss not weighted by its share of the batch's pairs"),
+    Mutant(R, "shared=shared, micro_batch=cfg.micro_batch)", "shared=shared)",
+           "reward_scores: the reward models ignore --micro-batch (all rows of a step at once)"),
     Mutant(R, "[i / (k - 1) for i in range(k)]", "[i / k for i in range(k)]",
            "family_shares: i/K instead of i/(K-1) (never reaches 1)"),
     Mutant(R, "n_long = int(round(share * n))", "n_long = int(round((1 - share) * n))",
