@@ -213,6 +213,7 @@ def check_config(cfg, methods, given=None):
         (cfg.steps >= 1 and cfg.rm_steps >= 1, "--steps and --rm-steps must be >= 1"),
         (cfg.batch_size >= 1, f"--batch-size must be >= 1 (got {cfg.batch_size})"),
         (cfg.pool_batch is None or cfg.pool_batch >= 1, f"--pool-batch must be >= 1 (got {cfg.pool_batch})"),
+        (cfg.micro_batch is None or cfg.micro_batch >= 1, f"--micro-batch must be >= 1 (got {cfg.micro_batch})"),
         ((cfg.lr is None or cfg.lr > 0) and cfg.rm_lr > 0, "--lr and --rm-lr must be > 0"),
         (cfg.n_pairs >= 1 and cfg.n_eval >= 1, "--n-pairs and --n-eval must be >= 1"),
         (cfg.max_new_tokens >= 1 and cfg.max_length >= 8, "--max-new-tokens must be >= 1 and --max-length >= 8"),

@@ -56,7 +56,8 @@ class Config(Knobs):
                               "multiplies their scores; std divides each one's by the standard deviation of its gaps "
                               "r_w - r_l on the training pairs (docs/METHOD.md#reward-scale)"})
     micro_batch: int = field(default=None, metadata={"type": int, "help": "most sequences in one forward pass (the "
-                             "step's gradient is the same); default: all at once for the tiny model, 8 for a --model"})
+                             "step's gradient is the same; a reward model's pass holds one pair's two at least); "
+                             "default: all at once for the tiny model, 8 for a --model"})
     model: str = field(default="tiny", metadata={"help": "'tiny' builds and pretrains a small GPT-2 offline; "
                                                  "or a causal LM name or local path for from_pretrained, e.g. gpt2"})
     methods: str = field(default=",".join(METHODS), metadata={"help": "comma list of methods to train (any case)"})

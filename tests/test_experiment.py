@@ -418,6 +418,7 @@ def test_a_builtin_task_flag_with_data_is_an_error(tmp_path, capsys, args, says)
     (["--methods", "p-dpo", "--ensemble", "2"], "--ensemble applies to e-dpo only"),
     (["--methods", "dpo,d-dpo", "--pool-batch", "4"], "--pool-batch applies to e-dpo and p-dpo only"),
     (["--pool-batch", "0"], "--pool-batch must be >= 1 (got 0)"),
+    (["--micro-batch", "0"], "--micro-batch must be >= 1 (got 0)"),
     (["--methods", "dpo,DPO"], "--methods names a value twice"),
     (["--sweep", "--sweep-biases", "0,0.5,0"], "--sweep-biases names a value twice"),
     (["--max-length", "32"], "--max-length 32 cannot hold the task's longest prompt and review (45 tokens)"),
