@@ -213,7 +213,7 @@ def train_reward_model(reference, pairs, pair_idx, steps, lr, batch_size, seed, 
         # pairs at once: all of them without micro_batch, and on features (no model pass)
         per = max(1, micro_batch // 2) if micro_batch and features is None else batch_size
         opt.zero_grad()
-        for part in np.array_split(idx, -(-batch_size // per)):
+        for part in (idx[i:i + per] for i in range(0, batch_size, per)):
             rows = np.concatenate([part, part + n])  # (2b,)
             if features is None:
                 r = rm(*batch_tensors(pairs.tokens, rows, device)[:2])  # (2b,)

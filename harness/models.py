@@ -297,7 +297,7 @@ def sample_batch(model, prompt_ids, eos, n_new, device):
             try:
                 step = model(**inputs, **keep)
             except TypeError as error:  # a model whose forward lacks the argument (some remote code): every position's
-                if not keep or cache is not None or "logits_to_keep" not in str(error):  # only at the first step
+                if cache is not None or "logits_to_keep" not in str(error):  # only at the first step
                     raise
                 keep = {}
                 step = model(**inputs)
